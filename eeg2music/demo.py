@@ -1,0 +1,120 @@
+"""``make demo``: the whole pipeline on the embedded default, notebooks 00 → 06 through papermill.
+
+Each step is one papermill run of a numbered notebook with its default parameters (the stages find
+each other's outputs in the default run folder), the executed notebooks land in
+``<outputs>/notebooks/``, and a timing table is printed and saved as ``<outputs>/demo_summary.json``.
+
+Usage::
+
+    python -m eeg2music.demo [--outputs outputs] [--smoke] [--only 04_train ...] [-p name value ...]
+
+``-p`` parameters are passed to every notebook that has them (as papermill's ``-p`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import NOTEBOOKS_DIR
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One papermill run: a notebook, the parameters it gets, the name of its executed copy."""
+
+    notebook: str
+    parameters: dict = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.notebook
+
+
+#: The demo chain. Notebook 04 runs once per trained model; 05 and 06 then see all four models.
+DEMO_STEPS: tuple[DemoStep, ...] = (
+    DemoStep("00_backbone"),
+    DemoStep("01_explore_data"),
+    DemoStep("02_preprocess"),
+    DemoStep("03_controlnet"),
+    DemoStep("04_train", {"model": "controlnet", "subject_cond": True}, "04_train_controlnet_subject"),
+    DemoStep("04_train", {"model": "controlnet", "subject_cond": False}, "04_train_controlnet"),
+    DemoStep("04_train", {"model": "convnet", "subject_cond": False}, "04_train_convnet"),
+    DemoStep("05_sample"),
+    DemoStep("06_evaluate"),
+)
+
+
+def run_step(step: DemoStep, executed_dir: Path, extra: dict, smoke: bool) -> float:
+    """Execute one step with papermill; return its wall time in seconds."""
+    import jupytext
+    import papermill as pm
+
+    from .params import read_parameter_specs
+
+    source = NOTEBOOKS_DIR / f"{step.notebook}.py"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: notebook source missing")
+    known = {spec.name for spec in read_parameter_specs(step.notebook)}
+    parameters = {k: v for k, v in {**extra, "smoke": smoke, **step.parameters}.items() if k in known}
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    notebook_in = executed_dir / f".{step.name}.input.ipynb"
+    notebook_out = executed_dir / f"{step.name}.ipynb"
+    jupytext.write(jupytext.read(source), notebook_in)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(notebook_in), str(notebook_out), parameters=parameters, kernel_name="python3",
+            cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+        )
+    finally:
+        notebook_in.unlink(missing_ok=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eeg2music.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--outputs", default="outputs", help="the default run folder (default: outputs)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds per notebook)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as in the table)")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a parameter for every notebook that has it")
+    args = parser.parse_args(argv)
+
+    outputs = Path(args.outputs).resolve()
+    os.environ["EEG2MUSIC_OUTPUTS"] = str(outputs)
+    extra = dict(args.p)
+    steps = [s for s in DEMO_STEPS if args.only is None or s.name in args.only or s.notebook in args.only]
+    available = [s for s in steps if (NOTEBOOKS_DIR / f"{s.notebook}.py").is_file()]
+    for missing in sorted({s.notebook for s in steps} - {s.notebook for s in available}):
+        print(f"[demo] skipping {missing}: notebooks/{missing}.py does not exist yet")
+
+    from .utils import write_json
+
+    timings: dict[str, float] = {}
+    total_start = time.perf_counter()
+    for step in available:
+        print(f"[demo] {step.name} …", flush=True)
+        try:
+            seconds = run_step(step, outputs / "notebooks", extra, args.smoke)
+        except Exception as err:  # papermill raises PapermillExecutionError with the cell's traceback
+            print(f"[demo] {step.name} FAILED — see {outputs / 'notebooks' / (step.name + '.ipynb')}\n{err}",
+                  file=sys.stderr)
+            write_json(outputs / "demo_summary.json", {"failed": step.name, "seconds": timings, "smoke": args.smoke})
+            return 1
+        timings[step.name] = round(seconds, 1)
+        print(f"[demo] {step.name} done in {seconds:.1f} s", flush=True)
+    total = time.perf_counter() - total_start
+    write_json(outputs / "demo_summary.json", {"seconds": timings, "total_seconds": round(total, 1), "smoke": args.smoke})
+    print("[demo] " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    print(f"[demo] all done in {total / 60:.1f} min; the report is in {outputs / '06_evaluate'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

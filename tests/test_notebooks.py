@@ -1,0 +1,140 @@
+"""Every numbered notebook: its shape as a lesson, its pairing, and a papermill smoke run.
+
+The smoke runs chain through one private default run folder (``$EEG2MUSIC_OUTPUTS`` → a temp dir), as
+``make demo`` chains through ``outputs/``: each notebook reuses what the earlier ones wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from conftest import NOTEBOOKS_DIR, REPO_ROOT, run_notebook
+from eeg2music.params import read_parameter_specs
+
+NOTEBOOKS = [
+    "00_backbone",
+    "01_explore_data",
+    "02_preprocess",
+    "03_controlnet",
+    "04_train",
+    "05_sample",
+    "06_evaluate",
+]
+REQUIRED_PARAMETERS = {"data_root", "out_dir", "seed", "device", "smoke"}
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_reads_as_a_lesson(name):
+    source = NOTEBOOKS_DIR / f"{name}.py"
+    assert source.is_file(), f"{source} is missing"
+    notebook = jupytext.read(source)
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+    cells = notebook.cells
+    assert cells[0].cell_type == "markdown" and cells[0].source.lstrip().startswith("# "), "opens with a title"
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    specs = read_parameter_specs(name)
+    assert REQUIRED_PARAMETERS <= {s.name for s in specs}
+    assert all(s.comment for s in specs), "every parameter has a comment"
+    validation = cells[tagged[0] + 1]
+    assert validation.cell_type == "code" and "resolve_parameters" in validation.source
+    assert any(c.cell_type == "markdown" and "In this notebook we" in c.source for c in cells[-3:]), "ends with a recap"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_paired_ipynb_never_drifts(name):
+    """The generated .ipynb (if present) holds exactly the cells of its .py source."""
+    paired = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not paired.exists():
+        pytest.skip(f"{paired.name} not generated (make setup generates it)")
+    from_py = jupytext.read(NOTEBOOKS_DIR / f"{name}.py")
+    from_ipynb = jupytext.read(paired)
+    assert [(c.cell_type, c.source) for c in from_ipynb.cells] == [(c.cell_type, c.source) for c in from_py.cells], (
+        f"{paired} differs from its source {name}.py: run `make notebooks` (or jupytext --sync)"
+    )
+
+
+def test_bad_parameter_stops_before_work(tmp_path, session_outputs):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        run_notebook("04_train", tmp_path, subject_cond="maybe", smoke=True)
+    message = str(info.value)
+    assert "subject_cond" in message and "maybe" in message and "true/false" in message
+    assert not any(session_outputs.glob("04_train/*/model")), "no work was done"
+
+
+# --- the smoke chain: 00 → 06 -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_00_backbone(tmp_path, session_outputs):
+    run_notebook("00_backbone", tmp_path, smoke=True)
+    summary = json.loads((session_outputs / "00_backbone" / "backbone_summary.json").read_text())
+    assert summary["kind"] == "tiny" and list(summary["latent_shape"]) == [8, 88, 16]
+
+
+@pytest.mark.slow
+def test_01_explore_data(tmp_path, session_outputs):
+    run_notebook("01_explore_data", tmp_path, smoke=True)
+    summary = json.loads((session_outputs / "01_explore_data" / "dataset_summary.json").read_text())
+    assert summary["format"] in ("cleaned", "raw") and summary["fs"] > 0
+    assert all(isinstance(s, int) for s in summary["subjects"]) and summary["songs"]
+
+
+@pytest.mark.slow
+def test_02_preprocess(tmp_path, session_outputs):
+    run_notebook("02_preprocess", tmp_path, smoke=True)
+    summary = json.loads((session_outputs / "02_preprocess" / "preprocess_summary.json").read_text())
+    assert summary["counts"]["train"] > 0
+
+
+@pytest.mark.slow
+def test_03_controlnet(tmp_path, session_outputs):
+    run_notebook("03_controlnet", tmp_path, smoke=True)
+    summary = json.loads((session_outputs / "03_controlnet" / "controlnet_summary.json").read_text())
+    assert summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["true", "false"])
+def test_04_train_subject_cond_from_the_command_line(flag, tmp_path, session_outputs):
+    """The user's exact command: papermill 04_train.ipynb out.ipynb -p subject_cond true, from notebooks/."""
+    source = tmp_path / "04_train.ipynb"
+    jupytext.write(jupytext.read(NOTEBOOKS_DIR / "04_train.py"), source)
+    papermill = Path(sys.executable).with_name("papermill")
+    subprocess.run(
+        [str(papermill), str(source), str(tmp_path / "out.ipynb"), "-p", "subject_cond", flag, "-p", "smoke", "true",
+         "--cwd", str(NOTEBOOKS_DIR)],
+        check=True, cwd=NOTEBOOKS_DIR, capture_output=True, text=True,
+    )
+    run = "controlnet_subject" if flag == "true" else "controlnet"
+    config = json.loads((session_outputs / "04_train" / run / "model" / "eeg2music_model.json").read_text())
+    assert config["subject_cond"] is (flag == "true")
+
+
+@pytest.mark.slow
+def test_04_train_convnet(tmp_path, session_outputs):
+    run_notebook("04_train", tmp_path, model="convnet", smoke=True)
+    config = json.loads((session_outputs / "04_train" / "convnet" / "model" / "eeg2music_model.json").read_text())
+    assert config["model"] == "convnet"
+
+
+@pytest.mark.slow
+def test_05_sample(tmp_path, session_outputs):
+    run_notebook("05_sample", tmp_path, smoke=True)
+    samples = json.loads((session_outputs / "05_sample" / "samples.json").read_text())
+    assert samples
+
+
+@pytest.mark.slow
+def test_06_evaluate(tmp_path, session_outputs):
+    run_notebook("06_evaluate", tmp_path, smoke=True)
+    out = session_outputs / "06_evaluate"
+    assert (out / "metrics.json").is_file() and (out / "metrics.csv").is_file()
+    assert (out / "report.md").is_file() or (out / "report.html").is_file()
