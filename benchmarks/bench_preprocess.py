@@ -1,0 +1,282 @@
+"""Benchmark: preprocessing real-size raw NMED-T recordings, against merely reading them.
+
+A raw NMED-T file holds one participant's recording session: 129 channels × ~30 min at 1 kHz in
+MATLAB v7.3 (HDF5), ~1.9 GB of doubles. This script writes such a file with h5py (chunked datasets,
+the MATLAB v7.3 layout the readers expect: ``X`` stored as (T, 129), ``fs``, a ``DIN_1`` cell of
+triggers), then measures, each case in its own subprocess so that its peak RSS is its own:
+
+``read``
+    h5py reads exactly the song segments the preprocessing reads (the baseline: nothing can be
+    faster than getting the bytes off the file).
+``preprocess``
+    :func:`eeg2music.preprocess.build_cache` on the same file: the reader (HDF5 slices → MNE Raw in
+    volts), the paper's pipeline (drop face/reference, centre, robust scaling, clamp), float32 ``.npy``
+    files and the index.
+``preprocess ×N``
+    the same on N files (hard links to the first by default: distinct paths, same bytes) — peak RSS
+    must not grow with the number of files.
+``filter+resample``
+    the ablation configuration (cleaned-release filters, resampling to 125 Hz), for reference.
+
+Goals (from the issue): preprocessing throughput ≥ 0.5 × the read throughput, peak RSS ≤ 2 GB, and
+the same peak RSS for 1 and N files. Usage::
+
+    python benchmarks/bench_preprocess.py                 # 30 min × 129 ch × 1 kHz, 1 vs 4 files
+    python benchmarks/bench_preprocess.py --minutes 6     # a quick run
+    python benchmarks/bench_preprocess.py --json out.json --keep --workdir /tmp/bench
+
+The numbers depend on the machine and its load: the page cache is warmed before timing, and every
+case is run ``--repeats`` times (best time reported, peak RSS the maximum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SONG_SECONDS = {21: 278.0, 22: 271.0, 23: 276.0, 24: 294.0, 25: 289.0}  # NMED-T's lengths, 5 songs per session
+MATLAB_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan 09 10:00:00 2017 HDF5 schema 1.00 ."
+GiB = 1024**3
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing a raw recording (h5py only, independent of eeg2music)
+# --------------------------------------------------------------------------------------------------
+
+
+def _matlab_class(dataset, name: str) -> None:
+    dataset.attrs.create("MATLAB_class", np.bytes_(name.encode()))
+
+
+def plan_songs(seconds: float) -> dict[int, tuple[float, float]]:
+    """Song → (onset s, length s): as many NMED-T songs as fit, with equal silent gaps around them."""
+    chosen: list[int] = []
+    for song, length in SONG_SECONDS.items():
+        if sum(SONG_SECONDS[s] for s in chosen) + length + 10.0 * (len(chosen) + 2) <= seconds:
+            chosen.append(song)
+    if not chosen:
+        raise SystemExit(f"--minutes {seconds / 60:g} is too short for one NMED-T song ({min(SONG_SECONDS.values()):g} s + gaps)")
+    gap = (seconds - sum(SONG_SECONDS[s] for s in chosen)) / (len(chosen) + 1)
+    plan, cursor = {}, gap
+    for song in chosen:
+        plan[song] = (cursor, SONG_SECONDS[song])
+        cursor += SONG_SECONDS[song] + gap
+    return plan
+
+
+def write_raw_recording(path: Path, seconds: float, n_channels: int = 129, fs: float = 1000.0, seed: int = 0,
+                        chunk_rows: int = 8192) -> dict[int, tuple[float, float]]:
+    """Write ``PP_R_raw.mat`` as MATLAB v7.3 stores it, block by block (memory stays small).
+
+    ``X`` is EEG-like noise in µV: per-channel DC offsets (raw EGI data carry millivolt offsets),
+    per-channel amplitudes, the vertex reference row all zero. ``DIN_1`` holds, for each song, its
+    trigger ``D2x`` and the ``D128`` trigger 1 s after the song's onset (NMED-T's convention).
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    n_times = int(round(seconds * fs))
+    offsets = rng.uniform(-2000.0, 2000.0, n_channels)
+    scales = rng.uniform(5.0, 40.0, n_channels)
+    offsets[-1] = scales[-1] = 0.0
+    plan = plan_songs(seconds)
+    events = []
+    for song, (onset, _) in plan.items():
+        events += [(f"D{song}", int(round(onset * fs))), ("D128", int(round((onset + 1.0) * fs)))]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w", userblock_size=512) as handle:
+        refs = handle.create_group("#refs#")
+        empty = refs.create_dataset("a", data=np.zeros(2, dtype=np.uint64))
+        _matlab_class(empty, "double")
+        empty.attrs.create("MATLAB_empty", np.uint8(1))
+        x = handle.create_dataset("X", shape=(n_times, n_channels), dtype="f8", chunks=(chunk_rows, n_channels))
+        _matlab_class(x, "double")
+        block = 16 * chunk_rows
+        for start in range(0, n_times, block):
+            stop = min(n_times, start + block)
+            x[start:stop] = rng.standard_normal((stop - start, n_channels)) * scales + offsets
+        fs_set = handle.create_dataset("fs", data=np.array([[fs]]))
+        _matlab_class(fs_set, "double")
+        cells = np.empty((len(events), 4), dtype=h5py.ref_dtype)  # MATLAB's 4 × N cell, stored (N, 4)
+        for i, (label, sample) in enumerate(events):
+            text = refs.create_dataset(f"l{i}", data=np.array([[ord(c)] for c in label], dtype=np.uint16))
+            _matlab_class(text, "char")
+            text.attrs.create("MATLAB_int_decode", np.int32(2))
+            cells[i, 0] = text.ref
+            for column, (key, value) in enumerate((("s", sample), ("d", 1.0), ("i", i + 1.0)), start=1):
+                number = refs.create_dataset(f"{key}{i}", data=np.array([[float(value)]]))
+                _matlab_class(number, "double")
+                cells[i, column] = number.ref
+        din = handle.create_dataset("DIN_1", data=cells)
+        _matlab_class(din, "cell")
+    with open(tmp, "r+b") as handle:
+        handle.write(MATLAB_HEADER.ljust(116, b" ") + b" " * 8 + b"\x00\x02" + b"IM")
+    os.replace(tmp, path)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# The cases (each runs in a child process: ``--case NAME``)
+# --------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def case_read(folder: Path) -> dict:
+    """Read every song segment of every raw file with h5py (float64, as stored)."""
+    import h5py
+
+    from eeg2music.nmedt import SONGS, scan_nmedt, song_onsets
+
+    nmedt = scan_nmedt(folder)
+    baseline = _peak_rss_bytes()
+    started = time.perf_counter()
+    values = 0
+    for path in nmedt.raw.values():
+        onsets = song_onsets(path)
+        with h5py.File(path, "r") as handle:
+            fs = float(np.asarray(handle["fs"]).ravel()[0])
+            dataset = handle["X"]
+            for song, onset in onsets.items():
+                segment = dataset[onset : onset + int(round(SONGS[song].duration_s * fs)), :]
+                values += segment.size
+                del segment
+    return {"seconds": time.perf_counter() - started, "values": values, "peak_rss": _peak_rss_bytes(), "rss_after_imports": baseline}
+
+
+def case_preprocess(folder: Path, cache: Path, config: dict) -> dict:
+    """build_cache on the raw layout, as notebook 02 runs it (without the progress bar)."""
+    from eeg2music.nmedt import scan_nmedt
+    from eeg2music.preprocess import Preprocessing, build_cache
+
+    nmedt = scan_nmedt(folder)
+    cfg = Preprocessing(**config)
+    import mne  # noqa: F401  (imports outside the timed part, as in a notebook session)
+    import sklearn.preprocessing  # noqa: F401
+
+    baseline = _peak_rss_bytes()
+    started = time.perf_counter()
+    index = build_cache(nmedt, cfg, cache, layout="raw", rebuild=True, progress=False)
+    elapsed = time.perf_counter() - started
+    written = sum((index.path / entry.file).stat().st_size for entry in index.recordings)
+    input_values = sum(
+        int(round(entry.n_samples * 1000.0 / index.sfreq)) * (index.n_channels + len(index.dropped_channels))
+        for entry in index.recordings
+    )
+    shutil.rmtree(index.path)
+    return {"seconds": elapsed, "values": input_values, "written_bytes": written, "recordings": len(index.recordings),
+            "peak_rss": _peak_rss_bytes(), "rss_after_imports": baseline}
+
+
+def run_case(args: list[str]) -> dict:
+    """Run one case in a fresh interpreter and parse the JSON line it prints last."""
+    command = [sys.executable, str(Path(__file__).resolve()), *args]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise SystemExit(f"case {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def best_of(repeats: int, args: list[str]) -> dict:
+    runs = [run_case(args) for _ in range(repeats)]
+    best = min(runs, key=lambda run: run["seconds"])
+    return {**best, "peak_rss": max(run["peak_rss"] for run in runs), "all_seconds": [round(r["seconds"], 2) for r in runs]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="length of the recording (default 30)")
+    parser.add_argument("--channels", type=int, default=129, help="rows of X (default 129: E1…E128 + Cz)")
+    parser.add_argument("--files", type=int, default=4, help="files in the many-files case (default 4)")
+    parser.add_argument("--distinct-files", action="store_true", help="write every file (default: hard links to one)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per case; the best time is reported")
+    parser.add_argument("--no-ablation", action="store_true", help="skip the filter+resample configuration")
+    parser.add_argument("--workdir", default="", help="where to write the recordings (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the recordings afterwards")
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--case", choices=("read", "preprocess"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.case == "read":
+        print(json.dumps(case_read(Path(args.folder))))
+        return
+    if args.case == "preprocess":
+        print(json.dumps(case_preprocess(Path(args.folder), Path(args.cache), json.loads(args.config))))
+        return
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_preprocess_")).resolve()
+    one, many, cache = workdir / "one_file", workdir / f"{args.files}_files", workdir / "cache"
+    for folder in (one, many):
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        source = one / "02_1_raw.mat"
+        started = time.perf_counter()
+        if not source.is_file():
+            plan = write_raw_recording(source, args.minutes * 60.0, n_channels=args.channels)
+            print(f"wrote {source} ({source.stat().st_size / GiB:.2f} GiB, songs {sorted(plan)}) in "
+                  f"{time.perf_counter() - started:.0f} s")
+        for k in range(args.files):
+            target = many / f"{k + 2:02d}_1_raw.mat"
+            if target.exists():
+                continue
+            if args.distinct_files and k:
+                write_raw_recording(target, args.minutes * 60.0, n_channels=args.channels, seed=k)
+            else:
+                os.link(source, target)
+        paper = json.dumps({})
+        ablation = json.dumps({"filtering": "cleaned_release", "resample_sfreq": 125.0})
+        run_case(["--case", "read", "--folder", str(one)])  # warm the page cache: every case reads cached bytes
+        results = {
+            "read 1 file (h5py)": best_of(args.repeats, ["--case", "read", "--folder", str(one)]),
+            "preprocess 1 file": best_of(args.repeats, ["--case", "preprocess", "--folder", str(one), "--cache", str(cache), "--config", paper]),
+            f"read {args.files} files (h5py)": best_of(1, ["--case", "read", "--folder", str(many)]),
+            f"preprocess {args.files} files": best_of(1, ["--case", "preprocess", "--folder", str(many), "--cache", str(cache), "--config", paper]),
+        }
+        if not args.no_ablation:
+            results["filter+resample 125 Hz, 1 file"] = best_of(
+                1, ["--case", "preprocess", "--folder", str(one), "--cache", str(cache), "--config", ablation])
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    size = source_bytes = args.channels * int(round(args.minutes * 60.0 * 1000.0)) * 8
+    read_rate = results["read 1 file (h5py)"]["values"] / results["read 1 file (h5py)"]["seconds"]
+    print(f"\n{args.channels} channels × {args.minutes:g} min × 1 kHz float64 = {size / GiB:.2f} GiB per file; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(f"{'case':34s} {'time (s)':>9s} {'M values/s':>11s} {'× read':>7s} {'peak RSS':>10s} {'RSS after imports':>18s}")
+    for name, result in results.items():
+        rate = result["values"] / result["seconds"]
+        print(f"{name:34s} {result['seconds']:9.2f} {rate / 1e6:11.1f} {rate / read_rate:7.2f} "
+              f"{result['peak_rss'] / GiB:8.2f} GiB {result['rss_after_imports'] / GiB:15.2f} GiB")
+    one_rss = results["preprocess 1 file"]["peak_rss"]
+    many_rss = results[f"preprocess {args.files} files"]["peak_rss"]
+    ratio = (results["preprocess 1 file"]["values"] / results["preprocess 1 file"]["seconds"]) / read_rate
+    print(f"\npreprocessing / reading throughput: {ratio:.2f} (goal ≥ 0.5); peak RSS {one_rss / GiB:.2f} GiB "
+          f"(goal ≤ 2); 1 → {args.files} files: {one_rss / GiB:.2f} → {many_rss / GiB:.2f} GiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"file_bytes": source_bytes, "minutes": args.minutes, "channels": args.channels,
+                                               "files": args.files, "results": results, "throughput_ratio": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1194 @@
+"""Reading NMED-T, the Naturalistic Music EEG Dataset — Tempo (Losorelli et al., ISMIR 2017).
+
+NMED-T holds the EEG of 20 participants who listened to 10 full songs (EGI 128-channel HydroCel net,
+vertex reference). It is published in two layouts, and a folder may hold either or both:
+
+``cleaned``
+    One MATLAB file per song, ``song21_Imputed.mat`` … ``song30_Imputed.mat``, with ``dataNN``
+    (125 electrodes × T samples × 20 participants, µV, 125 Hz), ``subsNN`` (the participant IDs, a cell
+    of strings such as ``"P02"``) and ``fs``. The authors filtered (0.3 Hz high-pass, 59–61 Hz notch,
+    50 Hz low-pass), downsampled ×8, removed the face channels E125–E128 and kept the vertex reference
+    as the 125th row.
+``raw``
+    One MATLAB v7.3 (HDF5) file per participant and recording session, ``PP_R_raw.mat`` (e.g.
+    ``02_1_raw.mat``: participant 2, recording 1), with ``X`` (129 × T at 1000 Hz, row 129 the all-zero
+    vertex reference), ``fs`` and ``DIN_1`` (a 4 × N cell of events: the trigger label, e.g. ``"D21"``,
+    and its sample index, then two bookkeeping rows this reader does not need). A song starts 1 s
+    before the ``128`` trigger that follows its song trigger (21–30).
+
+The file names and the ``DIN_1`` layout follow the public loaders of the dataset (PredANN's
+``mat_to_pkl.py`` reads ``DIN_1{1,:}`` as labels and ``DIN_1{2,:}`` as 0-based sample indices; the
+eeg2music reproduction names raw files ``02_1_raw.mat``). Labels are read by their digits, so ``"D21"``,
+``"DIN21"`` and ``"21"`` are the same trigger.
+
+Everything is returned as :class:`mne.io.RawArray` in volts with the HydroCel channel names (``E1`` …
+``E128``, ``Cz``) and montage, one per participant × song, with the song and subject in the metadata
+(:func:`recording_info`). Raw files are streamed: only the song's samples are read from the HDF5
+file, so memory stays flat on 1.5 GB recordings.
+
+The stimulus WAVs are not part of the public release; users add them (in ``<root>/stimuli``, in the
+root itself, or in a folder they name), and :func:`read_stimulus` reads them on demand. Reading and
+summarising the EEG never needs the audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Song",
+    "SONGS",
+    "SUBJECT_IDS",
+    "LAYOUTS",
+    "CLEANED_FS",
+    "RAW_FS",
+    "ONSET_TRIGGER",
+    "ONSET_OFFSET_S",
+    "MONTAGE_NAME",
+    "NMEDTError",
+    "NMEDTFolder",
+    "RawEvent",
+    "channel_names",
+    "cleaned_channel_names",
+    "raw_channel_names",
+    "hydrocel_montage",
+    "cleaned_filename",
+    "raw_filename",
+    "subject_label",
+    "parse_subject",
+    "scan_nmedt",
+    "read_raw_events",
+    "song_onsets",
+    "iter_recordings",
+    "count_recordings",
+    "read_recording",
+    "recording_info",
+    "stimulus_path",
+    "read_stimulus",
+    "write_mat_v73",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset's constants
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Song:
+    """One NMED-T stimulus.
+
+    Attributes
+    ----------
+    id : int
+        The song's trigger number (21–30), used as its ID everywhere.
+    title, artist : str
+        As in the NMED-T README.
+    bpm : float
+        The tempo the dataset was designed around (beats per minute).
+    duration_s : float
+        Length of the stimulus in seconds (the EEG segment of a song has this length).
+    wav_name : str
+        File name of the stimulus WAV (44.1 kHz) as the public loaders name it.
+    """
+
+    id: int
+    title: str
+    artist: str
+    bpm: float
+    duration_s: float
+    wav_name: str
+
+
+#: The ten NMED-T songs by trigger number.
+SONGS: dict[int, Song] = {
+    song.id: song
+    for song in (
+        Song(21, "First Fires", "Bonobo", 55.97, 278.0, "FirstFires.wav"),
+        Song(22, "Oino", "LA Priest", 69.44, 271.0, "Oino.wav"),
+        Song(23, "Tiptoes", "Daedelus", 74.26, 276.0, "Tiptoes.wav"),
+        Song(24, "Careless Love", "Croquet Club", 82.42, 294.0, "CarelessLove.wav"),
+        Song(25, "Lebanese Blonde", "Thievery Corporation", 91.46, 289.0, "LebaneseBlonde.wav"),
+        Song(26, "Canopée", "Polo & Pan", 96.15, 276.0, "Canopee.wav"),
+        Song(27, "Doing Yoga", "Kazy Lambist", 108.70, 292.0, "DoingYoga.wav"),
+        Song(28, "Until the Sun Needs to Rise", "Rüfüs du Sol", 120.00, 292.0, "UntilTheSunNeedsToRise.wav"),
+        Song(29, "Silent Shout", "The Knife", 128.21, 293.0, "SilentShout.wav"),
+        Song(30, "The Last Thing You Should Do", "David Bowie", 150.00, 298.0, "TheLastThingYouShouldDo.wav"),
+    )
+}
+
+#: The 20 NMED-T participants (raw IDs 02–23 without 18 and 22).
+SUBJECT_IDS: tuple[int, ...] = tuple(i for i in range(2, 24) if i not in (18, 22))
+
+LAYOUTS = ("cleaned", "raw")
+CLEANED_FS = 125.0
+RAW_FS = 1000.0
+#: The trigger that follows each song trigger, 1 s after the stimulus onset.
+ONSET_TRIGGER = 128
+ONSET_OFFSET_S = 1.0
+#: MNE's montage of the 128-channel HydroCel net *with* its vertex reference ``Cz`` (the
+#: "GSN-HydroCel-128" montage has the same E1…E128 positions but lacks ``Cz``).
+MONTAGE_NAME = "GSN-HydroCel-129"
+#: The file the simulator writes last; when present, its ``songs`` entry gives the (shortened) song
+#: lengths of a simulated dataset.
+SIMULATION_FILE = "simulation.json"
+
+_CLEANED_RE = re.compile(r"^song(\d+)_imputed\.mat$", re.IGNORECASE)
+_RAW_RE = re.compile(r"^[ps]?(\d{1,3})_(\d+)_raw\.mat$", re.IGNORECASE)
+_STIMULI_SUBDIRS = ("stimuli", "Stimuli", "audio", "wav")
+
+
+class NMEDTError(ValueError):
+    """An NMED-T file or folder that cannot be read; the message names it and what is wrong."""
+
+
+def channel_names(n_channels: int) -> list[str]:
+    """HydroCel channel names for a recording with ``n_channels`` rows.
+
+    125 rows (cleaned layout) → ``E1`` … ``E124``, ``Cz``; 129 rows (raw layout) → ``E1`` … ``E128``,
+    ``Cz``; 128 → ``E1`` … ``E128``; 124 → ``E1`` … ``E124``.
+    """
+    if n_channels == 125:
+        return [f"E{i}" for i in range(1, 125)] + ["Cz"]
+    if n_channels == 129:
+        return [f"E{i}" for i in range(1, 129)] + ["Cz"]
+    if n_channels in (124, 128):
+        return [f"E{i}" for i in range(1, n_channels + 1)]
+    raise ValueError(f"no HydroCel channel naming for {n_channels} channels (expected 124, 125, 128 or 129)")
+
+
+def cleaned_channel_names() -> list[str]:
+    """The 125 channels of the cleaned layout: ``E1`` … ``E124`` and the vertex ``Cz``."""
+    return channel_names(125)
+
+
+def raw_channel_names() -> list[str]:
+    """The 129 channels of the raw layout: ``E1`` … ``E128`` and the vertex ``Cz`` (all zero)."""
+    return channel_names(129)
+
+
+def hydrocel_montage():
+    """MNE's GSN-HydroCel montage with the 128 electrodes and the vertex reference ``Cz``."""
+    import mne
+
+    return mne.channels.make_standard_montage(MONTAGE_NAME)
+
+
+def cleaned_filename(song_id: int) -> str:
+    """File name of a song in the cleaned layout: ``song21_Imputed.mat``."""
+    return f"song{int(song_id)}_Imputed.mat"
+
+
+def raw_filename(subject: int, recording: int) -> str:
+    """File name of a raw recording: ``02_1_raw.mat`` for participant 2, recording 1."""
+    return f"{int(subject):02d}_{int(recording)}_raw.mat"
+
+
+def subject_label(subject: int) -> str:
+    """The participant label NMED-T uses in ``subsNN``: ``"P02"`` for 2."""
+    return f"P{int(subject):02d}"
+
+
+def parse_subject(value: Any) -> int:
+    """A participant number from an ID such as ``"P02"``, ``"02"``, ``2`` or ``2.0``."""
+    if isinstance(value, np.ndarray):
+        value = value.squeeze()
+        value = value.item() if value.ndim == 0 else "".join(map(str, value.ravel()))
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    digits = re.findall(r"\d+", str(value))
+    if len(digits) != 1:
+        raise ValueError(f"cannot read a participant number from {value!r}")
+    return int(digits[0])
+
+
+def _trigger_code(label: Any) -> int | None:
+    """The trigger number in a DIN label (``"D21"`` → 21); None when the label has no digits."""
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    if isinstance(label, (float, np.floating)) and np.isfinite(label):
+        return int(label)
+    digits = "".join(re.findall(r"\d", str(label)))
+    return int(digits) if digits else None
+
+
+# --------------------------------------------------------------------------------------------------
+# The folder
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NMEDTFolder:
+    """What an NMED-T folder holds (see :func:`scan_nmedt`).
+
+    Attributes
+    ----------
+    root : Path
+        The folder.
+    layouts : tuple of str
+        The layouts present, among ``"cleaned"`` and ``"raw"``.
+    cleaned : dict[int, Path]
+        Cleaned files by song ID.
+    raw : dict[tuple[int, int], Path]
+        Raw files by (participant, recording).
+    songs : dict[int, Song]
+        The songs table this folder's EEG follows: :data:`SONGS`, with the song lengths of a simulated
+        dataset when its ``simulation.json`` declares them.
+    stimuli_dirs : tuple of Path
+        The folders searched for the stimulus WAVs, in order (existing ones only).
+    stimuli : dict[int, Path]
+        The stimulus WAV found for each song (songs without a WAV are absent).
+    simulated : bool
+        True when the folder was written by :func:`eeg2music.simulate.simulate_nmedt`.
+    """
+
+    root: Path
+    layouts: tuple[str, ...]
+    cleaned: dict[int, Path]
+    raw: dict[tuple[int, int], Path]
+    songs: dict[int, Song]
+    stimuli_dirs: tuple[Path, ...]
+    stimuli: dict[int, Path]
+    simulated: bool = False
+    simulation: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def stimuli_dir(self) -> Path | None:
+        """The folder holding the stimulus WAVs (the first searched folder that has any), or None."""
+        for directory in self.stimuli_dirs:
+            if any(path.parent == directory for path in self.stimuli.values()):
+                return directory
+        return None
+
+    @property
+    def default_layout(self) -> str:
+        """``"cleaned"`` when present (small, ready to use), else ``"raw"``."""
+        return "cleaned" if "cleaned" in self.layouts else "raw"
+
+    @property
+    def raw_subjects(self) -> list[int]:
+        """Participants with at least one raw recording."""
+        return sorted({subject for subject, _ in self.raw})
+
+    def resolve_layout(self, layout: str) -> str:
+        """``"auto"`` → :attr:`default_layout`; a layout the folder lacks is an error naming the folder."""
+        if layout in ("auto", "", None):
+            return self.default_layout
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {('auto',) + LAYOUTS}")
+        if layout not in self.layouts:
+            expected = "songNN_Imputed.mat files" if layout == "cleaned" else "PP_R_raw.mat files"
+            raise FileNotFoundError(
+                f"{self.root}: no {layout} NMED-T files ({expected}); this folder has: {list(self.layouts) or 'none'}"
+            )
+        return layout
+
+
+def _stimulus_search_dirs(root: Path, stimuli_dir: str | Path | None) -> list[Path]:
+    candidates: list[Path] = []
+    if stimuli_dir not in (None, ""):
+        given = Path(stimuli_dir).expanduser()
+        if not given.is_absolute() and not given.exists() and (root / given).exists():
+            given = root / given
+        if not given.is_dir():
+            raise FileNotFoundError(
+                f"stimuli_dir {str(given)!r} is not a folder; it should hold the NMED-T stimulus WAVs "
+                f"({', '.join(song.wav_name for song in SONGS.values())})"
+            )
+        candidates.append(given.resolve())
+    candidates += [root / name for name in _STIMULI_SUBDIRS] + [root]
+    unique: list[Path] = []
+    for directory in candidates:
+        if directory.is_dir() and directory not in unique:
+            unique.append(directory)
+    return unique
+
+
+def _stimulus_candidates(song: Song) -> list[str]:
+    """File names accepted for a song's WAV: the public loaders' name, then ``song21.wav`` / ``21.wav``."""
+    return [song.wav_name, f"song{song.id}.wav", f"{song.id}.wav"]
+
+
+def _find_stimuli(directories: Sequence[Path], songs: dict[int, Song]) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    listings = {d: {p.name.lower(): p for p in d.iterdir() if p.is_file()} for d in directories}
+    for song in songs.values():
+        for directory in directories:
+            hit = next((listings[directory][n.lower()] for n in _stimulus_candidates(song) if n.lower() in listings[directory]), None)
+            if hit is not None:
+                found[song.id] = hit
+                break
+    return found
+
+
+def _simulated_songs(root: Path) -> tuple[dict[int, Song], dict[str, Any]]:
+    """The songs table of a simulated dataset (its ``simulation.json`` gives the song lengths)."""
+    path = root / SIMULATION_FILE
+    if not path.is_file():
+        return dict(SONGS), {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise NMEDTError(f"{path}: not a readable simulation record ({err})") from None
+    songs = dict(SONGS)
+    for key, entry in (meta.get("songs") or {}).items():
+        song_id = int(key)
+        if song_id in songs and "duration_s" in entry:
+            songs[song_id] = dataclasses.replace(songs[song_id], duration_s=float(entry["duration_s"]))
+    return songs, meta
+
+
+def scan_nmedt(root: str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+    """Find the NMED-T files in a folder (no EEG is read).
+
+    Parameters
+    ----------
+    root : path-like
+        A folder holding the cleaned files (``song21_Imputed.mat`` …) and/or the raw files
+        (``02_1_raw.mat`` …), directly or in sub-folders named ``cleaned``/``raw`` (any depth).
+    stimuli_dir : path-like, optional
+        A folder with the stimulus WAVs (e.g. a sibling folder); ``root/stimuli`` and ``root`` are
+        searched too.
+
+    Returns
+    -------
+    NMEDTFolder
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` is not a folder, or holds no NMED-T file (the message says what was looked for).
+    NMEDTError
+        If two files claim the same song or recording.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"NMED-T folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise FileNotFoundError(f"NMED-T folder {str(root)!r} is not a folder")
+    root = root.resolve()
+    cleaned: dict[int, Path] = {}
+    raw: dict[tuple[int, int], Path] = {}
+    for path in sorted(root.rglob("*.mat")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # unfinished atomic writes and hidden folders
+        if match := _CLEANED_RE.match(path.name):
+            song_id = int(match.group(1))
+            if song_id not in SONGS:
+                warnings.warn(f"{path}: song {song_id} is not an NMED-T song (21–30); ignored", stacklevel=2)
+                continue
+            if song_id in cleaned:
+                raise NMEDTError(f"two cleaned files for song {song_id}: {cleaned[song_id]} and {path}")
+            cleaned[song_id] = path
+        elif match := _RAW_RE.match(path.name):
+            key = (int(match.group(1)), int(match.group(2)))
+            if key in raw:
+                raise NMEDTError(f"two raw files for participant {key[0]}, recording {key[1]}: {raw[key]} and {path}")
+            raw[key] = path
+    if not cleaned and not raw:
+        mats = sorted(p.name for p in root.rglob("*.mat"))[:5]
+        raise FileNotFoundError(
+            f"{root}: no NMED-T files found. Expected cleaned files named songNN_Imputed.mat "
+            f"(e.g. song21_Imputed.mat) and/or raw files named PP_R_raw.mat (e.g. 02_1_raw.mat)"
+            + (f"; found other .mat files: {mats}" if mats else "; the folder has no .mat file")
+        )
+    songs, simulation = _simulated_songs(root)
+    directories = _stimulus_search_dirs(root, stimuli_dir)
+    layouts = tuple(name for name, files in (("cleaned", cleaned), ("raw", raw)) if files)
+    return NMEDTFolder(
+        root=root,
+        layouts=layouts,
+        cleaned=dict(sorted(cleaned.items())),
+        raw=dict(sorted(raw.items())),
+        songs=songs,
+        stimuli_dirs=tuple(directories),
+        stimuli=_find_stimuli(directories, songs),
+        simulated=bool(simulation),
+        simulation=simulation,
+    )
+
+
+def _as_folder(folder: NMEDTFolder | str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+    return folder if isinstance(folder, NMEDTFolder) else scan_nmedt(folder, stimuli_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# MATLAB files: v5 (scipy) and v7.3 (HDF5)
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
+def _open_hdf5(path: Path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise NMEDTError(f"{path}: cannot open the MATLAB v7.3 (HDF5) file ({err}); it may be truncated") from None
+
+
+def _h5_variables(handle) -> list[str]:
+    return sorted(key for key in handle.keys() if not key.startswith("#"))
+
+
+def _loadmat_v5(path: Path, variable_names: Sequence[str]) -> dict[str, Any]:
+    """Load the named variables of a MATLAB v4–v7 file; every failure names the file."""
+    import scipy.io
+
+    try:
+        with open(path, "rb") as handle:
+            return scipy.io.loadmat(handle, variable_names=list(variable_names))
+    except NotImplementedError:
+        raise NMEDTError(f"{path}: MATLAB v7.3 file that is not valid HDF5; it may be truncated") from None
+    except Exception as err:  # scipy raises ValueError, TypeError, zlib.error, MatReadError… on damage
+        raise NMEDTError(f"{path}: cannot read the MATLAB file ({type(err).__name__}: {err}); it may be truncated or not a .mat file") from None
+
+
+def _v5_variables(path: Path) -> list[str]:
+    import scipy.io
+
+    try:
+        return sorted(name for name, _, _ in scipy.io.whosmat(str(path)))
+    except Exception as err:
+        raise NMEDTError(f"{path}: cannot read the MATLAB file ({type(err).__name__}: {err}); it may be truncated or not a .mat file") from None
+
+
+def _h5_char(dataset) -> str:
+    """A MATLAB char array stored in HDF5 (uint16 codes)."""
+    codes = np.asarray(dataset[()]).ravel()
+    return "".join(chr(int(c)) for c in codes if int(c) != 0)
+
+
+def _h5_cell_strings(handle, name: str, path: Path) -> list[str]:
+    dataset = handle[name]
+    if dataset.dtype != object:
+        if dataset.attrs.get("MATLAB_class", b"") == b"char":
+            return [_h5_char(dataset)]
+        raise NMEDTError(f"{path}: variable {name!r} should be a cell of strings, found a {dataset.dtype} array")
+    return [_h5_char(handle[ref]) for ref in np.asarray(dataset[()]).ravel()]
+
+
+def _h5_scalar(handle, name: str, path: Path) -> float:
+    values = np.asarray(handle[name][()], dtype=float).ravel()
+    if values.size != 1:
+        raise NMEDTError(f"{path}: variable {name!r} should be one number, found {values.size} values")
+    return float(values[0])
+
+
+def _v5_strings(value: Any) -> list[str]:
+    """The strings of a scipy-loaded cell array (or char array)."""
+    value = np.asarray(value)
+    if value.dtype == object:
+        return [str(np.asarray(item).squeeze()) if np.asarray(item).size else "" for item in value.ravel()]
+    if value.dtype.kind in "US":
+        return [str(item).strip() for item in value.ravel()]
+    return [str(item) for item in value.ravel()]
+
+
+def _check_fs(fs: float, path: Path) -> float:
+    if not np.isfinite(fs) or fs <= 0:
+        raise NMEDTError(f"{path}: fs = {fs!r} is not a positive sampling rate")
+    return float(fs)
+
+
+def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
+    """Write a MATLAB v7.3 file (HDF5 with MATLAB's 512-byte header), as MATLAB's ``save -v7.3`` does.
+
+    Supported values: numeric arrays (stored transposed, as MATLAB stores column-major arrays, with
+    ``MATLAB_class`` ``double``/``single``/…), scalars, strings (``char``), and cell arrays given as
+    NumPy object arrays of those (stored as HDF5 object references into ``#refs#``). The file is
+    written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    import os
+    import tempfile
+
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    classes = {
+        np.dtype(np.float64): b"double", np.dtype(np.float32): b"single", np.dtype(np.int8): b"int8",
+        np.dtype(np.int16): b"int16", np.dtype(np.int32): b"int32", np.dtype(np.int64): b"int64",
+        np.dtype(np.uint8): b"uint8", np.dtype(np.uint16): b"uint16", np.dtype(np.uint32): b"uint32",
+        np.dtype(np.uint64): b"uint64",
+    }
+    counter = iter(range(10**9))
+
+    def write_value(group, name: str, value: Any):
+        if isinstance(value, str):
+            codes = np.array([ord(c) for c in value], dtype=np.uint16).reshape(1, -1)
+            dataset = group.create_dataset(name, data=codes.T)
+            dataset.attrs["MATLAB_class"] = np.bytes_(b"char")
+            dataset.attrs["MATLAB_int_decode"] = np.int32(2)
+            return dataset
+        array = np.asarray(value)
+        if array.dtype == object:
+            refs_group = group.file.require_group("#refs#")
+            matlab = np.atleast_2d(array)
+            refs = np.empty(matlab.shape, dtype=h5py.ref_dtype)
+            for index in np.ndindex(matlab.shape):
+                refs[index] = write_value(refs_group, f"r{next(counter)}", matlab[index]).ref
+            dataset = group.create_dataset(name, data=refs.T)
+            dataset.attrs["MATLAB_class"] = np.bytes_(b"cell")
+            return dataset
+        if array.dtype == bool:
+            array = array.astype(np.uint8)
+        if array.dtype not in classes:
+            raise TypeError(f"write_mat_v73: cannot store {name!r} of dtype {array.dtype}")
+        matlab = array.reshape(1, 1) if array.ndim == 0 else (array.reshape(1, -1) if array.ndim == 1 else array)
+        big = matlab.nbytes > (1 << 20)
+        dataset = group.create_dataset(
+            name, data=matlab.T, chunks=True if big else None,
+        )
+        dataset.attrs["MATLAB_class"] = np.bytes_(classes[array.dtype])
+        return dataset
+
+    try:
+        with h5py.File(tmp, "w", userblock_size=512, libver="earliest") as handle:
+            for name, value in variables.items():
+                write_value(handle, name, value)
+        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: eeg2music HDF5 schema 1.00 ."
+        with open(tmp, "r+b") as handle:
+            handle.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a dataset is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Cleaned layout
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _CleanedSong:
+    """A cleaned song file opened for reading: subjects, fs, and a per-subject reader."""
+
+    path: Path
+    song_id: int
+    subjects: list[int]
+    fs: float
+    n_channels: int
+    n_times: int
+    _array: np.ndarray | None = None  # (C, T, S) for v5 files (loaded whole)
+    _dataset: Any = None  # h5py dataset (S, T, C) for v7.3 files
+    _handle: Any = None
+
+    def subject_data(self, index: int) -> np.ndarray:
+        """µV, (channels, times), float64."""
+        if self._array is not None:
+            data = self._array[:, :, index] if self._array.ndim == 3 else self._array
+        else:
+            data = self._dataset[index].T if self._dataset.ndim == 3 else self._dataset[()].T
+        return np.asarray(data, dtype=np.float64)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _expected_cleaned(song_id: int) -> tuple[str, str]:
+    return f"data{song_id}", f"subs{song_id}"
+
+
+def _check_cleaned_shape(path: Path, name: str, shape: tuple[int, ...], n_subjects: int) -> tuple[int, int]:
+    if len(shape) == 2 and n_subjects == 1:
+        pass  # MATLAB drops a trailing singleton dimension: one participant saves as 125 × T
+    elif len(shape) != 3:
+        raise NMEDTError(
+            f"{path}: {name} should be a 3-D array (125 electrodes × time × participants), found shape {shape}"
+        )
+    if shape[0] != 125:
+        raise NMEDTError(f"{path}: {name} should have 125 electrodes in its first dimension, found shape {shape}")
+    n_in_data = shape[2] if len(shape) == 3 else 1
+    if n_in_data != n_subjects:
+        raise NMEDTError(f"{path}: {name} holds {n_in_data} participants but the subject list has {n_subjects}")
+    return shape[0], shape[1]
+
+
+def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song]) -> _CleanedSong:
+    data_name, subs_name = _expected_cleaned(song_id)
+    wanted = (data_name, subs_name, "fs")
+    if _is_hdf5(path):
+        handle = _open_hdf5(path)
+        try:
+            missing = [name for name in wanted if name not in handle]
+            if missing:
+                raise NMEDTError(
+                    f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
+                    f"this one holds {_h5_variables(handle)}"
+                )
+            subjects = [parse_subject(s) for s in _h5_cell_strings(handle, subs_name, path)]
+            fs = _check_fs(_h5_scalar(handle, "fs", path), path)
+            dataset = handle[data_name]
+            matlab_shape = tuple(reversed(dataset.shape))
+            n_channels, n_times = _check_cleaned_shape(path, data_name, matlab_shape, len(subjects))
+            song = _CleanedSong(path, song_id, subjects, fs, n_channels, n_times, _dataset=dataset, _handle=handle)
+        except BaseException:
+            handle.close()
+            raise
+    else:
+        contents = _loadmat_v5(path, wanted)
+        missing = [name for name in wanted if name not in contents]
+        if missing:
+            raise NMEDTError(
+                f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
+                f"this one holds {_v5_variables(path)}"
+            )
+        try:
+            subjects = [parse_subject(s) for s in _v5_strings(contents[subs_name])]
+        except ValueError as err:
+            raise NMEDTError(f"{path}: {subs_name} should list participant IDs such as 'P02' ({err})") from None
+        fs_values = np.asarray(contents["fs"], dtype=float).ravel()
+        if fs_values.size != 1:
+            raise NMEDTError(f"{path}: fs should be one number, found {fs_values.size} values")
+        fs = _check_fs(float(fs_values[0]), path)
+        array = np.asarray(contents[data_name])
+        if array.dtype.kind not in "fiu":
+            raise NMEDTError(f"{path}: {data_name} should be a numeric array, found dtype {array.dtype}")
+        n_channels, n_times = _check_cleaned_shape(path, data_name, array.shape, len(subjects))
+        song = _CleanedSong(path, song_id, subjects, fs, n_channels, n_times, _array=array)
+    if len(set(song.subjects)) != len(song.subjects):
+        song.close()
+        raise NMEDTError(f"{path}: {subs_name} lists a participant twice: {song.subjects}")
+    _check_duration(path, song.n_times, song.fs, songs[song_id])
+    return song
+
+
+def _check_duration(path: Path, n_times: int, fs: float, song: Song) -> None:
+    """The cleaned EEG of a song lasts the song: a sampling rate that disagrees shows here."""
+    seconds = n_times / fs
+    tolerance = max(2.0, 0.05 * song.duration_s)
+    if abs(seconds - song.duration_s) > tolerance:
+        raise NMEDTError(
+            f"{path}: fs = {fs:g} Hz makes the {n_times} samples last {seconds:.1f} s, but song {song.id} "
+            f"lasts {song.duration_s:g} s: fs disagrees with the data (or the data is cut)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw layout
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """One ``DIN_1`` event of a raw recording: its label, trigger number (None if not numeric), sample."""
+
+    label: str
+    code: int | None
+    sample: int
+
+
+def _events_from_rows(path: Path, labels: Sequence[Any], samples: Sequence[Any]) -> list[RawEvent]:
+    events = []
+    for index, (label, sample) in enumerate(zip(labels, samples)):
+        value = np.asarray(sample, dtype=float).ravel()
+        if value.size != 1 or not np.isfinite(value[0]):
+            raise NMEDTError(f"{path}: DIN_1 event {index + 1} ({label!r}) has no valid sample index ({sample!r})")
+        events.append(RawEvent(str(label), _trigger_code(label), int(round(value[0]))))
+    return events
+
+
+def _h5_din(handle, path: Path) -> list[RawEvent]:
+    dataset = handle["DIN_1"]
+    if dataset.dtype != object:
+        raise NMEDTError(f"{path}: DIN_1 should be a cell array (4 × N), found a {dataset.dtype} array")
+    refs = np.asarray(dataset[()])
+    matlab = refs.T  # MATLAB's 4 × N cell is stored as (N, 4)
+    if matlab.ndim != 2 or matlab.shape[0] < 2:
+        raise NMEDTError(f"{path}: DIN_1 should be a 4 × N cell (label; sample; …), found MATLAB shape {matlab.shape}")
+
+    def cell(ref):
+        item = handle[ref]
+        if item.attrs.get("MATLAB_class", b"") == b"char":
+            return _h5_char(item)
+        if "MATLAB_empty" in item.attrs:
+            return np.nan
+        return np.asarray(item[()])
+
+    labels = [cell(ref) for ref in matlab[0]]
+    samples = [cell(ref) for ref in matlab[1]]
+    return _events_from_rows(path, labels, samples)
+
+
+def _v5_din(value: Any, path: Path) -> list[RawEvent]:
+    cells = np.asarray(value)
+    if cells.dtype != object or cells.ndim != 2 or cells.shape[0] < 2:
+        raise NMEDTError(f"{path}: DIN_1 should be a 4 × N cell (label; sample; …), found {cells.dtype} {cells.shape}")
+    labels = [_v5_strings(item)[0] if np.asarray(item).dtype.kind in "US" else np.asarray(item).ravel()[0] for item in cells[0]]
+    return _events_from_rows(path, labels, list(cells[1]))
+
+
+@dataclass
+class _RawFile:
+    """A raw recording opened for reading (HDF5 streamed, or a v5 file loaded whole)."""
+
+    path: Path
+    fs: float
+    events: list[RawEvent]
+    n_channels: int
+    n_times: int
+    _dataset: Any = None  # h5py (T, C) or (C, T)
+    _time_axis: int = 0
+    _array: np.ndarray | None = None  # (C, T)
+    _handle: Any = None
+
+    def segment(self, start: int, stop: int) -> np.ndarray:
+        """(channels, stop - start) float64, reading only those samples."""
+        if self._array is not None:
+            data = self._array[:, start:stop]
+        elif self._time_axis == 0:
+            data = self._dataset[start:stop, :].T
+        else:
+            data = self._dataset[:, start:stop]
+        return np.asarray(data, dtype=np.float64)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _raw_shape(path: Path, shape: tuple[int, ...], hdf5: bool) -> tuple[int, int, int]:
+    """(n_channels, n_times, time axis in the stored array) for X; MATLAB v7.3 stores X as (T, 129)."""
+    if len(shape) != 2:
+        raise NMEDTError(f"{path}: X should be a 2-D array (129 electrodes × time), found shape {shape}")
+    channel_axes = [axis for axis in (1, 0) if shape[axis] in (128, 129)] if hdf5 else [axis for axis in (0, 1) if shape[axis] in (128, 129)]
+    if not channel_axes:
+        raise NMEDTError(f"{path}: X should have 129 electrode rows (E1…E128 + vertex), found shape {shape}")
+    channel_axis = channel_axes[0]
+    return shape[channel_axis], shape[1 - channel_axis], 1 - channel_axis
+
+
+def _open_raw(path: Path, load_data: bool = True) -> _RawFile:
+    wanted = ("X", "fs", "DIN_1")
+    if _is_hdf5(path):
+        handle = _open_hdf5(path)
+        try:
+            missing = [name for name in wanted if name not in handle]
+            if missing:
+                raise NMEDTError(
+                    f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
+                    f"this one holds {_h5_variables(handle)}"
+                )
+            fs = _check_fs(_h5_scalar(handle, "fs", path), path)
+            events = _h5_din(handle, path)
+            dataset = handle["X"]
+            n_channels, n_times, time_axis = _raw_shape(path, dataset.shape, hdf5=True)
+            return _RawFile(path, fs, events, n_channels, n_times, _dataset=dataset, _time_axis=time_axis, _handle=handle)
+        except BaseException:
+            handle.close()
+            raise
+    names = wanted if load_data else ("fs", "DIN_1")
+    contents = _loadmat_v5(path, names)
+    missing = [name for name in names if name not in contents]
+    if missing:
+        raise NMEDTError(
+            f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
+            f"this one holds {_v5_variables(path)}"
+        )
+    fs = _check_fs(float(np.asarray(contents["fs"], dtype=float).ravel()[0]), path)
+    events = _v5_din(contents["DIN_1"], path)
+    if not load_data:
+        import scipy.io
+
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
+        if "X" not in shapes:
+            raise NMEDTError(f"{path}: missing variable(s) ['X']; a raw NMED-T file holds {list(wanted)}")
+        n_channels, n_times, _ = _raw_shape(path, tuple(shapes["X"]), hdf5=False)
+        return _RawFile(path, fs, events, n_channels, n_times)
+    array = np.asarray(contents["X"])
+    n_channels, n_times, time_axis = _raw_shape(path, array.shape, hdf5=False)
+    return _RawFile(path, fs, events, n_channels, n_times, _array=array if time_axis == 1 else array.T)
+
+
+def read_raw_events(path: str | Path) -> list[RawEvent]:
+    """The ``DIN_1`` events of a raw recording (label, trigger number, sample), in file order."""
+    raw_file = _open_raw(Path(path), load_data=False)
+    raw_file.close()
+    return raw_file.events
+
+
+def _song_onsets_of(raw_file: _RawFile, songs: dict[int, Song]) -> dict[int, int]:
+    """Song → first sample of its stimulus, checked against the recording's length."""
+    path, fs, events = raw_file.path, raw_file.fs, raw_file.events
+    onsets: dict[int, int] = {}
+    for index, event in enumerate(events):
+        if event.code not in songs:
+            continue
+        following = None
+        for later in events[index + 1 :]:
+            if later.code == ONSET_TRIGGER:
+                following = later
+                break
+            if later.code in songs:
+                break  # the next song started before any 128: this song's onset is missing
+        if following is None:
+            raise NMEDTError(
+                f"{path}: song trigger {event.label!r} (song {event.code}) at sample {event.sample} has no "
+                f"following {ONSET_TRIGGER} trigger, so its onset is unknown"
+            )
+        if event.code in onsets:
+            raise NMEDTError(f"{path}: song {event.code} is triggered twice")
+        onsets[event.code] = following.sample - int(round(ONSET_OFFSET_S * fs))
+    ordered = sorted(onsets.items(), key=lambda item: item[1])
+    for position, (song_id, onset) in enumerate(ordered):
+        length = int(round(songs[song_id].duration_s * fs))
+        if onset < 0 or onset + length > raw_file.n_times:
+            raise NMEDTError(
+                f"{path}: song {song_id} spans samples {onset}–{onset + length} at fs = {fs:g} Hz, beyond the "
+                f"recording's {raw_file.n_times} samples: the file is cut short or fs disagrees with the data"
+            )
+        if position + 1 < len(ordered) and onset + length > ordered[position + 1][1]:
+            raise NMEDTError(
+                f"{path}: song {song_id} ({songs[song_id].duration_s:g} s at fs = {fs:g} Hz) would overlap song "
+                f"{ordered[position + 1][0]}: fs disagrees with the data"
+            )
+    return onsets
+
+
+def song_onsets(path: str | Path, songs: dict[int, Song] | None = None) -> dict[int, int]:
+    """Song ID → onset sample (the ``128`` trigger after the song trigger, minus 1 s) in a raw file.
+
+    Parameters
+    ----------
+    path : path-like
+        A raw recording (``PP_R_raw.mat``).
+    songs : dict, optional
+        The songs table (their lengths are checked against the recording); :data:`SONGS` by default.
+
+    Raises
+    ------
+    NMEDTError
+        A song trigger without a following ``128``, or a song that does not fit in the recording.
+    """
+    raw_file = _open_raw(Path(path), load_data=False)
+    raw_file.close()
+    return _song_onsets_of(raw_file, songs or SONGS)
+
+
+# --------------------------------------------------------------------------------------------------
+# MNE objects
+# --------------------------------------------------------------------------------------------------
+
+_MONTAGE_CACHE: dict[str, Any] = {}
+
+
+def _make_raw(data_uv: np.ndarray, fs: float, info_dict: dict[str, Any]):
+    """A RawArray in volts with HydroCel names and montage, carrying ``info_dict`` as its metadata."""
+    import mne
+
+    names = channel_names(data_uv.shape[0])
+    info = mne.create_info(names, fs, ch_types="eeg", verbose="error")
+    data = data_uv * 1e-6
+    raw = mne.io.RawArray(data, info, verbose="error")
+    if MONTAGE_NAME not in _MONTAGE_CACHE:
+        _MONTAGE_CACHE[MONTAGE_NAME] = hydrocel_montage()
+    raw.set_montage(_MONTAGE_CACHE[MONTAGE_NAME], verbose="error")
+    with raw.info._unlock():
+        raw.info["description"] = json.dumps({"eeg2music": info_dict})
+        raw.info["subject_info"] = {"id": int(info_dict["subject"]), "his_id": subject_label(info_dict["subject"])}
+    return raw
+
+
+def recording_info(raw) -> dict[str, Any]:
+    """The metadata of a recording read by :func:`iter_recordings`.
+
+    Returns
+    -------
+    dict
+        ``subject`` (int), ``song`` (int), ``layout`` ("cleaned" | "raw"), ``source`` (the file, str),
+        ``onset_sample`` (int sample of the song's onset in the raw file, or None for cleaned data).
+    """
+    description = raw.info.get("description") or ""
+    try:
+        meta = json.loads(description)["eeg2music"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("this Raw was not read by eeg2music.nmedt (no recording metadata in info['description'])") from None
+    return {key: meta.get(key) for key in ("subject", "song", "layout", "source", "onset_sample")}
+
+
+def _check_finite(data: np.ndarray, path: Path, what: str) -> None:
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - finite.sum())
+        raise NMEDTError(f"{path}: {what} has {bad} NaN/inf values out of {data.size}")
+
+
+def _normalise_selection(values: Iterable[int] | int | None, name: str) -> list[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, (int, np.integer)):
+        return [int(values)]
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} should be a list of ints, got {values!r}") from None
+
+
+def _plan(folder: NMEDTFolder, layout: str, songs, subjects, warn: bool = True):
+    """What to read: the chosen layout, the songs and subjects asked for."""
+    layout = folder.resolve_layout(layout)
+    song_ids = _normalise_selection(songs, "songs")
+    subject_ids = _normalise_selection(subjects, "subjects")
+    if song_ids is not None:
+        unknown = sorted(set(song_ids) - set(SONGS))
+        if unknown:
+            raise ValueError(f"songs {unknown} are not NMED-T songs; expected IDs among {sorted(SONGS)}")
+    if layout == "cleaned":
+        wanted = song_ids if song_ids is not None else list(folder.cleaned)
+        missing = [s for s in wanted if s not in folder.cleaned]
+        if missing and warn:
+            warnings.warn(
+                f"{folder.root}: no cleaned file for song(s) {missing} "
+                f"({', '.join(cleaned_filename(s) for s in missing)}); reading the others",
+                stacklevel=3,
+            )
+        return layout, [s for s in wanted if s in folder.cleaned], subject_ids
+    return layout, song_ids, subject_ids
+
+
+def iter_recordings(
+    folder: NMEDTFolder | str | Path,
+    layout: str = "cleaned",
+    songs: Iterable[int] | int | None = None,
+    subjects: Iterable[int] | int | None = None,
+) -> Iterator[Any]:
+    """Yield one :class:`mne.io.RawArray` per participant × song, reading one at a time.
+
+    Parameters
+    ----------
+    folder : NMEDTFolder or path-like
+        From :func:`scan_nmedt`, or a folder to scan.
+    layout : {"cleaned", "raw", "auto"}
+        Which files to read (``"auto"``: cleaned when present).
+    songs, subjects : list of int, optional
+        Restrict to these song IDs (21–30) and participant numbers; all by default. A song or
+        participant asked for but absent is a warning, and the rest are read.
+
+    Yields
+    ------
+    mne.io.RawArray
+        In volts, with HydroCel channel names (125 channels for cleaned, 129 for raw) and montage;
+        :func:`recording_info` gives its subject, song, layout, source file and onset sample.
+        Cleaned recordings come song by song (one file per song), raw ones file by file.
+
+    Raises
+    ------
+    NMEDTError
+        A file that cannot be read, naming it and what is wrong.
+    """
+    folder = _as_folder(folder)
+    layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects)
+    if layout == "cleaned":
+        yield from _iter_cleaned(folder, song_ids, subject_ids)
+    else:
+        yield from _iter_raw(folder, song_ids, subject_ids)
+
+
+def _iter_cleaned(folder: NMEDTFolder, song_ids: list[int], subject_ids: list[int] | None) -> Iterator[Any]:
+    seen: set[int] = set()
+    for song_id in song_ids:
+        path = folder.cleaned[song_id]
+        song = _open_cleaned(path, song_id, folder.songs)
+        try:
+            for index, subject in enumerate(song.subjects):
+                if subject_ids is not None and subject not in subject_ids:
+                    continue
+                seen.add(subject)
+                data = song.subject_data(index)
+                _check_finite(data, path, f"data{song_id} of participant {subject}")
+                meta = {"subject": subject, "song": song_id, "layout": "cleaned", "source": str(path), "onset_sample": None}
+                yield _make_raw(data, song.fs, meta)
+        finally:
+            song.close()
+    if subject_ids is not None and song_ids:
+        missing = sorted(set(subject_ids) - seen)
+        if missing:
+            warnings.warn(f"{folder.root}: participant(s) {missing} are in no cleaned file read; reading the others", stacklevel=3)
+
+
+def _raw_plan(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list[int] | None):
+    """(path, subject, recording, song, onset) for every segment to read, plus what is missing."""
+    plan = []
+    found_songs: set[int] = set()
+    for (subject, recording), path in folder.raw.items():
+        if subject_ids is not None and subject not in subject_ids:
+            continue
+        onsets = song_onsets(path, folder.songs)
+        for song_id, onset in sorted(onsets.items(), key=lambda item: item[1]):
+            if song_ids is not None and song_id not in song_ids:
+                continue
+            found_songs.add(song_id)
+            plan.append((path, subject, recording, song_id, onset))
+    return plan, found_songs
+
+
+def _iter_raw(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list[int] | None) -> Iterator[Any]:
+    plan, found_songs = _raw_plan(folder, song_ids, subject_ids)
+    _warn_raw_missing(folder, song_ids, subject_ids, plan, found_songs)
+    current: _RawFile | None = None
+    try:
+        for path, subject, recording, song_id, onset in plan:
+            if current is None or current.path != path:
+                if current is not None:
+                    current.close()
+                current = _open_raw(path)
+            length = int(round(folder.songs[song_id].duration_s * current.fs))
+            data = current.segment(onset, onset + length)
+            _check_finite(data, path, f"X during song {song_id}")
+            meta = {
+                "subject": subject, "song": song_id, "layout": "raw", "source": str(path),
+                "onset_sample": onset, "recording": recording,
+            }
+            yield _make_raw(data, current.fs, meta)
+    finally:
+        if current is not None:
+            current.close()
+
+
+def _warn_raw_missing(folder, song_ids, subject_ids, plan, found_songs) -> None:
+    if song_ids is not None:
+        missing = sorted(set(song_ids) - found_songs)
+        if missing:
+            warnings.warn(f"{folder.root}: song(s) {missing} are triggered in no raw recording read; reading the others", stacklevel=4)
+    if subject_ids is not None:
+        missing = sorted(set(subject_ids) - {subject for _, subject, *_ in plan})
+        if missing:
+            warnings.warn(f"{folder.root}: no raw recording of participant(s) {missing}; reading the others", stacklevel=4)
+
+
+def count_recordings(
+    folder: NMEDTFolder | str | Path,
+    layout: str = "cleaned",
+    songs: Iterable[int] | int | None = None,
+    subjects: Iterable[int] | int | None = None,
+) -> int:
+    """How many recordings :func:`iter_recordings` will yield with the same arguments (for progress bars).
+
+    Reads only the subject lists (cleaned) or the triggers (raw), not the EEG.
+    """
+    folder = _as_folder(folder)
+    layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects, warn=False)
+    if layout == "raw":
+        return len(_raw_plan(folder, song_ids, subject_ids)[0])
+    total = 0
+    for song_id in song_ids:
+        for subject in _cleaned_subjects(folder.cleaned[song_id], song_id):
+            total += subject_ids is None or subject in subject_ids
+    return total
+
+
+def _cleaned_subjects(path: Path, song_id: int) -> list[int]:
+    """The participants of a cleaned file, without reading its EEG."""
+    _, subs_name = _expected_cleaned(song_id)
+    if _is_hdf5(path):
+        handle = _open_hdf5(path)
+        try:
+            if subs_name not in handle:
+                raise NMEDTError(f"{path}: missing variable {subs_name!r}; this file holds {_h5_variables(handle)}")
+            return [parse_subject(s) for s in _h5_cell_strings(handle, subs_name, path)]
+        finally:
+            handle.close()
+    contents = _loadmat_v5(path, [subs_name])
+    if subs_name not in contents:
+        raise NMEDTError(f"{path}: missing variable {subs_name!r}; this file holds {_v5_variables(path)}")
+    return [parse_subject(s) for s in _v5_strings(contents[subs_name])]
+
+
+def read_recording(folder: NMEDTFolder | str | Path, subject: int, song: int, layout: str = "auto"):
+    """One participant × song as a :class:`mne.io.RawArray` (see :func:`iter_recordings`).
+
+    Raises
+    ------
+    LookupError
+        If the folder does not hold that participant and song in that layout.
+    """
+    folder = _as_folder(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for raw in iter_recordings(folder, layout, songs=[song], subjects=[subject]):
+            return raw
+    raise LookupError(f"{folder.root}: no {folder.resolve_layout(layout)} recording of participant {subject}, song {song}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stimuli
+# --------------------------------------------------------------------------------------------------
+
+
+def stimulus_path(folder: NMEDTFolder | str | Path, song_id: int, stimuli_dir: str | Path | None = None) -> Path:
+    """The WAV of a song; a missing one is an error naming the files looked for and where."""
+    folder = _as_folder(folder, stimuli_dir)
+    song_id = int(song_id)
+    if song_id not in folder.songs:
+        raise ValueError(f"song {song_id} is not an NMED-T song; expected one of {sorted(SONGS)}")
+    if song_id in folder.stimuli:
+        return folder.stimuli[song_id]
+    searched = [str(d) for d in folder.stimuli_dirs] or [str(folder.root)]
+    raise FileNotFoundError(
+        f"no stimulus WAV for song {song_id} ({folder.songs[song_id].title}): looked for "
+        f"{_stimulus_candidates(folder.songs[song_id])} in {searched}. The NMED-T release does not include "
+        f"the audio: put the 44.1 kHz WAVs in {folder.root / 'stimuli'} or pass stimuli_dir."
+    )
+
+
+def read_stimulus(folder: NMEDTFolder | str | Path, song_id: int, sr: int = 16000, stimuli_dir: str | Path | None = None) -> np.ndarray:
+    """A song's audio as float32 mono at ``sr`` Hz (resampled with soxr, high quality).
+
+    Parameters
+    ----------
+    folder : NMEDTFolder or path-like
+        The NMED-T folder (its stimuli folders are searched; see :func:`scan_nmedt`).
+    song_id : int
+        21–30.
+    sr : int
+        Output sampling rate (16 000 for the AudioLDM2 backbone).
+    stimuli_dir : path-like, optional
+        An extra folder to search when ``folder`` is a path.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the file names looked for and the folders searched.
+    NMEDTError
+        If the WAV cannot be decoded.
+    """
+    import soundfile as sf
+    import soxr  # what librosa.resample(res_type="soxr_hq") calls, without librosa's import time
+
+    path = stimulus_path(folder, song_id, stimuli_dir)
+    try:
+        audio, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:
+        raise NMEDTError(f"{path}: cannot read the WAV ({err})") from None
+    mono = audio.mean(axis=1)
+    if int(native_sr) != int(sr):
+        mono = soxr.resample(mono, int(native_sr), int(sr), quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
