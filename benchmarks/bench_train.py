@@ -5,7 +5,8 @@ CPU (default)::
     python benchmarks/bench_train.py [--model controlnet] [--steps 30] [--batch_size 8]
 
 runs :func:`eeg2music.train.train` for ``--steps`` steps on the default run folder's data and backbone
-(built if missing, as notebook 04 does) into a temporary folder, and reports samples/s, seconds per step,
+(built if missing, as notebook 04 does; or ``--backbone`` / ``--run_dir``) into a temporary folder, sharing
+the default latent cache, and reports samples/s, seconds per step,
 time per epoch and the estimated time of the demo's run — step time only: validation and checkpoints
 are timed separately.
 
@@ -56,6 +57,7 @@ AUDIOLDM2_MUSIC_UNET = dict(
 
 def bench_cpu(args) -> dict:
     """Train ``args.steps`` steps at demo size (default data and backbone) and report the throughput."""
+    from eeg2music.paths import stage_dir
     from eeg2music.train import DEMO_DEFAULTS, TrainConfig, train
 
     if args.threads:
@@ -63,7 +65,8 @@ def bench_cpu(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         cfg = TrainConfig(model=args.model, subject_cond=args.subject_cond, steps=args.steps,
                           batch_size=args.batch_size, val_every=args.steps, checkpoint_every=args.steps,
-                          out_dir=tmp, device="cpu", seed=0)
+                          backbone=args.backbone, run_dir=args.run_dir, out_dir=tmp, device="cpu", seed=0,
+                          latent_cache_dir=str(stage_dir("train") / "latent_cache"))
         result = train(cfg, progress=not args.quiet)
     summary = result.summary
     demo_steps = DEMO_DEFAULTS[args.model]["steps"]
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=0, help="0 = the demo's (CPU) or 8 (GPU)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--backbone", default="", help="CPU: backbone folder (default: the default tiny backbone)")
+    parser.add_argument("--run_dir", default="", help="CPU: notebook 02's output or a cache (default: the default run's)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not known")
     parser.add_argument("--out", default="", help="also write the JSON result here")
     parser.add_argument("--quiet", action="store_true")

@@ -11,7 +11,9 @@
 #
 # Usage:  bash benchmarks/measure_installs.sh [current] [torch214] [torch29]     (default: all three)
 # Output: one line per measurement on stdout, and $SCRATCH/<option>/measure.log.
-# Set KEEP=1 to keep the venvs (e.g. to run the embedder tests in them), default: removed.
+# RUN_TESTS=1 also runs tests/test_metrics.py and tests/test_embedders.py with each venv (in the
+# torch214/torch29 venvs the stand-in tests fail by design: they say the shims can go).
+# KEEP=1 keeps the venvs (default: removed; they take 2–8 GB each).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,22 +67,29 @@ for option in "${OPTIONS[@]}"; do
     case $option in
         current)   # what the Makefile does today: the CPU wheel on this disk, no torchvision/torchaudio
             timed "torch 2.13.0+cpu" "$VENV/bin/pip" install -q "torch==2.13.0"
-            AUDIO_NO_DEPS=() ;;
-        torch214)  # the CUDA build of torch 2.14.1 and its matching torchvision (on this disk), run on CPU
+            EXTRA=(); NO_DEPS=("encodec==0.1.1" "einops") ;;
+        torch214)  # the proposal: the CUDA build of torch 2.14.1 (on this disk, runs on CPU) and its
+                   # torchvision; torchaudio 2.11.0 (newest on PyPI, declares no torch pin) and encodec as
+                   # ordinary requirements, as pyproject.toml would list them
             timed "torch 2.14.1 + tv 0.29.1" "$VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1"
-            AUDIO_NO_DEPS=("torchaudio==2.11.0") ;;   # newest torchaudio on PyPI; its own pin is torch==2.11.0
-        torch29)   # a set the three PyTorch projects released together, all from PyPI
+            EXTRA=("torchvision==0.29.1" "torchaudio==2.11.0" "einops>=0.6" "encodec==0.1.1"); NO_DEPS=() ;;
+        torch29)   # a set the three PyTorch projects released together, all from PyPI (~3 GB download)
             timed "torch 2.9.1 + tv + ta" "$VENV/bin/pip" install -q "torch==2.9.1" "torchvision==0.24.1" "torchaudio==2.9.1"
-            AUDIO_NO_DEPS=() ;;
+            EXTRA=("einops>=0.6" "encodec==0.1.1"); NO_DEPS=() ;;
         *) echo "unknown option $option"; continue ;;
     esac
     mapfile -t requirements < <(project_requirements)
-    timed "project requirements" "$VENV/bin/pip" install -q "${requirements[@]}"
-    timed "--no-deps encodec (+ta)" "$VENV/bin/pip" install -q --no-deps "encodec==0.1.1" "${AUDIO_NO_DEPS[@]}"
+    timed "project requirements" "$VENV/bin/pip" install -q "${requirements[@]}" "${EXTRA[@]}"
+    [ ${#NO_DEPS[@]} -gt 0 ] && timed "--no-deps ${NO_DEPS[*]}" "$VENV/bin/pip" install -q --no-deps "${NO_DEPS[@]}"
     rm -rf "$PIP_CACHE_DIR"
     echo "venv size                    $(du -sh "$VENV" | cut -f1)"
     echo "torch versions               $("$VENV/bin/pip" list 2>/dev/null | grep -E '^(torch|torchvision|torchaudio) ' | tr -s ' ' | paste -sd ';')"
     echo "pip check                    $("$VENV/bin/pip" check 2>&1 | tr '\n' ';' | cut -c1-300)"
     probe_imports
+    if [ "${RUN_TESTS:-0}" = 1 ]; then  # the metric tests with this venv's libraries (no install of eeg2music)
+        ( cd "$REPO" && PYTHONPATH="$REPO" timed "pytest metrics+embedders" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+            tests/test_metrics.py tests/test_embedders.py )
+        tail -n 6 "$LOG" | grep -E "passed|failed" || true
+    fi
     [ "${KEEP:-0}" = 1 ] || rm -rf "$VENV"
 done

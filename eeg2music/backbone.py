@@ -72,6 +72,8 @@ GRIFFIN_LIM_ITERS = 32
 SHIPPED_BACKBONE_DIR = Path(__file__).resolve().parent / "assets" / "tiny_backbone"
 
 _COMPONENT_DIRS = ("vae", "unet", "scheduler", "vocoder")
+#: Mel frames per latent frame in both backbones (the VAE's time down-sampling).
+VAE_GRID = 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -534,9 +536,11 @@ class Backbone:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Backbone":
         """Move (and cast floating weights of) every component and the conditioning; returns self."""
+        # diffusers warns on any dtype argument, even None: pass only what changes
+        kwargs = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
         for module in (self.vae, self.unet, self.vocoder):
-            if module is not None:
-                module.to(device=device, dtype=dtype)
+            if module is not None and kwargs:
+                module.to(**kwargs)
         for name, tensor in self.conditioning.items():
             target_dtype = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
             self.conditioning[name] = tensor.to(device=device, dtype=target_dtype)
@@ -797,3 +801,616 @@ def _load_audioldm2_folder(path: Path, *, prompt: str, cache_dir, device) -> Bac
     metadata = {"source": str(path), "prompt": prompt, "conditioning_cache": str(cache_file)}
     return Backbone("audioldm2", vae=vae, unet=unet, scheduler=scheduler, vocoder=vocoder,
                     conditioning=conditioning, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training data: the songs' audio, split in time
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_song_audio(data_root: str | os.PathLike, songs: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+    """Every song's stimulus audio of an NMED-T folder, float32 mono at 16 kHz (``{song_id: audio}``).
+
+    Parameters
+    ----------
+    data_root : path-like
+        An NMED-T folder with its stimuli WAVs (the simulator writes them in ``stimuli/``).
+    songs : sequence of int, optional
+        Song ids (default: every song the folder has audio for).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder has no stimulus audio (or lacks a requested song's WAV), naming what was looked for.
+    """
+    from .nmedt import read_stimulus, scan_nmedt
+
+    folder = scan_nmedt(data_root)
+    available = sorted(int(song) for song in (folder.stimuli or {}))
+    wanted = available if songs is None else [int(song) for song in songs]
+    if not wanted:
+        raise FileNotFoundError(
+            f"{data_root}: no stimulus WAVs found (searched {[str(p) for p in folder.stimuli_dirs]}); the tiny "
+            f"backbone is trained on the songs' audio: put the NMED-T stimuli (e.g. FirstFires.wav …) in a "
+            f"stimuli/ folder beside the EEG files"
+        )
+    return {song: read_stimulus(folder, song, sr=SAMPLE_RATE) for song in wanted}
+
+
+@dataclass(frozen=True)
+class SongSplit:
+    """Each song's audio cut in time: the head trains the backbone, the tail is held out to evaluate it."""
+
+    train: dict[int, np.ndarray]
+    heldout: dict[int, np.ndarray]
+    holdout_seconds: float
+
+    @classmethod
+    def from_audio(cls, audio: Mapping[int, np.ndarray], holdout_seconds: float) -> "SongSplit":
+        """Hold out the last ``holdout_seconds`` of every song (at least one clip must remain for training)."""
+        holdout = int(round(holdout_seconds * SAMPLE_RATE))
+        train, heldout = {}, {}
+        for song, wave in audio.items():
+            if len(wave) - holdout < CLIP_SAMPLES:
+                raise ValueError(
+                    f"song {song}: {len(wave) / SAMPLE_RATE:.1f} s of audio leaves less than one {CLIP_SECONDS} s clip "
+                    f"for training after holding out {holdout_seconds} s"
+                )
+            train[song] = np.ascontiguousarray(wave[: len(wave) - holdout], dtype=np.float32)
+            heldout[song] = np.ascontiguousarray(wave[len(wave) - holdout :], dtype=np.float32)
+        return cls(train, heldout, float(holdout_seconds))
+
+    def heldout_clips(self) -> tuple[np.ndarray, np.ndarray]:
+        """Non-overlapping 3.5 s clips of the held-out tails: ``(clips (N, 56000), song ids (N,))``."""
+        clips, labels = [], []
+        for song, wave in sorted(self.heldout.items()):
+            for start in range(0, len(wave) - CLIP_SAMPLES + 1, CLIP_SAMPLES):
+                clips.append(wave[start : start + CLIP_SAMPLES])
+                labels.append(song)
+        if not clips:
+            return np.zeros((0, CLIP_SAMPLES), np.float32), np.zeros(0, int)
+        return np.stack(clips), np.asarray(labels)
+
+
+def random_clips(audio: Mapping[int, np.ndarray], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random 3.5 s crops (songs drawn uniformly, offsets uniform in each song): ``(clips, song ids)``."""
+    songs = sorted(audio)
+    labels = rng.choice(songs, size=int(n))
+    clips = np.empty((int(n), CLIP_SAMPLES), np.float32)
+    for i, song in enumerate(labels):
+        wave = audio[int(song)]
+        start = int(rng.integers(0, len(wave) - CLIP_SAMPLES + 1))
+        clips[i] = wave[start : start + CLIP_SAMPLES]
+    return clips, labels
+
+
+def audio_fingerprint(audio: Mapping[int, np.ndarray]) -> str:
+    """A short hash of the songs' audio (which data a backbone was trained on)."""
+    digest = hashlib.sha256()
+    for song in sorted(audio):
+        digest.update(str(song).encode())
+        digest.update(np.ascontiguousarray(audio[song], dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training the tiny backbone
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyTrainingSettings:
+    """What :func:`train_tiny_backbone` runs (every field is recorded in ``training.json``).
+
+    Presets (:meth:`preset`): ``"smoke"`` (seconds; tests), ``"default"`` (a few minutes on two CPU
+    cores: a usable but rough backbone), ``"shipped"`` (the recipe of the backbone shipped in
+    ``eeg2music/assets/tiny_backbone``).
+    """
+
+    size: str = "default"
+    vae_steps: int = 400
+    unet_steps: int = 600
+    batch_size: int = 8
+    vae_crop_frames: int = 128
+    vae_lr: float = 1e-3
+    unet_lr: float = 1e-3
+    warmup_steps: int = 50
+    kl_weight: float = 1e-3
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    holdout_seconds: float = 7.0
+    steps_per_epoch: int = 100
+    scaling_batches: int = 8
+    num_threads: int = 0
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "TinyTrainingSettings":
+        """A named preset with ``overrides`` applied (unknown names are an error)."""
+        presets = {
+            "smoke": dict(size="smoke", vae_steps=30, unet_steps=30, batch_size=4, vae_crop_frames=64,
+                          warmup_steps=5, holdout_seconds=3.5, steps_per_epoch=15, scaling_batches=2),
+            "default": {},
+            "shipped": dict(vae_steps=800, unet_steps=3000, warmup_steps=100, steps_per_epoch=200,
+                            num_threads=1),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown training preset {name!r}; known: {sorted(presets)}")
+        settings = replace(cls(), **presets[name])
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return replace(settings, **overrides)
+
+
+def _lr_schedule(optimizer, warmup: int, total: int):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(warmup, max(total - 1, 0)),
+                                           num_training_steps=max(total, 1))
+
+
+class _ClipSampler:
+    """Random 3.5 s training crops (uniform over songs, then offsets) as AudioLDM2 log-mels on ``device``."""
+
+    def __init__(self, audio: Mapping[int, np.ndarray], batch_size: int, seed: int, device: torch.device):
+        self.audio = audio
+        self.batch_size = int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.device = device
+
+    def mels(self, crop_frames: int | None = None) -> torch.Tensor:
+        """A batch of log-mels ``(B, 1, 352, 64)``, or random ``crop_frames``-long windows of them.
+
+        The VAE is convolutional (no attention), so it can learn from windows of the mel: a quarter of
+        the clip costs a quarter of the step. Windows start on the VAE's 4-frame grid.
+        """
+        clips, _ = random_clips(self.audio, self.batch_size, self.rng)
+        mel = waveform_to_mel(torch.from_numpy(clips).to(self.device))
+        if crop_frames and crop_frames < mel.shape[2]:
+            starts = self.rng.integers(0, (mel.shape[2] - crop_frames) // VAE_GRID + 1, size=len(mel)) * VAE_GRID
+            mel = torch.stack([m[:, s : s + crop_frames] for m, s in zip(mel, starts)])
+        return mel
+
+
+def _epoch_line(stage: str, step: int, total: int, losses: list[float], started: float) -> str:
+    return (f"[tiny backbone] {stage} step {step}/{total}: loss {np.mean(losses):.4f} "
+            f"({time.perf_counter() - started:.0f} s)")
+
+
+def _train_vae(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
+               log: list[dict]) -> None:
+    from tqdm.auto import tqdm
+
+    vae = backbone.vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    schedule = _lr_schedule(optimizer, settings.warmup_steps, settings.vae_steps)
+    started, window = time.perf_counter(), {"l1": [], "kl": []}
+    bar = tqdm(range(1, settings.vae_steps + 1), desc="VAE", disable=not progress, leave=False)
+    for step in bar:
+        mel = sampler.mels(settings.vae_crop_frames)
+        posterior = vae.encode(mel).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        l1 = (reconstruction - mel).abs().mean()
+        # KL summed over latent elements, per mel element: comparable to the per-element L1
+        kl = posterior.kl().mean() / mel[0].numel()
+        loss = l1 + settings.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        window["l1"].append(l1.item()), window["kl"].append(kl.item())
+        bar.set_postfix(l1=f"{l1.item():.3f}")
+        if step % settings.steps_per_epoch == 0 or step == settings.vae_steps:
+            entry = {"stage": "vae", "step": step, "l1": float(np.mean(window["l1"])),
+                     "kl": float(np.mean(window["kl"])), "seconds": time.perf_counter() - started}
+            log.append(entry)
+            print(f"[tiny backbone] VAE step {step}/{settings.vae_steps}: mel L1 {entry['l1']:.3f}, "
+                  f"KL/elem {entry['kl']:.3f} ({entry['seconds']:.0f} s)", flush=True)
+            window = {"l1": [], "kl": []}
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _set_latent_scaling(backbone: Backbone, sampler: _ClipSampler, batches: int) -> float:
+    """AudioLDM2's ``scale_by_std``: scaling factor = 1 / std of the training latents (posterior means)."""
+    latents = torch.cat([backbone.vae.encode(sampler.mels()).latent_dist.mean for _ in range(max(batches, 1))])
+    scaling = float(1.0 / latents.float().std().clamp_min(1e-6))
+    backbone.vae.register_to_config(scaling_factor=scaling)
+    return scaling
+
+
+def _train_unet(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
+                log: list[dict]) -> None:
+    from diffusers.training_utils import EMAModel, compute_snr
+    from tqdm.auto import tqdm
+
+    unet, scheduler = backbone.unet.train().requires_grad_(True), backbone.scheduler
+    ema = EMAModel(unet.parameters(), decay=settings.ema_decay, use_ema_warmup=True, power=3 / 4)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
+    schedule = _lr_schedule(optimizer, settings.warmup_steps, settings.unet_steps)
+    device = sampler.device
+    conditioning = backbone.unet_conditioning(sampler.batch_size)
+    started, window = time.perf_counter(), []
+    bar = tqdm(range(1, settings.unet_steps + 1), desc="UNet", disable=not progress, leave=False)
+    for step in bar:
+        with torch.no_grad():
+            latents = backbone.vae.encode(sampler.mels()).latent_dist.mean * backbone.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator,
+                                  device=device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
+        per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+        if settings.min_snr_gamma > 0:
+            # Min-SNR-γ weighting (Hang et al. 2023): ε-loss × min(SNR, γ) / SNR — faster convergence
+            snr = compute_snr(scheduler, timesteps)
+            per_sample = per_sample * snr.clamp(max=settings.min_snr_gamma) / snr
+        loss = per_sample.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        ema.step(unet.parameters())
+        window.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % settings.steps_per_epoch == 0 or step == settings.unet_steps:
+            entry = {"stage": "unet", "step": step, "loss": float(np.mean(window)),
+                     "seconds": time.perf_counter() - started}
+            log.append(entry)
+            print(_epoch_line("UNet", step, settings.unet_steps, window, started), flush=True)
+            window = []
+    ema.copy_to(unet.parameters())
+    unet.eval().requires_grad_(False)
+
+
+def train_tiny_backbone(
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    smoke: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    settings: TinyTrainingSettings | None = None,
+    songs: Sequence[int] | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Train the tiny backbone on an NMED-T folder's song audio: the VAE first, then the UNet on its latents.
+
+    Parameters
+    ----------
+    data_root : path-like
+        An NMED-T folder with stimulus WAVs (the simulated dataset by default in the pipeline).
+    out_dir : path-like
+        The backbone folder to write (atomically; ``backbone.json`` last).
+    smoke : bool
+        Train the ``"smoke"`` preset (seconds) instead of ``"default"``; ignored when ``settings`` is given.
+    seed : int
+        Seeds the initial weights, the constant conditioning, the crops and the noise.
+    device : str
+        ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, …
+    settings : TinyTrainingSettings, optional
+        Steps, batch, learning rates, … (default: the preset chosen by ``smoke``).
+    songs : sequence of int, optional
+        Songs to train on (default: all the folder has audio for).
+    progress : bool
+        Progress bars (a one-line summary per epoch is printed regardless).
+    command : str, optional
+        How this run was launched (recorded in ``training.json`` for reproducibility).
+
+    Returns
+    -------
+    Path
+        ``out_dir``, a complete backbone folder (``load_backbone`` reads it) with ``training.json``.
+    """
+    from .utils import resolve_device
+
+    settings = settings or TinyTrainingSettings.preset("smoke" if smoke else "default")
+    if settings.vae_crop_frames % VAE_GRID:
+        raise ValueError(f"vae_crop_frames={settings.vae_crop_frames}: must be a multiple of {VAE_GRID}")
+    torch_device = resolve_device(device)
+    threads = torch.get_num_threads()
+    if settings.num_threads > 0:
+        # On shared CPU cores one thread often beats two: OpenMP threads spin waiting for each other
+        torch.set_num_threads(settings.num_threads)
+    try:
+        return _train_tiny_backbone(data_root, out_dir, settings=settings, seed=seed, device=torch_device,
+                                    songs=songs, progress=progress, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny_backbone(data_root, out_dir, *, settings: TinyTrainingSettings, seed: int, device: torch.device,
+                         songs, progress: bool, command: str | None) -> Path:
+    from .utils import seed_everything
+
+    torch_device = device
+    seed_everything(seed)
+    audio = load_song_audio(data_root, songs)
+    split = SongSplit.from_audio(audio, settings.holdout_seconds)
+    backbone = build_tiny_backbone(seed=seed, size=settings.size).to(torch_device)
+    generator = torch.Generator(device=torch_device).manual_seed(int(seed))
+    log: list[dict] = []
+    print(f"[tiny backbone] training on {len(audio)} songs ({sum(map(len, split.train.values())) / SAMPLE_RATE:.0f} s "
+          f"of audio, last {settings.holdout_seconds} s of each held out) on {torch_device}: "
+          f"VAE {settings.vae_steps} steps, UNet {settings.unet_steps} steps, batch {settings.batch_size}", flush=True)
+
+    started = time.perf_counter()
+    _train_vae(backbone, _ClipSampler(split.train, settings.batch_size, seed + 1, torch_device), settings, generator,
+               progress, log)
+    vae_seconds = time.perf_counter() - started
+    scaling = _set_latent_scaling(backbone, _ClipSampler(split.train, settings.batch_size, seed + 2, torch_device),
+                                  settings.scaling_batches)
+    started = time.perf_counter()
+    _train_unet(backbone, _ClipSampler(split.train, settings.batch_size, seed + 3, torch_device), settings, generator,
+                progress, log)
+    unet_seconds = time.perf_counter() - started
+
+    clips, _ = split.heldout_clips()
+    reconstruction = reconstruction_metrics(backbone, clips) if len(clips) else {}
+    import diffusers
+
+    record = {
+        "settings": asdict(settings),
+        "seed": int(seed),
+        "device": str(torch_device),
+        "torch_threads": torch.get_num_threads(),
+        "command": command,
+        "data": {
+            "data_root": str(Path(data_root).expanduser().resolve()),
+            "songs": sorted(audio),
+            "seconds_per_song": {str(s): len(a) / SAMPLE_RATE for s, a in sorted(audio.items())},
+            "holdout_seconds": settings.holdout_seconds,
+            "fingerprint": audio_fingerprint(audio),
+        },
+        "latent_scaling_factor": scaling,
+        "timing_seconds": {"vae": vae_seconds, "unet": unet_seconds, "total": vae_seconds + unet_seconds},
+        "heldout_reconstruction": reconstruction,
+        "log": log,
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+    }
+    backbone.metadata.update({
+        "trained": True,
+        "training_seconds": vae_seconds + unet_seconds,
+        "data_fingerprint": record["data"]["fingerprint"],
+        "heldout_reconstruction": reconstruction,
+        "settings": asdict(settings),
+    })
+    print(f"[tiny backbone] trained in {vae_seconds + unet_seconds:.0f} s (VAE {vae_seconds:.0f} s, UNet "
+          f"{unet_seconds:.0f} s); held-out mel L1 {reconstruction.get('mel_l1', float('nan')):.3f}, "
+          f"SNR {reconstruction.get('snr_db', float('nan')):.1f} dB → {out_dir}", flush=True)
+    return backbone.to("cpu").save(out_dir, extra_files={TRAINING_FILE: record})
+
+
+def install_shipped_backbone(out_dir: str | os.PathLike) -> Path:
+    """Copy the tiny backbone shipped in ``eeg2music/assets/tiny_backbone`` to ``out_dir`` (atomically).
+
+    Raises
+    ------
+    FileNotFoundError
+        If this installation has no shipped backbone (train one with :func:`train_tiny_backbone`).
+    """
+    import shutil
+
+    if not (SHIPPED_BACKBONE_DIR / BACKBONE_MARKER).is_file():
+        raise FileNotFoundError(
+            f"{SHIPPED_BACKBONE_DIR}: no shipped tiny backbone in this installation; train one with notebook 00 "
+            f"(-p retrain true) or eeg2music.backbone.train_tiny_backbone"
+        )
+    out_dir = Path(out_dir).expanduser().resolve()
+    with atomic_directory(out_dir) as tmp:
+        for item in SHIPPED_BACKBONE_DIR.iterdir():
+            if item.name == BACKBONE_MARKER:
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        shutil.copy2(SHIPPED_BACKBONE_DIR / BACKBONE_MARKER, tmp / BACKBONE_MARKER)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: reconstruction, unconditional samples, a distribution distance
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruction_metrics(backbone: Backbone, clips: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+    """VAE round trip (mel → latent → mel) of 3.5 s clips: log-mel L1 and spectral SNR.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    clips : ndarray, shape (N, 56000)
+        Waveforms at 16 kHz.
+    batch_size : int
+
+    Returns
+    -------
+    dict
+        ``mel_l1``: mean |log-mel error| over the real (unpadded) frames, in natural-log units;
+        ``snr_db``: 10 log10(Σ M² / Σ (M − M̂)²) on the mel *magnitudes* M = exp(log-mel), pooled over
+        clips; ``n_clips``.
+    """
+    frames = n_frames(CLIP_SAMPLES)
+    abs_error, signal, noise, count = 0.0, 0.0, 0.0, 0
+    for start in range(0, len(clips), batch_size):
+        mel = backbone.wave_to_mel(torch.from_numpy(np.asarray(clips[start : start + batch_size])))
+        reconstruction = backbone.decode(backbone.encode(mel)).float()
+        mel, reconstruction = mel[:, :, :frames].float(), reconstruction[:, :, :frames]
+        abs_error += float((reconstruction - mel).abs().sum())
+        count += mel.numel()
+        magnitude, estimate = mel.exp(), reconstruction.exp()
+        signal += float(magnitude.pow(2).sum())
+        noise += float((magnitude - estimate).pow(2).sum())
+    return {
+        "mel_l1": abs_error / max(count, 1),
+        "snr_db": 10.0 * math.log10(signal / max(noise, 1e-12)),
+        "n_clips": int(len(clips)),
+    }
+
+
+def mel_statistics(mel: torch.Tensor | np.ndarray, bands: int = 8) -> np.ndarray:
+    """Per-clip features: mean and standard deviation over time of the log-mel in ``bands`` equal mel bands.
+
+    Parameters
+    ----------
+    mel : (N, 1, frames, 64)
+        Log-mels; only the 350 frames of a clip are used (the padding frames are dropped).
+    bands : int
+        Groups of adjacent mel bins (64 / bands bins each).
+
+    Returns
+    -------
+    ndarray, shape (N, 2 * bands)
+    """
+    mel = torch.as_tensor(mel).float()[:, 0, : n_frames(CLIP_SAMPLES)]  # (N, frames, 64)
+    grouped = mel.reshape(mel.shape[0], mel.shape[1], bands, N_MELS // bands).mean(-1)  # (N, frames, bands)
+    return torch.cat([grouped.mean(1), grouped.std(1)], dim=1).numpy().astype(np.float64)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are clips).
+
+    ``||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})`` — the distance FAD and FID use.
+    """
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    root = np.real(root)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root))
+
+
+@dataclass
+class BackboneEvaluation:
+    """What :func:`evaluate_backbone` measured, with the mels to show."""
+
+    metrics: dict[str, Any]
+    real_mels: torch.Tensor
+    real_songs: np.ndarray
+    reconstructed_mels: torch.Tensor
+    sample_mels: torch.Tensor
+    sample_latents: torch.Tensor = field(repr=False)
+
+
+@torch.no_grad()
+def evaluate_backbone(
+    backbone: Backbone,
+    split: SongSplit,
+    *,
+    n_samples: int = 32,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> BackboneEvaluation:
+    """Held-out reconstruction and unconditional samples compared with the real clips' mel statistics.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    split : SongSplit
+        The songs' audio; its held-out tails are reconstructed, its training heads give the reference.
+    n_samples : int
+        Unconditional samples to draw (and size of every compared set).
+    num_inference_steps : int
+        DDIM steps for the samples.
+    seed : int
+        Seeds the samples, the reference crops and the noise baseline.
+    batch_size : int
+        Samples per UNet batch.
+    progress : bool
+
+    Returns
+    -------
+    BackboneEvaluation
+        ``metrics``: ``reconstruction`` (held-out mel L1 / SNR), ``frechet`` — Fréchet distances on
+        :func:`mel_statistics` features from a reference set of ``n_samples`` real training crops to:
+        another real set (the floor at this sample size), the held-out clips, the samples, VAE decodes of
+        Gaussian latents (what the UNet adds), white noise, and the ratios to noise; ``song_classifier`` —
+        a logistic regression on real clips' per-bin mel statistics: its held-out accuracy and how
+        confidently it assigns the samples to a song.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    heldout, heldout_songs = split.heldout_clips()
+
+    def mels_of(clips: np.ndarray) -> torch.Tensor:
+        return torch.cat([backbone.wave_to_mel(torch.from_numpy(clips[i : i + batch_size])).float().cpu()
+                          for i in range(0, len(clips), batch_size)])
+
+    heldout_mels = mels_of(heldout) if len(heldout) else torch.zeros(0, 1, CLIP_FRAMES_PADDED, N_MELS)
+    reconstructed = torch.cat([backbone.decode(backbone.encode(heldout_mels[i : i + batch_size])).float().cpu()
+                               for i in range(0, len(heldout_mels), batch_size)]) if len(heldout_mels) else heldout_mels
+    reconstruction = reconstruction_metrics(backbone, heldout, batch_size) if len(heldout) else {}
+
+    generator = torch.Generator().manual_seed(int(seed))
+    latents = torch.cat([
+        backbone.sample_latents(min(batch_size, n_samples - i), num_inference_steps, generator=generator,
+                                progress=progress).float().cpu()
+        for i in range(0, n_samples, batch_size)
+    ])
+    sample_mels = torch.cat([backbone.decode(latents[i : i + batch_size]).float().cpu()
+                             for i in range(0, len(latents), batch_size)])
+    gaussian = torch.randn(latents.shape, generator=generator)
+    gaussian_mels = torch.cat([backbone.decode(gaussian[i : i + batch_size]).float().cpu()
+                               for i in range(0, len(gaussian), batch_size)])
+    noise_mels = mels_of(rng.standard_normal((n_samples, CLIP_SAMPLES)).astype(np.float32))
+    reference, reference_songs = random_clips(split.train, n_samples, rng)
+    other, _ = random_clips(split.train, n_samples, rng)
+    reference_features = mel_statistics(mels_of(reference))
+
+    def distance(mels: torch.Tensor) -> float:
+        return frechet_distance(mel_statistics(mels), reference_features)
+
+    frechet = {
+        "real_vs_real": distance(mels_of(other)),
+        "heldout": distance(heldout_mels) if len(heldout_mels) > 2 else float("nan"),
+        "samples": distance(sample_mels),
+        "vae_of_gaussian_latents": distance(gaussian_mels),
+        "white_noise": distance(noise_mels),
+    }
+    frechet["samples_over_noise"] = frechet["samples"] / frechet["white_noise"]
+    frechet["samples_over_real"] = frechet["samples"] / max(frechet["real_vs_real"], 1e-12)
+
+    # Does a simple song classifier, trained on real clips, recognise the samples as one of the songs?
+    train_clips, train_songs = random_clips(split.train, max(20 * len(split.train), 200), rng)
+
+    def bin_features(mels: torch.Tensor) -> np.ndarray:
+        mel = mels[:, 0, : n_frames(CLIP_SAMPLES)]
+        return torch.cat([mel.mean(1), mel.std(1)], 1).numpy()
+
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    classifier.fit(bin_features(mels_of(train_clips)), train_songs)
+    sample_probabilities = classifier.predict_proba(bin_features(sample_mels))
+    classes = classifier.classes_
+    song_classifier = {
+        "heldout_accuracy": float((classifier.predict(bin_features(heldout_mels)) == heldout_songs).mean())
+        if len(heldout_mels) else float("nan"),
+        "chance": 1.0 / len(classes),
+        "samples_mean_max_probability": float(sample_probabilities.max(1).mean()),
+        "samples_confident_fraction": float((sample_probabilities.max(1) >= 0.5).mean()),
+        "samples_per_song": {str(int(song)): int(count) for song, count in
+                             zip(classes, np.bincount(sample_probabilities.argmax(1), minlength=len(classes)))},
+        "noise_mean_max_probability": float(classifier.predict_proba(bin_features(noise_mels)).max(1).mean()),
+    }
+    metrics = {
+        "reconstruction": reconstruction,
+        "frechet": frechet,
+        "frechet_features": "per clip: mean and std over time of the log-mel in 8 mel bands (16 dims)",
+        "n_samples": int(n_samples),
+        "num_inference_steps": int(num_inference_steps),
+        "song_classifier": song_classifier,
+    }
+    del reference_songs
+    return BackboneEvaluation(metrics, heldout_mels, heldout_songs, reconstructed, sample_mels, latents)

@@ -30,7 +30,7 @@ Public API
     Adding the residuals to the *unmodified* UNet through forward hooks, for a single call, for every
     call (e.g. inside the stock ``AudioLDM2Pipeline``), and the ε prediction training and sampling use.
 :func:`trace_shapes`, :func:`parameter_counts`, :func:`zero_init_check`, :func:`plot_zero_init`,
-:func:`controlnet_summary`, :func:`placeholder_conditioning`
+:func:`controlnet_summary`
     What notebook 03 shows and writes.
 """
 
@@ -1173,7 +1173,9 @@ def attach_controlnet(
         sample = bound["sample"]
         rows, batch = sample.shape[0], eeg.shape[0]
         if rows % batch:
-            raise ValueError(f"attach_controlnet: the UNet runs a batch of {rows}, not a multiple of {batch} EEG windows")
+            raise ValueError(
+                f"attach_controlnet: the UNet runs a batch of {rows}, not a multiple of the {batch} EEG windows"
+            )
         repeat = rows // batch
         window = eeg.repeat(repeat, 1, 1) if repeat > 1 else eeg
         who = subject
@@ -1206,28 +1208,6 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return tuple(value[0].shape)
     return None
-
-
-def placeholder_conditioning(
-    unet: AudioLDM2UNet2DConditionModel, batch: int = 1, tokens: int = 8, device: torch.device | str | None = None
-) -> dict[str, torch.Tensor]:
-    """Zero text conditioning of the widths ``unet`` cross-attends to (for shape checks, e.g. on ``meta``).
-
-    AudioLDM2's blocks give the cross-attention layers at positions 0–1 of a level's
-    ``cross_attention_dim`` list ``encoder_hidden_states`` and those after it ``encoder_hidden_states_1``.
-    """
-    level = unet.config.cross_attention_dim
-    level = level[0] if isinstance(level, (list, tuple)) and isinstance(level[0], (list, tuple)) else level
-    level = list(level) if isinstance(level, (list, tuple)) else [level]
-    device = unet.device if device is None else device
-    conditioning = {}
-    first = [d for d in level[:2] if d is not None]
-    second = [d for d in level[2:] if d is not None]
-    if first:
-        conditioning["encoder_hidden_states"] = torch.zeros(batch, tokens, first[0], device=device)
-    if second:
-        conditioning["encoder_hidden_states_1"] = torch.zeros(batch, tokens, second[0], device=device)
-    return conditioning
 
 
 def trace_shapes(
@@ -1394,7 +1374,8 @@ def plot_zero_init(check: Mapping[str, Any], sample: int = 0, channel: int = 0):
         ("ε of the frozen UNet alone", base, "viridis", None),
         (f"zero-init ControlNet: Δε (max |Δ| = {float(zero_change.abs().max()):.1g})", zero_change, "RdBu_r", limit),
         (
-            f"random output convs (σ = {check['perturb_std']:g}): Δε (max |Δ| = {float(random_change.abs().max()):.2g})",
+            f"random output convs (σ = {check['perturb_std']:g}): Δε "
+            f"(max |Δ| = {float(random_change.abs().max()):.2g})",
             random_change,
             "RdBu_r",
             limit,

@@ -15,10 +15,12 @@ point of the baseline (what a direct mapping achieves without a generative prior
 Architecture (sizes derive from the EEG rate and the latent shape, nothing is tied to one dataset):
 
 ``eeg (C, T)`` → optional subject layer (the ControlNet's :class:`~eeg2music.controlnet.SubjectLayer`,
-per-subject C × C channel mixing) → temporal conv stem
-→ strided conv stages (×2 each, as many as fit ``T / frames``) → linear interpolation to exactly
-``frames`` time steps → 1 × 1 conv to ``latent_channels × latent_bins`` → reshape to
-``(latent_channels, frames, bins)`` → a residual 2-D conv block on the latent grid.
+per-subject C × C channel mixing) → **spatial filters** (1 × 1 conv, C → H: learned combinations of
+electrodes, as EEG decoders start) → **strided temporal stages** (kernel 5, stride 2, as many as keep
+at least ``frames`` steps) → linear interpolation to exactly ``frames`` steps (40 ms each) → a
+**temporal context** conv (kernel 9: ≈ 0.36 s around each frame, the span of auditory responses) →
+1 × 1 conv to ``latent_channels × latent_bins`` → reshape to ``(latent_channels, frames, bins)`` → a
+residual 2-D conv block on the latent grid (couples neighbouring frequency bins).
 """
 
 from __future__ import annotations
@@ -82,9 +84,10 @@ class EEGConvNet(ModelMixin, ConfigMixin):
     allow_unknown_subject : bool
         Accept subject −1 (a subject not seen in training), see :class:`~eeg2music.controlnet.SubjectLayer`.
     hidden_channels : int
-        Width of the temporal conv stages (a multiple of 8: GroupNorm uses 8 groups).
-    kernel_size : int
-        Temporal kernel of the stem (odd).
+        Spatial filters, and the width of the temporal convs (a multiple of 8: GroupNorm uses 8 groups).
+    stage_kernel, context_kernel : int
+        Temporal kernels (odd) of the strided stages (in EEG samples at their rate) and of the context
+        conv (in latent frames).
     eeg_samples : int, optional
         Samples per EEG window when the data's rounding differs from ``round(clip_seconds × eeg_sfreq)``.
     """
@@ -103,34 +106,33 @@ class EEGConvNet(ModelMixin, ConfigMixin):
         n_subjects: int = 1,
         subject_cond: bool = False,
         allow_unknown_subject: bool = False,
-        hidden_channels: int = 256,
-        kernel_size: int = 7,
+        hidden_channels: int = 64,
+        stage_kernel: int = 5,
+        context_kernel: int = 9,
         eeg_samples: int | None = None,
     ):
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"EEGConvNet: kernel_size must be odd, got {kernel_size}")
+        for name, kernel in (("stage_kernel", stage_kernel), ("context_kernel", context_kernel)):
+            if kernel < 1 or kernel % 2 != 1:
+                raise ValueError(f"EEGConvNet: {name} must be odd and positive, got {kernel}")
         if hidden_channels % 8:
             raise ValueError(f"EEGConvNet: hidden_channels must be a multiple of 8 (GroupNorm), got {hidden_channels}")
         self.eeg_samples = int(eeg_samples) if eeg_samples else clip_samples(clip_seconds, eeg_sfreq)
         self.subject_layer = (
             SubjectLayer(n_subjects, eeg_channels, allow_unknown=allow_unknown_subject) if subject_cond else None
         )
-        self.stem = nn.Sequential(
-            nn.Conv1d(eeg_channels, hidden_channels, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(8, hidden_channels),
-            nn.GELU(),
-        )
+
+        def block(conv: nn.Conv1d) -> nn.Sequential:
+            return nn.Sequential(conv, nn.GroupNorm(8, hidden_channels), nn.GELU())
+
+        self.spatial = block(nn.Conv1d(eeg_channels, hidden_channels, 1))
         self.stages = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv1d(hidden_channels, hidden_channels, 2 * stride + 1, stride=stride, padding=stride),
-                nn.GroupNorm(8, hidden_channels),
-                nn.GELU(),
-            )
+            block(nn.Conv1d(hidden_channels, hidden_channels, stage_kernel, stride=stride, padding=stage_kernel // 2))
             for stride in temporal_strides(self.eeg_samples, latent_frames)
         )
+        self.context = block(nn.Conv1d(hidden_channels, hidden_channels, context_kernel, padding=context_kernel // 2))
         self.head = nn.Conv1d(hidden_channels, latent_channels * latent_bins, 1)
-        refine = 4 * latent_channels
+        refine = 2 * latent_channels
         self.refine = nn.Sequential(
             nn.Conv2d(latent_channels, refine, 3, padding=1),
             nn.GELU(),
@@ -147,11 +149,12 @@ class EEGConvNet(ModelMixin, ConfigMixin):
             )
         if self.subject_layer is not None:
             eeg = self.subject_layer(eeg, subject)
-        hidden = self.stem(eeg)
+        hidden = self.spatial(eeg)
         for stage in self.stages:
             hidden = stage(hidden)
         # The strided stages land within a factor 2 of the latent frame rate; interpolation closes the gap.
         hidden = F.interpolate(hidden, size=cfg.latent_frames, mode="linear", align_corners=False)
+        hidden = self.context(hidden)
         latent = self.head(hidden)  # (B, channels * bins, frames)
         latent = latent.reshape(latent.shape[0], cfg.latent_channels, cfg.latent_bins, cfg.latent_frames)
         latent = latent.transpose(2, 3)  # → (B, channels, frames, bins), the VAE's layout

@@ -479,8 +479,9 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         truncation = "fusion" if model.config.audio_config.enable_fusion else "rand_trunc"
         inputs = self._feature_extractor(list(array), sampling_rate=self.sample_rate, truncation=truncation, return_tensors="pt")
         with torch.no_grad():
+            is_longer = inputs.get("is_longer")
             output = model.get_audio_features(input_features=inputs["input_features"].to(self.device),
-                                              is_longer=inputs.get("is_longer"))
+                                              is_longer=None if is_longer is None else is_longer.to(self.device))
         # transformers ≥ 5 returns a model output whose pooler_output is the normalised embedding
         features = output.pooler_output if hasattr(output, "pooler_output") else output
         return torch.nn.functional.normalize(features, dim=-1).float().cpu().numpy()
@@ -535,7 +536,9 @@ class MelStatsEmbedder:
         wave = normalize_waveform(array).numpy().astype(np.float32)
         logmel = waveform_to_mel(wave, normalize=False, pad_to_multiple=1)[:, 0].numpy()  # (B, frames, 64)
         power = np.abs(librosa.stft(wave, n_fft=2048, hop_length=self._HOP)) ** 2  # (B, 1025, frames)
-        chroma = librosa.feature.chroma_stft(S=power, sr=self.sample_rate, hop_length=self._HOP)
+        # tuning fixed at A440: librosa would otherwise estimate one tuning from the whole batch, making a
+        # clip's embedding depend on the clips batched with it
+        chroma = librosa.feature.chroma_stft(S=power, sr=self.sample_rate, hop_length=self._HOP, tuning=0.0)
         onset = librosa.onset.onset_strength(y=wave, sr=self.sample_rate, hop_length=self._HOP)
         tempo = librosa.feature.tempo(onset_envelope=onset, sr=self.sample_rate, hop_length=self._HOP).reshape(len(wave), -1)[:, 0]
         magnitude = np.sqrt(power)

@@ -25,8 +25,12 @@ What the paper lacks, added here
       a fractional hit), so a constant embedding scores exactly chance.
     * **95 % bootstrap confidence intervals** for every number: clips (pairs) are resampled with
       replacement, the statistic recomputed, and the 2.5/97.5 percentiles reported (percentile
-      method). The resampling unit is the clip pair; clips of the same song heard by different
-      subjects are not independent, so these intervals are, if anything, too narrow.
+      method), vectorised over resamples (FAD included). The resampling unit is the clip pair; clips
+      of the same song heard by different subjects are not independent, so these intervals are, if
+      anything, too narrow. FAD caveat: a resample repeats some clips, which inflates a plug-in FAD,
+      so FAD's bootstrap distribution sits above the estimate and its interval may not contain it;
+      compare models through intervals computed alike (same clips, same seed), as
+      :func:`evaluate_embeddings` does.
     * **Permutation test** against shuffled generated↔true pairings: the pairing is permuted
       ``n_perm`` times and each paired statistic recomputed; the p-value is
       ``(1 + #{null at least as good as observed}) / (1 + n_perm)`` (it is never 0). FAD ignores the
@@ -552,6 +556,14 @@ def evaluate_embeddings(
         EnCodec (the paper's metrics).
     fad_ridge : float
         Passed to :func:`frechet_distance` as ``ridge``.
+
+    Notes
+    -----
+    Cost: the paired and identification statistics need a handful of ``(n, n)`` and
+    ``(n, n_candidates)`` matrices and gathers — well under a second for 1000 resamples and
+    permutations of a few hundred clips. The FAD bootstrap needs one covariance factorisation per
+    resample: measured (CPU time, 2 cores) ≈ 1 s for 400 clips × 64 dimensions, ≈ 11 s for 300 × 512
+    (nuclear-norm route, n ≤ dim), ≈ 2 min for 800 × 512 (covariance route) at ``n_boot=1000``.
 
     Returns
     -------

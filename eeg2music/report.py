@@ -82,18 +82,6 @@ def load_waves(paths: Sequence[str | Path], n_samples: int | None = None) -> np.
     return np.stack(waves) if waves else np.zeros((0, n_samples or 0), np.float32)
 
 
-def _embed(embedder, waves: np.ndarray, batch_size: int) -> np.ndarray:
-    import torch
-
-    out = []
-    for start in range(0, len(waves), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(waves[start : start + batch_size]))
-        with torch.no_grad():
-            emb = embedder.embed(batch)
-        out.append(np.asarray(emb.detach().cpu().numpy() if hasattr(emb, "detach") else emb, dtype=np.float64))
-    return np.concatenate(out)
-
-
 def embed_samples(
     record: Mapping[str, Any],
     embedders: Sequence[Any],
@@ -108,33 +96,29 @@ def embed_samples(
     record : dict
         From :func:`eeg2music.sample.load_samples` (rows carry ``true_path`` / ``generated_path``).
     embedders : sequence
-        Objects with ``name`` and ``embed(waves (B, samples) at 16 kHz) -> (B, dim)``.
+        :class:`eeg2music.embedders.Embedder` objects (``name``, ``embed(waves, sample_rate)``).
     batch_size : int
         Clips per ``embed`` call.
     progress : bool
-        Progress bar over embedders × batches.
+        Progress bars (one per embedder).
 
     Returns
     -------
     dict
-        Embedder name → {absolute WAV path (str) → embedding (dim,)}.
+        Embedder name → {absolute WAV path (str) → embedding (dim,)}. A true clip heard by several
+        listeners is embedded once.
     """
-    from tqdm.auto import tqdm
+    from .embedders import embed_audio
 
     paths = sorted({str(r["true_path"]) for r in record["clips"]} | {str(r["generated_path"]) for r in record["clips"]})
     waves = load_waves(paths, int(record["clip_samples"]))
     table: dict[str, dict[str, np.ndarray]] = {}
-    bar = tqdm(total=len(embedders) * len(paths), desc="embed clips", unit="clip", disable=not progress)
     for embedder in embedders:
-        rows = []
-        for start in range(0, len(paths), batch_size):
-            rows.append(_embed(embedder, waves[start : start + batch_size], batch_size))
-            bar.update(min(batch_size, len(paths) - start))
-        embeddings = np.concatenate(rows)
+        embeddings = np.asarray(embed_audio(embedder, waves, int(record["sample_rate"]), batch_size=batch_size,
+                                            progress=progress), dtype=np.float64)
         if embeddings.shape[0] != len(paths) or embeddings.ndim != 2:
             raise ValueError(f"embedder {embedder.name!r} returned shape {embeddings.shape} for {len(paths)} clips")
         table[embedder.name] = dict(zip(paths, embeddings))
-    bar.close()
     return table
 
 
@@ -849,3 +833,202 @@ def format_seconds(seconds: float) -> str:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Putting it together (notebook 06)
+# --------------------------------------------------------------------------------------------------
+
+#: What each embedder is, in the report's words (the offline ones say plainly that they are stand-ins).
+EMBEDDER_NOTES = {
+    "laion-clap": "LAION-CLAP audio embeddings (48 kHz, 512-d), as in the paper",
+    "encodec": "EnCodec 24 kHz encoder latents averaged over time (128-d), as in the paper",
+    "audioldm2-clap": "the CLAP audio tower inside the local AudioLDM2 folder",
+    "mel-stats": "an offline stand-in, not CLAP: interpretable librosa statistics of each clip (log-mel bands, "
+                 "chroma, onset strength, tempo, brightness…), z-scored with the true clips' statistics",
+    "vae-latent": "an offline stand-in, not EnCodec: the backbone's own VAE latents averaged over time, "
+                  "i.e. the space the diffusion model generates in; not a perceptual embedding",
+}
+OFFLINE_EMBEDDERS = ("mel-stats", "vae-latent")
+
+
+def embedder_note(embedder: Any) -> str:
+    """One line on what an embedder is (from :data:`EMBEDDER_NOTES`, else its ``repr``)."""
+    name = getattr(embedder, "name", str(embedder))
+    return EMBEDDER_NOTES.get(name, repr(embedder))
+
+
+def permutation_table(results, split: str, embedder: str, labels: Mapping[str, str]) -> "pandas.DataFrame":  # noqa: F821
+    """Observed value, mean under shuffled pairings and permutation p-value, per model and paired metric."""
+    import pandas as pd
+
+    metrics = (("cosine", "cosine"), ("pearson", "Pearson"), ("song_id_top1", "song-ID top-1"),
+               ("segment_id_top1", "segment-ID top-1"))
+    rows = {}
+    for run, per_embedder in results.get(split, {}).items():
+        if embedder not in per_embedder:
+            continue
+        row = {}
+        for key, name in metrics:
+            entry = per_embedder[embedder]["metrics"].get(key)
+            if entry is None or entry.get("p_value") is None:
+                continue
+            row[name] = (f"{_format_value(key, entry['value'])} vs {_format_value(key, entry['null_mean'])}, "
+                         f"p = {entry['p_value']:.3g}")
+        rows[labels.get(run, run)] = row
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "model (observed vs shuffled mean, p)"
+    return frame
+
+
+def metrics_frame(results, labels: Mapping[str, str]) -> "pandas.DataFrame":  # noqa: F821
+    """Every number in tidy form (``metrics.csv``): split, model, label, embedder, metric, value, CI, p…"""
+    from .metrics import results_table
+
+    frame = results_table(results, names=("split", "model", "embedder"))
+    frame.insert(2, "model_label", frame["model"].map(lambda run: labels.get(run, run)))
+    return frame
+
+
+def build_report(
+    *,
+    record: Mapping[str, Any],
+    results,
+    embedders: Sequence[Any],
+    reading: Sequence[str],
+    figures: Mapping[str, str | Path],
+    examples: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+) -> Report:
+    """The report document: summary, reading, tables, permutation tests, figures, example clips, settings.
+
+    Parameters
+    ----------
+    record : dict
+        The sampling record (models, splits, scheduler…).
+    results : dict
+        ``results[split][run][embedder]``.
+    embedders : sequence
+        The embedders used (their names and notes are stated).
+    reading : sequence of str
+        :func:`plain_words_reading`'s paragraphs.
+    figures : dict
+        Caption → PNG path.
+    examples : sequence of dict
+        :func:`eeg2music.sample.choose_examples`' clips to embed as players.
+    settings : dict
+        Anything to list under "Settings" (n_boot, n_perm, seed, folders…).
+    """
+    labels = {run: m.get("label", run) for run, m in record["models"].items()}
+    names = [e.name for e in embedders]
+    offline = [n for n in names if n in OFFLINE_EMBEDDERS]
+    report = Report("eeg2music — what the EEG decoders reconstruct")
+    splits = record.get("splits", {})
+    summary = (f"Reconstructions of 3.5 s music clips from EEG by {len(labels)} models "
+               f"({', '.join(labels.values())}), sampled with {record.get('scheduler')} "
+               f"({record.get('num_inference_steps')} steps) on "
+               + ", ".join(f"{v.get('clips')} {SPLIT_LABELS.get(k, k)} clips" for k, v in splits.items())
+               + f", compared with the true clips in the embedding space of {', '.join(f'`{n}`' for n in names)}.")
+    report.paragraph(summary)
+    if offline:
+        report.paragraph(
+            f"**Embeddings.** No CLAP or EnCodec weights were given, so the metrics use the offline embedding set "
+            f"({', '.join(f'`{n}`' for n in offline)}): stand-ins documented below, not the paper's CLAP/EnCodec. "
+            f"Numbers are comparable between the models of this report, not with the paper's."
+        )
+    report.bullets([f"`{e.name}`: {embedder_note(e)}" for e in embedders])
+
+    report.heading("What the numbers say")
+    for paragraph in reading:
+        report.paragraph(paragraph)
+
+    report.heading("Comparison tables")
+    report.paragraph("Each cell: value [95 % bootstrap CI]. ↑ higher is better, ↓ lower is better; identification "
+                     "columns give their chance level. Song-ID does not apply to the single unseen song.")
+    for split in results:
+        for name in names:
+            table = comparison_table(results, split, name, labels)
+            if len(table):
+                report.table(table, f"{SPLIT_LABELS.get(split, split)} · `{name}`")
+
+    report.heading("Permutation tests")
+    n_perm = next((res[names[0]]["n_perm"] for per_run in results.values() for res in per_run.values()
+                   if names[0] in res), 0)
+    report.paragraph(f"Each paired metric recomputed with the generated↔true pairing shuffled {n_perm} times: the "
+                     f"observed value, the mean over shuffles, and the one-sided p-value (`{names[0]}`).")
+    for split in results:
+        table = permutation_table(results, split, names[0], labels)
+        if len(table):
+            report.table(table, f"{SPLIT_LABELS.get(split, split)} · `{names[0]}`")
+
+    if figures:
+        report.heading("Figures")
+        for caption, path in figures.items():
+            if Path(path).is_file():
+                report.figure(path, caption)
+
+    if examples:
+        report.heading("Listen")
+        report.paragraph("The true clip, then each model's reconstruction from the EEG of the same window "
+                         "(16-bit copies, clipped to ±1).")
+        for example in examples:
+            where = "unseen song" if example["split"] == "ood" else "test"
+            caption = f"{where}: song {example['song']}, chunk {example['chunk']}, participant {example['subject']:02d}"
+            clips = [("true", example["true_path"])] + [(labels.get(r, r), p) for r, p in example["generated"].items()]
+            report.audio(caption, clips)
+
+    report.heading("Settings")
+    timing = [f"{labels.get(run, run)}: {format_seconds(m.get('seconds_per_clip', float('nan')))} per clip"
+              for run, m in record["models"].items()]
+    report.bullets([f"{key}: {value}" for key, value in settings.items()] + ["sampling time — " + "; ".join(timing)])
+    return report
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    *,
+    record: Mapping[str, Any],
+    results,
+    embedders: Sequence[Any],
+    reading: Sequence[str],
+    figures: Mapping[str, str | Path],
+    examples: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``metrics.csv``, ``report.md`` (+ assets) and ``report.html`` into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        ``metrics_json``, ``metrics_csv``, ``markdown``, ``html`` paths.
+    """
+    from .utils import write_json
+
+    out_dir = Path(out_dir)
+    labels = {run: m.get("label", run) for run, m in record["models"].items()}
+    names = [e.name for e in embedders]
+    primary = names[0]
+    pairs = [(a, b) for a in record["models"] for b in record["models"] if a != b]
+    differences = {split: {f"{a} - {b}": d for (a, b), d in paired_differences(
+        results, split, primary, pairs, seed=int(settings.get("seed", 0))).items()} for split in results}
+    payload = {
+        "settings": dict(settings),
+        "embedders": [{"name": e.name, "note": embedder_note(e), "offline": e.name in OFFLINE_EMBEDDERS,
+                       "dim": getattr(e, "dim", None), "standardize": bool(getattr(e, "standardize", False))}
+                      for e in embedders],
+        "primary_embedder": primary,
+        "models": dict(record["models"]),
+        "splits": dict(record.get("splits", {})),
+        "sampling": {k: record.get(k) for k in ("scheduler", "num_inference_steps", "conditioning_scale", "seed")},
+        "done_when": done_when_check(results, record["models"], primary),
+        "paired_cosine_differences": differences,
+        "reading": list(reading),
+        "results": results,
+    }
+    paths = {"metrics_json": write_json(out_dir / "metrics.json", payload)}
+    frame = metrics_frame(results, labels)
+    paths["metrics_csv"] = atomic_write_text(out_dir / "metrics.csv", frame.to_csv(index=False))
+    report = build_report(record=record, results=results, embedders=embedders, reading=reading,
+                          figures=figures, examples=examples, settings=settings)
+    paths.update(write_report(report, out_dir))
+    return paths

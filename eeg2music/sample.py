@@ -59,6 +59,9 @@ __all__ = [
     "SCHEDULERS",
     "DEFAULT_RUNS",
     "MODEL_LABELS",
+    "DEMO_MAX_CLIPS",
+    "SMOKE_MAX_CLIPS",
+    "default_max_clips",
     "SAMPLES_NAME",
     "clip_seed",
     "clip_generators",
@@ -74,6 +77,11 @@ __all__ = [
     "ensure_models",
     "sampling_datasets",
     "check_models_agree",
+    "clip_order",
+    "choose_examples",
+    "mel_db",
+    "plot_mel_comparison",
+    "listening_table",
 ]
 
 #: The samplers :class:`EEGMusicPipeline` offers (names as the parameter takes them).
@@ -88,6 +96,11 @@ MODEL_LABELS = {
     "convnet_subject": "ConvNet+subject",
     "unconditional": "unconditional",
 }
+#: Windows reconstructed per split and model by notebook 05 at its default size (sized for the demo's
+#: budget on two CPU cores: every song of the test split gets 4–5 windows, enough for song
+#: identification to be measured with an interval of about ±15 points) and at smoke size (tests).
+DEMO_MAX_CLIPS = {"test": 36, "ood": 12}
+SMOKE_MAX_CLIPS = {"test": 4, "ood": 2}
 #: The file that marks a complete sampling folder.
 SAMPLES_NAME = "samples.json"
 #: Sub-folder of the WAV files.
@@ -99,6 +112,11 @@ CLIP_FIELDS = ("model", "subject", "subject_index", "song", "chunk", "split", "t
                "scheduler", "steps", "seconds_per_clip", "seed")
 
 _CLIP_STREAM = 0x5A3B1E  # separates the sampling seeds from training's streams of the same seed
+
+
+def default_max_clips(smoke: bool = False) -> dict[str, int]:
+    """Windows per split that notebook 05 reconstructs when ``max_clips=0``."""
+    return dict(SMOKE_MAX_CLIPS if smoke else DEMO_MAX_CLIPS)
 
 
 def model_label(run: str, kind: str | None = None, subject_cond: bool | None = None) -> str:

@@ -996,7 +996,8 @@ class ForwardModel:
 
         kernels = self.kernels(subject_index, fs)
         standardized = (features - self.feature_mean[:, None]) / self.feature_std[:, None]
-        responses = fftconvolve(standardized, kernels, axes=1, mode="full")[:, : features.shape[1]]
+        # a convolution integral (× 1/fs), so responses have the same size at every sampling rate
+        responses = fftconvolve(standardized, kernels, axes=1, mode="full")[:, : features.shape[1]] / fs
         return self.mixing @ responses
 
     def music_eeg(self, features: np.ndarray, subject_index: int, fs: float) -> np.ndarray:
@@ -1092,7 +1093,7 @@ def build_forward_model(seed: int, subjects: Sequence[int]) -> ForwardModel:
         latency_s=rng.normal(0.0, 0.012, n_subjects),
         gain=np.exp(rng.normal(0.0, 0.2, n_subjects)),
         alpha_hz=rng.uniform(8.5, 11.5, n_subjects),
-        alpha_uv=rng.uniform(3.0, 8.0, n_subjects),
+        alpha_uv=rng.uniform(2.0, 6.0, n_subjects),
         blink_rate_hz=rng.uniform(0.1, 0.33, n_subjects),
         alpha_patterns=alpha_patterns,
         eye_pattern=eye_pattern,
@@ -1447,7 +1448,7 @@ def _lagged(data: np.ndarray, lags: Sequence[int]) -> np.ndarray:
 
 def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | None = None,
                       subjects: Sequence[int] | None = None, max_lag_s: float = 0.25, rate: float = 62.5,
-                      n_components: int = 40) -> dict[str, Any]:
+                      n_components: int = 40, max_seconds: float = 60.0) -> dict[str, Any]:
     """Reconstruct the audio envelope from the EEG with a ridge backward model; compare to a control.
 
     The classic stimulus-reconstruction analysis (e.g. O'Sullivan et al., 2015): the EEG of every
@@ -1471,6 +1472,8 @@ def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | No
         EEG and envelope are resampled to this rate (Hz) first.
     n_components : int
         EEG principal components kept (fitted on the training songs).
+    max_seconds : float
+        Only the first ``max_seconds`` of each song are used (keeps full-length songs fast); 0: all.
 
     Returns
     -------
@@ -1489,7 +1492,8 @@ def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | No
     for raw in nmedt.iter_recordings(folder, layout, songs=songs, subjects=subjects):
         info = nmedt.recording_info(raw)
         ratio = Fraction(rate / raw.info["sfreq"]).limit_denominator(100)
-        data = resample_poly(raw.get_data(picks="eeg"), ratio.numerator, ratio.denominator, axis=1)
+        stop = int(max_seconds * raw.info["sfreq"]) if max_seconds else None
+        data = resample_poly(raw.get_data(picks="eeg", stop=stop), ratio.numerator, ratio.denominator, axis=1)
         data = data - data.mean(axis=1, keepdims=True)
         eeg[(info["subject"], info["song"])] = data / (data.std() or 1.0)
     song_ids = sorted({song for _, song in eeg})
@@ -1526,4 +1530,5 @@ def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | No
         "max_lag_s": max_lag_s,
         "rate_hz": rate,
         "n_components": n_components,
+        "max_seconds": max_seconds,
     }

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -61,16 +60,19 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .params import ParameterError, coerce_mapping
 from .paths import stage_dir
 from .utils import atomic_directory, atomic_write_text, count_parameters, read_json, resolve_device, write_json
+
+if TYPE_CHECKING:
+    from .preprocess import CacheIndex
+    from .windows import EEGMusicWindows, WindowSpec
 
 MODEL_KINDS = ("controlnet", "convnet")
 #: Every kind a model folder may hold; "unconditional" has no weights (the backbone alone).
@@ -186,21 +188,25 @@ class TrainConfig:
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
     "common": {"checkpoint_every": 100, "val_every": 50, "val_samples": 96},
     "controlnet": {"steps": 300, "batch_size": 8},
-    "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 128},
+    "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
 }
 #: Sizes of smoke runs (tests): seconds, not minutes.
 SMOKE_DEFAULTS: dict[str, dict[str, int]] = {
     "common": {"checkpoint_every": 4, "val_every": 4, "val_samples": 8},
     "controlnet": {"steps": 6, "batch_size": 2},
-    "convnet": {"steps": 6, "batch_size": 4, "convnet_width": 32},
+    "convnet": {"steps": 6, "batch_size": 4, "convnet_width": 16},
 }
 
 
 def default_run_name(model: str, subject_cond: bool) -> str:
-    """``controlnet_subject`` / ``controlnet`` / ``convnet`` (``convnet_subject`` if it uses the layer)."""
+    """The run folder's default name: ``controlnet_subject``, ``controlnet``, ``convnet`` or ``unconditional``.
+
+    Only the ControlNet's name carries the flag (the paper compares it with and without subject
+    conditioning); a ConvNet run is ``convnet`` either way, its ``eeg2music_model.json`` says which.
+    """
     if model not in REGISTERED_KINDS:
         raise ParameterError(f"parameter 'model': {model!r} is not one of {list(REGISTERED_KINDS)}")
-    return f"{model}_subject" if subject_cond and model != "unconditional" else model
+    return "controlnet_subject" if model == "controlnet" and subject_cond else model
 
 
 def _normalise_resume(value: Any) -> str:
@@ -262,11 +268,16 @@ class StepBatches(torch.utils.data.Sampler):
         self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
         self.start_step, self.stop_step = start_step, stop_step
         self.rank, self.num_processes = rank, num_processes
+        self._permutations: dict[int, np.ndarray] = {}
 
-    @functools.lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> np.ndarray:
-        generator = torch.Generator().manual_seed(_derived_seed(_ORDER_STREAM, self.seed, epoch))
-        return torch.randperm(self.n_items, generator=generator).numpy()
+        """The order of the dataset in ``epoch`` (a function of the seed and the epoch only)."""
+        if epoch not in self._permutations:
+            if len(self._permutations) > 2:  # a batch spans at most two epochs
+                self._permutations.pop(min(self._permutations))
+            generator = torch.Generator().manual_seed(_derived_seed(_ORDER_STREAM, self.seed, epoch))
+            self._permutations[epoch] = torch.randperm(self.n_items, generator=generator).numpy()
+        return self._permutations[epoch]
 
     def batch(self, step: int) -> list[int]:
         """The dataset indices of ``step`` for this process."""
@@ -288,262 +299,171 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 # --------------------------------------------------------------------------------------------------
-# State that is not weights: optimizer, RNGs, scalers — safetensors + JSON, never pickle
-# --------------------------------------------------------------------------------------------------
-
-def optimizer_state_to_safetensors(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split a ``torch.optim`` state dict into tensors (for safetensors) and JSON metadata.
-
-    Returns
-    -------
-    tensors : dict
-        ``"state.<param>.<name>"`` → tensor (contiguous CPU clones).
-    meta : dict
-        ``param_groups`` and the non-tensor per-parameter entries, JSON-serialisable.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for param_id, entries in state_dict["state"].items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{param_id}.{name}"] = value.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(param_id), {})[name] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
-              for group in state_dict["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars, "tuple_keys": _tuple_keys(state_dict)}
-
-
-def _tuple_keys(state_dict: Mapping[str, Any]) -> list[str]:
-    return sorted({k for g in state_dict["param_groups"] for k, v in g.items() if isinstance(v, tuple)})
-
-
-def optimizer_state_from_safetensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`optimizer_state_to_safetensors`."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        _, param_id, name = key.split(".", 2)
-        state.setdefault(int(param_id), {})[name] = value
-    for param_id, entries in meta.get("scalars", {}).items():
-        state.setdefault(int(param_id), {}).update(entries)
-    tuple_keys = set(meta.get("tuple_keys", []))
-    groups = [{k: (tuple(v) if k in tuple_keys else v) for k, v in group.items()} for group in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The global RNG states of torch (CPU, CUDA), NumPy and Python as tensors + JSON."""
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{index}"] = state
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
-    version, internal, gauss_next = random.getstate()
-    meta = {"numpy": [kind, int(position), int(has_gauss), float(cached)],
-            "python": [version, list(internal), gauss_next]}
-    return tensors, meta
-
-
-def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved (CUDA states only where the devices exist)."""
-    torch.set_rng_state(tensors["torch_cpu"])
-    if torch.cuda.is_available():
-        states = [tensors[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in tensors]
-        if states:
-            torch.cuda.set_rng_state_all(states)
-    kind, position, has_gauss, cached = meta["numpy"]
-    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached))
-    version, internal, gauss_next = meta["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:06d}"
-
-
-def list_checkpoints(run_folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run, oldest first, as ``(step, path)``.
-
-    Temporary folders (``.checkpoint-….partial``, left by a run killed while saving) never match,
-    and a ``checkpoint-N`` folder without its :data:`CHECKPOINT_MARKER` is skipped with a warning.
-    """
-    folder = Path(run_folder) / CHECKPOINTS_DIR_NAME
-    found = []
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _CHECKPOINT_RE.match(path.name)
-            if not (match and path.is_dir()):
-                continue
-            if not (path / CHECKPOINT_MARKER).is_file():
-                print(f"[train] ignoring {path}: incomplete checkpoint (no {CHECKPOINT_MARKER})", file=sys.stderr)
-                continue
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def resolve_resume(resume: str, run_folder: Path) -> Path | None:
-    """The checkpoint folder to resume from (``None`` = start afresh).
-
-    ``"latest"`` → the last complete checkpoint of ``run_folder`` (none yet → start afresh, saying so);
-    a path → that checkpoint, or the last complete checkpoint of that run folder.
-    """
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(run_folder)
-        if not found:
-            print(f"[train] resume: no complete checkpoint in {run_folder / CHECKPOINTS_DIR_NAME}; starting afresh")
-            return None
-        return found[-1][1]
-    path = Path(resume).expanduser().resolve()
-    if (path / CHECKPOINT_MARKER).is_file():
-        return path
-    found = list_checkpoints(path) or list_checkpoints(path.parent)
-    if path.is_dir() and found:
-        return found[-1][1]
-    raise FileNotFoundError(
-        f"parameter 'resume': {str(path)!r} is neither a complete checkpoint folder (with {CHECKPOINT_MARKER}) "
-        f"nor a run folder holding {CHECKPOINTS_DIR_NAME}/{CHECKPOINT_PREFIX}NNNNNN folders"
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# Model folders: the contract sampling and evaluation read
+# Data: the preprocessed cache, its windows, the clip latents
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
-class TrainedModel:
-    """A model folder loaded for inference.
+class TrainingData:
+    """The windows a run trains and validates on, and what the models need to know about them."""
 
-    Attributes
-    ----------
-    kind : str
-        ``"controlnet"``, ``"convnet"`` or ``"unconditional"``.
-    module : torch.nn.Module or None
-        The trained network in eval mode on the requested device (``None`` for "unconditional").
-    config : dict
-        The folder's ``eeg2music_model.json`` (``subject_cond``, ``backbone``, ``data``, ``training``…).
-    path : Path
-        The model folder.
-    """
-
-    kind: str
-    module: nn.Module | None
-    config: dict[str, Any]
-    path: Path
-
-    @property
-    def subject_cond(self) -> bool:
-        return bool(self.config.get("subject_cond", False))
+    train: EEGMusicWindows  # without audio: items hold eeg, subject, song, chunk
+    val: EEGMusicWindows
+    latents: ClipLatents
+    info: dict[str, Any]  # the data config recorded in model folders and checkpoints
+    eeg_channels: int
+    eeg_sfreq: float
+    eeg_samples: int
+    clip_seconds: float
+    n_subjects: int
+    backbone_path: str
 
 
-def _module_class(kind: str):
-    if kind == "controlnet":
-        from .controlnet import EEGControlNet
-
-        return EEGControlNet
-    if kind == "convnet":
-        from .convnet import EEGConvNet
-
-        return EEGConvNet
-    raise ValueError(f"model kind {kind!r} has no weights; expected one of {list(MODEL_KINDS)}")
+def _window_meta(dataset, i: int) -> tuple[int, int, int]:
+    """``(subject index, song, chunk)`` of window ``i`` without reading its EEG."""
+    ref = dataset.windows[i]
+    return dataset.index.subject_index(ref.subject), int(ref.song), int(ref.chunk)
 
 
-def write_model_folder(folder: Path, kind: str, module: nn.Module | None, config: Mapping[str, Any]) -> Path:
-    """Write ``eeg2music_model.json`` and the weights (``<kind>/``, safetensors) into ``folder``.
-
-    ``folder`` should be a temporary folder that the caller renames into place.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    if module is not None:
-        module.save_pretrained(folder / kind, safe_serialization=True)
-    write_json(folder / MODEL_CONFIG_NAME, {"format_version": FORMAT_VERSION, **config, "model": kind})
-    return folder
-
-
-def find_model_folder(path: str | os.PathLike) -> Path:
-    """The model folder for ``path``: a model folder itself, a run folder (→ ``model/``) or a checkpoint."""
-    path = Path(path).expanduser().resolve()
-    for candidate in (path, path / MODEL_DIR_NAME):
-        if (candidate / MODEL_CONFIG_NAME).is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{path}: no {MODEL_CONFIG_NAME} here or in {path / MODEL_DIR_NAME}. Give a model folder written by "
-        f"notebook 04 (outputs/04_train/<run_name>/model), its run folder, or a checkpoint folder."
-    )
-
-
-def load_trained_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
-    """Load a model folder (ControlNet, ConvNet or the unconditional registration) for inference.
+def ensure_cache(run_dir: str | os.PathLike = "", *, data_root: str | os.PathLike = "", smoke: bool = False,
+                 seed: int = 0, progress: bool = True) -> CacheIndex:
+    """A preprocessed cache, as a :class:`~eeg2music.preprocess.CacheIndex`.
 
     Parameters
     ----------
-    model_dir : path-like
-        A model folder, a run folder or a checkpoint folder (see :func:`find_model_folder`).
-    device : str or torch.device
-        Where to put the weights (``"auto"`` is resolved).
+    run_dir : path-like
+        A cache folder or a cache root (its latest build). Empty: a cache under the default run
+        folder's cache root (``outputs/02_preprocess/cache``, ``cache_smoke`` at smoke size).
+    data_root : path-like
+        With ``run_dir`` empty: the NMED-T folder to preprocess (a cache of exactly this folder and
+        the paper's preprocessing is reused when there is one). Empty: the latest cache of the default
+        root, or the simulated dataset (simulated if missing) preprocessed now.
+    smoke, seed : bool, int
+        Size and seed of the simulated dataset when it has to be made.
+    progress : bool
+        Print what is used or built.
     """
-    folder = find_model_folder(model_dir)
-    config = read_json(folder / MODEL_CONFIG_NAME)
-    kind = config.get("model")
-    if kind not in REGISTERED_KINDS:
-        raise ValueError(f"{folder / MODEL_CONFIG_NAME}: 'model' is {kind!r}, expected one of {list(REGISTERED_KINDS)}")
-    if kind == "unconditional":
-        return TrainedModel(kind, None, config, folder)
-    weights = folder / kind
-    if not (weights / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: the {kind} weights are missing (expected {weights}/config.json + safetensors)")
-    target = resolve_device(device) if isinstance(device, str) else device
-    module = _module_class(kind).from_pretrained(weights, local_files_only=True, use_safetensors=True)
-    module = module.to(target).eval().requires_grad_(False)
-    return TrainedModel(kind, module, config, folder)
+    from .pipeline import default_cache_dir, ensure_dataset
+    from .preprocess import build_cache, open_cache
+
+    if run_dir not in ("", None):
+        return open_cache(Path(run_dir).expanduser().resolve())
+    cache_root = default_cache_dir(smoke)
+    if data_root in ("", None):
+        try:
+            index = open_cache(cache_root)
+        except FileNotFoundError:
+            pass
+        else:
+            if progress:
+                print(f"[train] using the preprocessed cache {index.path}")
+            return index
+    folder = ensure_dataset(data_root, smoke=smoke, seed=seed)
+    if progress:
+        print(f"[train] preprocessing {folder} into {cache_root} (the paper's pipeline; reused if already there)")
+    return build_cache(folder, None, cache_root, progress=progress)
 
 
-def register_unconditional(
-    out_dir: str | os.PathLike = "",
-    backbone: str | os.PathLike = "",
-    *,
-    data: Mapping[str, Any] | None = None,
-    smoke: bool = False,
-) -> Path:
-    """Register the unconditional baseline (the backbone alone, no EEG) as a model folder.
+def default_window_spec(smoke: bool = False) -> WindowSpec:
+    """The window spec used when there is no notebook-02 summary: notebook 02's defaults.
 
-    It needs no training; writing ``<out_dir>/unconditional/model/eeg2music_model.json`` lets the
-    later notebooks loop over all models alike.
+    At smoke size the simulated songs last 15 s (4 clips), too short for a gap chunk on each side of
+    the val and test chunks, so (as notebook 02 does) the gaps are dropped.
+    """
+    from .windows import WindowSpec
 
-    Parameters
-    ----------
-    out_dir : path-like
-        The folder holding the run folders ("" = ``outputs/04_train``).
-    backbone : path-like
-        The backbone folder ("" = the default tiny backbone's folder).
-    data : dict, optional
-        The data config (as in the trained models' folders), recorded for reference.
-    smoke : bool
-        With ``backbone=""``: the smoke-size default backbone.
+    return WindowSpec(gap_chunks=0) if smoke else WindowSpec()
 
-    Returns
-    -------
-    Path
-        The model folder.
+
+def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """The split datasets to train on (with their audio), and where they come from, in words.
+
+    * ``run_dir`` holding notebook 02's ``preprocess_summary.json``: exactly notebook 02's splits
+      (cache, window spec, held-out participant, song lengths);
+    * ``run_dir`` a cache folder or root: its windows with the default window spec;
+    * ``run_dir`` empty: the default run folder's notebook-02 output when it matches the size
+      (``smoke``), else the default cache (built now if missing) with the default window spec.
+    """
+    from .pipeline import default_cache_dir
+    from .windows import SUMMARY_FILE, load_stage_windows, load_windows, read_preprocess_summary
+
+    stage = Path(cfg.run_dir).expanduser().resolve() if cfg.run_dir else stage_dir("preprocess")
+    if (stage / SUMMARY_FILE).is_file():
+        summary = read_preprocess_summary(stage)
+        # The default 02 output serves smoke and full runs alike: use it only if it is this size's
+        # (and of this data_root, when one is given).
+        same_size = default_cache_dir(cfg.smoke) in Path(summary["cache"]).parents
+        same_data = not cfg.data_root or Path(summary["data_root"]) == Path(cfg.data_root).expanduser().resolve()
+        if cfg.run_dir or (same_size and same_data):
+            splits = load_stage_windows(stage, stimuli=True, verbose=progress)
+            return splits, f"notebook 02's splits ({stage / SUMMARY_FILE})"
+    if cfg.run_dir and not any((stage / name).exists() for name in ("index.json", "latest.json")):
+        raise FileNotFoundError(
+            f"parameter 'run_dir': {stage} holds neither notebook 02's {SUMMARY_FILE} nor a preprocessed cache "
+            f"(index.json or latest.json). Give notebook 02's out_dir or its cache, or leave run_dir empty."
+        )
+    index = ensure_cache(cfg.run_dir, data_root=cfg.data_root, smoke=cfg.smoke, seed=cfg.seed, progress=progress)
+    # The stimuli bound the chunks (make_splits cuts within the audio's length), so they are always read.
+    splits = load_windows(index, default_window_spec(cfg.smoke), stimuli=True, verbose=progress)
+    return splits, f"the cache {index.path} with the default window spec"
+
+
+def _audio_digest(audio: Mapping[int, np.ndarray], clips: Sequence[tuple[int, int]], clip_samples: int) -> str:
+    digest = hashlib.sha256()
+    for song, chunk in clips:
+        digest.update(np.ascontiguousarray(audio[song][chunk * clip_samples:(chunk + 1) * clip_samples],
+                                           dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def load_training_data(cfg: TrainConfig, backbone, *, device: torch.device, progress: bool = True) -> TrainingData:
+    """The train and val windows (see :func:`training_windows`) and the latents of their clips.
+
+    The latents are encoded once per (song, chunk) and cached in ``cfg.latent_cache_dir``
+    (default ``<out_dir>/latent_cache``, shared by the runs of notebook 04).
     """
     from .pipeline import default_backbone_dir
 
-    backbone_path = Path(backbone).expanduser().resolve() if backbone not in ("", None) else default_backbone_dir(smoke)
-    folder = stage_dir("train", out_dir) / default_run_name("unconditional", False) / MODEL_DIR_NAME
-    with atomic_directory(folder) as tmp:
-        write_model_folder(tmp, "unconditional", None, {
-            "subject_cond": False,
-            "backbone": str(backbone_path),
-            "data": dict(data or {}),
-            "training": None,
-        })
-    return folder
+    splits, source = training_windows(cfg, progress=progress)
+    for name in ("train", "val"):
+        if name not in splits:
+            raise ValueError(f"{source}: no {name!r} split (check val_fraction / val_chunks in notebook 02)")
+    train_set, val_set = splits["train"], splits["val"]
+    index, spec = train_set.index, train_set.spec
+    clips = sorted(set(train_set.clips()) | set(val_set.clips()))
+    identity = {"backbone": type(backbone).__name__, "kind": getattr(backbone, "kind", None),
+                "audio_sha256": _audio_digest(train_set.audio, clips, spec.clip_samples),
+                "clip_samples": spec.clip_samples, "audio_sr": spec.audio_sr}
+    cache_dir = Path(cfg.latent_cache_dir) if cfg.latent_cache_dir else stage_dir("train", cfg.out_dir) / "latent_cache"
+    latents = clip_latents(backbone, clips, train_set.audio_clip, cache_dir, identity, device=device,
+                           progress=progress)
+    if tuple(latents.latents.shape[1:]) != tuple(backbone.latent_shape):
+        raise ValueError(f"latents of shape {tuple(latents.latents.shape[1:])} but the backbone says "
+                         f"{tuple(backbone.latent_shape)}")
+    backbone_path = (getattr(backbone, "metadata", {}).get("path") or cfg.backbone
+                     or default_backbone_dir(cfg.smoke))
+    info = {
+        "source": source,
+        "cache_dir": str(index.path),
+        "cache_key": index.key,
+        "data_root": index.data_root,
+        "layout": index.layout,
+        "sfreq": index.sfreq,
+        "units": index.units,
+        "channels": index.channel_names,
+        "subjects": list(index.subjects),
+        "train_subjects": sorted({ref.subject for ref in train_set.windows}),
+        "songs": list(index.songs),
+        "window_spec": spec.to_dict(),
+        "eeg_samples": train_set.n_times,
+        "preprocessing": index.preprocessing.to_dict(),
+        "windows": {name: len(ds) for name, ds in splits.items()},
+        "clips": {name: len(ds.clips()) for name, ds in splits.items()},
+    }
+    return TrainingData(
+        train=train_set.eeg_only(), val=val_set.eeg_only(), latents=latents, info=info,
+        eeg_channels=index.n_channels, eeg_sfreq=index.sfreq, eeg_samples=train_set.n_times,
+        clip_seconds=spec.clip_seconds, n_subjects=len(index.subjects), backbone_path=str(Path(backbone_path).resolve()),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -874,6 +794,342 @@ def eeg_evidence(losses: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Model folders: the contract sampling and evaluation read
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainedModel:
+    """A model folder loaded for inference.
+
+    Attributes
+    ----------
+    kind : str
+        ``"controlnet"``, ``"convnet"`` or ``"unconditional"``.
+    module : torch.nn.Module or None
+        The trained network in eval mode on the requested device (``None`` for "unconditional").
+    config : dict
+        The folder's ``eeg2music_model.json`` (``subject_cond``, ``backbone``, ``data``, ``training``…).
+    path : Path
+        The model folder.
+    """
+
+    kind: str
+    module: nn.Module | None
+    config: dict[str, Any]
+    path: Path
+
+    @property
+    def subject_cond(self) -> bool:
+        return bool(self.config.get("subject_cond", False))
+
+
+def _module_class(kind: str):
+    if kind == "controlnet":
+        from .controlnet import EEGControlNet
+
+        return EEGControlNet
+    if kind == "convnet":
+        from .convnet import EEGConvNet
+
+        return EEGConvNet
+    raise ValueError(f"model kind {kind!r} has no weights; expected one of {list(MODEL_KINDS)}")
+
+
+def write_model_folder(folder: Path, kind: str, module: nn.Module | None, config: Mapping[str, Any]) -> Path:
+    """Write ``eeg2music_model.json`` and the weights (``<kind>/``, safetensors) into ``folder``.
+
+    ``folder`` should be a temporary folder that the caller renames into place.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if module is not None:
+        module.save_pretrained(folder / kind, safe_serialization=True)
+    write_json(folder / MODEL_CONFIG_NAME, {"format_version": FORMAT_VERSION, **config, "model": kind})
+    return folder
+
+
+def find_model_folder(path: str | os.PathLike) -> Path:
+    """The model folder for ``path``: a model folder itself, a run folder (→ ``model/``) or a checkpoint."""
+    path = Path(path).expanduser().resolve()
+    for candidate in (path, path / MODEL_DIR_NAME):
+        if (candidate / MODEL_CONFIG_NAME).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no {MODEL_CONFIG_NAME} here or in {path / MODEL_DIR_NAME}. Give a model folder written by "
+        f"notebook 04 (outputs/04_train/<run_name>/model), its run folder, or a checkpoint folder."
+    )
+
+
+def load_trained_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a model folder (ControlNet, ConvNet or the unconditional registration) for inference.
+
+    Parameters
+    ----------
+    model_dir : path-like
+        A model folder, a run folder or a checkpoint folder (see :func:`find_model_folder`).
+    device : str or torch.device
+        Where to put the weights (``"auto"`` is resolved).
+    """
+    folder = find_model_folder(model_dir)
+    config = read_json(folder / MODEL_CONFIG_NAME)
+    kind = config.get("model")
+    if kind not in REGISTERED_KINDS:
+        raise ValueError(f"{folder / MODEL_CONFIG_NAME}: 'model' is {kind!r}, expected one of {list(REGISTERED_KINDS)}")
+    if kind == "unconditional":
+        return TrainedModel(kind, None, config, folder)
+    weights = folder / kind
+    if not (weights / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: the {kind} weights are missing (expected {weights}/config.json + safetensors)")
+    target = resolve_device(device) if isinstance(device, str) else device
+    module = _module_class(kind).from_pretrained(weights, local_files_only=True, use_safetensors=True)
+    module = module.to(target).eval().requires_grad_(False)
+    return TrainedModel(kind, module, config, folder)
+
+
+def register_unconditional(
+    out_dir: str | os.PathLike = "",
+    backbone: str | os.PathLike = "",
+    *,
+    data: Mapping[str, Any] | None = None,
+    smoke: bool = False,
+) -> Path:
+    """Register the unconditional baseline (the backbone alone, no EEG) as a model folder.
+
+    It needs no training; writing ``<out_dir>/unconditional/model/eeg2music_model.json`` lets the
+    later notebooks loop over all models alike.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        The folder holding the run folders ("" = ``outputs/04_train``).
+    backbone : path-like
+        The backbone folder ("" = the default tiny backbone's folder).
+    data : dict, optional
+        The data config (as in the trained models' folders), recorded for reference.
+    smoke : bool
+        With ``backbone=""``: the smoke-size default backbone.
+
+    Returns
+    -------
+    Path
+        The model folder.
+    """
+    from .pipeline import default_backbone_dir
+
+    backbone_path = Path(backbone).expanduser().resolve() if backbone not in ("", None) else default_backbone_dir(smoke)
+    folder = stage_dir("train", out_dir) / default_run_name("unconditional", False) / MODEL_DIR_NAME
+    with atomic_directory(folder) as tmp:
+        write_model_folder(tmp, "unconditional", None, {
+            "subject_cond": False,
+            "backbone": str(backbone_path),
+            "data": dict(data or {}),
+            "training": None,
+        })
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# State that is not weights: optimizer, RNGs, scalers — safetensors + JSON, never pickle
+# --------------------------------------------------------------------------------------------------
+
+def optimizer_state_to_safetensors(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a ``torch.optim`` state dict into tensors (for safetensors) and JSON metadata.
+
+    Returns
+    -------
+    tensors : dict
+        ``"state.<param>.<name>"`` → tensor (contiguous CPU clones).
+    meta : dict
+        ``param_groups`` and the non-tensor per-parameter entries, JSON-serialisable.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+              for group in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars, "tuple_keys": _tuple_keys(state_dict)}
+
+
+def _tuple_keys(state_dict: Mapping[str, Any]) -> list[str]:
+    return sorted({k for g in state_dict["param_groups"] for k, v in g.items() if isinstance(v, tuple)})
+
+
+def optimizer_state_from_safetensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`optimizer_state_to_safetensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    for param_id, entries in meta.get("scalars", {}).items():
+        state.setdefault(int(param_id), {}).update(entries)
+    tuple_keys = set(meta.get("tuple_keys", []))
+    groups = [{k: (tuple(v) if k in tuple_keys else v) for k, v in group.items()} for group in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The global RNG states of torch (CPU, CUDA), NumPy and Python as tensors + JSON."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss_next = random.getstate()
+    meta = {"numpy": [kind, int(position), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss_next]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (CUDA states only where the devices exist)."""
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[f"torch_cuda_{i}"] for i in range(torch.cuda.device_count()) if f"torch_cuda_{i}" in tensors]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    kind, position, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def list_checkpoints(run_folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, as ``(step, path)``.
+
+    Temporary folders (``.checkpoint-….partial``, left by a run killed while saving) never match,
+    and a ``checkpoint-N`` folder without its :data:`CHECKPOINT_MARKER` is skipped with a warning.
+    """
+    folder = Path(run_folder) / CHECKPOINTS_DIR_NAME
+    found = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _CHECKPOINT_RE.match(path.name)
+            if not (match and path.is_dir()):
+                continue
+            if not (path / CHECKPOINT_MARKER).is_file():
+                print(f"[train] ignoring {path}: incomplete checkpoint (no {CHECKPOINT_MARKER})", file=sys.stderr)
+                continue
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(resume: str, run_folder: Path) -> Path | None:
+    """The checkpoint folder to resume from (``None`` = start afresh).
+
+    ``"latest"`` → the last complete checkpoint of ``run_folder`` (none yet → start afresh, saying so);
+    a path → that checkpoint, or the last complete checkpoint of that run folder.
+    """
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_folder)
+        if not found:
+            print(f"[train] resume: no complete checkpoint in {run_folder / CHECKPOINTS_DIR_NAME}; starting afresh")
+            return None
+        return found[-1][1]
+    path = Path(resume).expanduser().resolve()
+    if (path / CHECKPOINT_MARKER).is_file():
+        return path
+    found = list_checkpoints(path) or list_checkpoints(path.parent)
+    if path.is_dir() and found:
+        return found[-1][1]
+    raise FileNotFoundError(
+        f"parameter 'resume': {str(path)!r} is neither a complete checkpoint folder (with {CHECKPOINT_MARKER}) "
+        f"nor a run folder holding {CHECKPOINTS_DIR_NAME}/{CHECKPOINT_PREFIX}NNNNNN folders"
+    )
+
+
+#: Config fields that must match between a checkpoint and the run resuming it (others, e.g. ``steps``
+#: or ``val_every``, may change: extending a finished run is resuming it with more steps).
+_RESUME_MUST_MATCH = ("model", "subject_cond", "seed", "batch_size", "lr", "betas", "eps", "weight_decay",
+                      "grad_clip", "lr_warmup_steps", "conditioning_scale", "convnet_width")
+
+
+def _check_resume_config(checkpoint: Path, saved: Mapping[str, Any], cfg: TrainConfig) -> None:
+    current = cfg.to_dict()
+    different = [f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in _RESUME_MUST_MATCH
+                 if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(current[k]))]
+    if different:
+        raise ParameterError(
+            f"resume: {checkpoint} was trained with other settings ({'; '.join(different)}); "
+            f"pass the same values to continue it, or resume=false to start afresh"
+        )
+
+
+def save_checkpoint(
+    folder: Path, *, model: nn.Module, optimizer, lr_scheduler, accelerator, state: Mapping[str, Any],
+    model_config: Mapping[str, Any], kind: str,
+) -> Path:
+    """Write one checkpoint atomically (temp folder, then rename); return its path.
+
+    Layout: ``eeg2music_model.json`` + ``<kind>/`` (diffusers ``save_pretrained``, so a checkpoint is
+    also a model folder), ``optimizer.safetensors`` + ``optimizer.json``, ``lr_scheduler.json``,
+    ``rng_state.safetensors`` + ``rng_state.json``, ``grad_scaler.json`` (fp16 only), and
+    :data:`CHECKPOINT_MARKER` (step, log, config, data config) written last.
+    """
+    import safetensors.torch
+
+    with atomic_directory(folder) as tmp:
+        write_model_folder(tmp, kind, model, model_config)
+        tensors, meta = optimizer_state_to_safetensors(optimizer.state_dict())
+        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "optimizer.json", meta)
+        write_json(tmp / "lr_scheduler.json", lr_scheduler.state_dict())
+        rng_tensors, rng_meta = rng_state()
+        safetensors.torch.save_file(rng_tensors, str(tmp / "rng_state.safetensors"))
+        write_json(tmp / "rng_state.json", rng_meta)
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None:
+            write_json(tmp / "grad_scaler.json", scaler.state_dict())
+        write_json(tmp / CHECKPOINT_MARKER, dict(state))
+    return folder
+
+
+def load_checkpoint_state(folder: Path, *, model: nn.Module, kind: str) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` (before ``accelerator.prepare``); return its trainer state."""
+    import safetensors.torch
+
+    weights = folder / kind / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: no {kind} weights ({weights}); is it a checkpoint of a {kind} run?")
+    missing, unexpected = model.load_state_dict(safetensors.torch.load_file(weights), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return read_json(folder / CHECKPOINT_MARKER)
+
+
+def restore_training_state(folder: Path, *, optimizer, lr_scheduler, accelerator) -> None:
+    """Restore the optimizer, learning-rate schedule, RNG and grad-scaler states of a checkpoint."""
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(folder / "optimizer.safetensors")
+    optimizer.load_state_dict(optimizer_state_from_safetensors(tensors, read_json(folder / "optimizer.json")))
+    lr_scheduler.load_state_dict(read_json(folder / "lr_scheduler.json"))
+    set_rng_state(safetensors.torch.load_file(folder / "rng_state.safetensors"), read_json(folder / "rng_state.json"))
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and (folder / "grad_scaler.json").is_file():
+        scaler.load_state_dict(read_json(folder / "grad_scaler.json"))
+
+
+def _prune_checkpoints(run: Path, keep: int) -> None:
+    for _, path in list_checkpoints(run)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
 
@@ -961,83 +1217,6 @@ def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
     return model.train().requires_grad_(True)
 
 
-#: Config fields that must match between a checkpoint and the run resuming it (others, e.g. ``steps``
-#: or ``val_every``, may change: extending a finished run is resuming it with more steps).
-_RESUME_MUST_MATCH = ("model", "subject_cond", "seed", "batch_size", "lr", "betas", "eps", "weight_decay",
-                      "grad_clip", "lr_warmup_steps", "conditioning_scale", "convnet_width")
-
-
-def _check_resume_config(checkpoint: Path, saved: Mapping[str, Any], cfg: TrainConfig) -> None:
-    current = cfg.to_dict()
-    different = [f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in _RESUME_MUST_MATCH
-                 if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(current[k]))]
-    if different:
-        raise ParameterError(
-            f"resume: {checkpoint} was trained with other settings ({'; '.join(different)}); "
-            f"pass the same values to continue it, or resume=false to start afresh"
-        )
-
-
-def save_checkpoint(
-    folder: Path, *, model: nn.Module, optimizer, lr_scheduler, accelerator, state: Mapping[str, Any],
-    model_config: Mapping[str, Any], kind: str,
-) -> Path:
-    """Write one checkpoint atomically (temp folder, then rename); return its path.
-
-    Layout: ``eeg2music_model.json`` + ``<kind>/`` (diffusers ``save_pretrained``, so a checkpoint is
-    also a model folder), ``optimizer.safetensors`` + ``optimizer.json``, ``lr_scheduler.json``,
-    ``rng_state.safetensors`` + ``rng_state.json``, ``grad_scaler.json`` (fp16 only), and
-    :data:`CHECKPOINT_MARKER` (step, log, config, data config) written last.
-    """
-    import safetensors.torch
-
-    with atomic_directory(folder) as tmp:
-        write_model_folder(tmp, kind, model, model_config)
-        tensors, meta = optimizer_state_to_safetensors(optimizer.state_dict())
-        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
-        write_json(tmp / "optimizer.json", meta)
-        write_json(tmp / "lr_scheduler.json", lr_scheduler.state_dict())
-        rng_tensors, rng_meta = rng_state()
-        safetensors.torch.save_file(rng_tensors, str(tmp / "rng_state.safetensors"))
-        write_json(tmp / "rng_state.json", rng_meta)
-        scaler = getattr(accelerator, "scaler", None)
-        if scaler is not None:
-            write_json(tmp / "grad_scaler.json", scaler.state_dict())
-        write_json(tmp / CHECKPOINT_MARKER, dict(state))
-    return folder
-
-
-def load_checkpoint_state(folder: Path, *, model: nn.Module, kind: str) -> dict[str, Any]:
-    """Load a checkpoint's weights into ``model`` (before ``accelerator.prepare``); return its trainer state."""
-    import safetensors.torch
-
-    weights = folder / kind / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder}: no {kind} weights ({weights}); is it a checkpoint of a {kind} run?")
-    missing, unexpected = model.load_state_dict(safetensors.torch.load_file(weights), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    return read_json(folder / CHECKPOINT_MARKER)
-
-
-def restore_training_state(folder: Path, *, optimizer, lr_scheduler, accelerator) -> None:
-    """Restore the optimizer, learning-rate schedule, RNG and grad-scaler states of a checkpoint."""
-    import safetensors.torch
-
-    tensors = safetensors.torch.load_file(folder / "optimizer.safetensors")
-    optimizer.load_state_dict(optimizer_state_from_safetensors(tensors, read_json(folder / "optimizer.json")))
-    lr_scheduler.load_state_dict(read_json(folder / "lr_scheduler.json"))
-    set_rng_state(safetensors.torch.load_file(folder / "rng_state.safetensors"), read_json(folder / "rng_state.json"))
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and (folder / "grad_scaler.json").is_file():
-        scaler.load_state_dict(read_json(folder / "grad_scaler.json"))
-
-
-def _prune_checkpoints(run: Path, keep: int) -> None:
-    for _, path in list_checkpoints(run)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def write_log(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``train_log.csv`` atomically (columns :data:`LOG_COLUMNS`; empty cells where not measured)."""
     import io
@@ -1094,7 +1273,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         The run's settings (defaults when None).
     backbone : eeg2music.backbone.Backbone, optional
         An already loaded backbone (else ``config.backbone`` is loaded, or the default tiny one is
-        built). It must be the one at ``config.backbone`` (recorded in the model folder).
+        built). It must be the one at ``config.backbone`` (recorded in the model folder). Its VAE and
+        UNet are moved to the training device, frozen, and the UNet cast to the mixed-precision dtype.
     data : TrainingData, optional
         Windows and latents already loaded by :func:`load_training_data` for this config and backbone.
     progress : bool
@@ -1126,10 +1306,12 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
 
     # --- the frozen backbone, the data, the model, the optimiser ---------------------------------
     unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    # The main process first: it builds whatever is missing (tiny backbone, cache, latents); the others then read it.
     if backbone is None:
         from .pipeline import ensure_backbone
 
-        backbone = ensure_backbone(cfg.backbone, smoke=cfg.smoke, seed=cfg.seed, device=str(device))
+        with accelerator.main_process_first():
+            backbone = ensure_backbone(cfg.backbone, smoke=cfg.smoke, seed=cfg.seed, device=str(device))
     _freeze(backbone, device, unet_dtype)
     if data is None:
         with accelerator.main_process_first():
@@ -1264,157 +1446,6 @@ def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# Data: the preprocessed cache, its windows, the clip latents
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class TrainingData:
-    """The windows a run trains and validates on, and what the models need to know about them."""
-
-    train: Any  # EEGMusicWindows without audio: eeg, subject, song, chunk
-    val: Any
-    latents: ClipLatents
-    info: dict[str, Any]  # the data config recorded in model folders and checkpoints
-    eeg_channels: int
-    eeg_sfreq: float
-    eeg_samples: int
-    clip_seconds: float
-    n_subjects: int
-    backbone_path: str
-
-
-def _window_meta(dataset, i: int) -> tuple[int, int, int]:
-    """``(subject index, song, chunk)`` of window ``i`` without reading its EEG."""
-    ref = dataset.windows[i]
-    return dataset.index.subject_index(ref.subject), int(ref.song), int(ref.chunk)
-
-
-def ensure_cache(run_dir: str | os.PathLike = "", *, data_root: str | os.PathLike = "", smoke: bool = False,
-                 seed: int = 0, progress: bool = True):
-    """A preprocessed cache, as a :class:`~eeg2music.preprocess.CacheIndex`.
-
-    ``run_dir`` may be a cache folder or a cache root (its latest build). Empty: the default run
-    folder's cache (``outputs/02_preprocess/cache``), built now with the paper's preprocessing from
-    ``data_root`` (or the simulated dataset, simulated if missing) when it is not there yet.
-    """
-    from .pipeline import default_cache_dir, ensure_dataset
-    from .preprocess import build_cache, open_cache
-
-    if run_dir not in ("", None):
-        return open_cache(Path(run_dir).expanduser().resolve())
-    cache_root = default_cache_dir(smoke)
-    try:
-        index = open_cache(cache_root)
-    except FileNotFoundError:
-        folder = ensure_dataset(data_root, smoke=smoke, seed=seed)
-        if progress:
-            print(f"[train] no preprocessed cache in {cache_root} yet: preprocessing {folder} now (the paper's pipeline)")
-        return build_cache(folder, None, cache_root, progress=progress)
-    if progress:
-        print(f"[train] using the preprocessed cache {index.path}")
-    return index
-
-
-def default_window_spec(smoke: bool = False) -> "WindowSpec":  # noqa: F821
-    """The window spec used when there is no notebook-02 summary: notebook 02's defaults.
-
-    At smoke size the simulated songs last 15 s (4 clips), too short for a gap chunk on each side of
-    the val and test chunks, so (as notebook 02 does) the gaps are dropped.
-    """
-    from .windows import WindowSpec
-
-    return WindowSpec(gap_chunks=0) if smoke else WindowSpec()
-
-
-def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[str, Any], str]:
-    """The split datasets to train on (with their audio), and where they come from, in words.
-
-    * ``run_dir`` holding notebook 02's ``preprocess_summary.json``: exactly notebook 02's splits
-      (cache, window spec, held-out participant, song lengths);
-    * ``run_dir`` a cache folder or root: its windows with the default window spec;
-    * ``run_dir`` empty: the default run folder's notebook-02 output when it matches the size
-      (``smoke``), else the default cache (built now if missing) with the default window spec.
-    """
-    from .pipeline import default_cache_dir
-    from .windows import SUMMARY_FILE, load_stage_windows, load_windows, read_preprocess_summary
-
-    stage = Path(cfg.run_dir).expanduser().resolve() if cfg.run_dir else stage_dir("preprocess")
-    if (stage / SUMMARY_FILE).is_file():
-        cache = Path(read_preprocess_summary(stage)["cache"])
-        # The default 02 output is shared by smoke and full runs: use it only if it is this size's.
-        if cfg.run_dir or default_cache_dir(cfg.smoke) in cache.parents:
-            splits = load_stage_windows(stage, stimuli=True, verbose=progress)
-            return splits, f"notebook 02's splits ({stage / SUMMARY_FILE})"
-    if cfg.run_dir and not any((stage / name).exists() for name in ("index.json", "latest.json")):
-        raise FileNotFoundError(
-            f"parameter 'run_dir': {stage} holds neither notebook 02's {SUMMARY_FILE} nor a preprocessed cache "
-            f"(index.json or latest.json). Give notebook 02's out_dir or its cache, or leave run_dir empty."
-        )
-    index = ensure_cache(cfg.run_dir, data_root=cfg.data_root, smoke=cfg.smoke, seed=cfg.seed, progress=progress)
-    # The stimuli bound the chunks (make_splits cuts within the audio's length), so they are always read.
-    splits = load_windows(index, default_window_spec(cfg.smoke), stimuli=True, verbose=progress)
-    return splits, f"the cache {index.path} with the default window spec"
-
-
-def _audio_digest(audio: Mapping[int, np.ndarray], clips: Sequence[tuple[int, int]], clip_samples: int) -> str:
-    digest = hashlib.sha256()
-    for song, chunk in clips:
-        digest.update(np.ascontiguousarray(audio[song][chunk * clip_samples:(chunk + 1) * clip_samples],
-                                           dtype=np.float32).tobytes())
-    return digest.hexdigest()
-
-
-def load_training_data(cfg: TrainConfig, backbone, *, device: torch.device, progress: bool = True) -> TrainingData:
-    """The train and val windows (see :func:`training_windows`) and the latents of their clips.
-
-    The latents are encoded once per (song, chunk) and cached in ``cfg.latent_cache_dir``
-    (default ``<out_dir>/latent_cache``, shared by the runs of notebook 04).
-    """
-    from .pipeline import default_backbone_dir
-
-    splits, source = training_windows(cfg, progress=progress)
-    for name in ("train", "val"):
-        if name not in splits:
-            raise ValueError(f"{source}: no {name!r} split (check val_fraction / val_chunks in notebook 02)")
-    train_set, val_set = splits["train"], splits["val"]
-    index, spec = train_set.index, train_set.spec
-    clips = sorted(set(train_set.clips()) | set(val_set.clips()))
-    identity = {"backbone": type(backbone).__name__, "kind": getattr(backbone, "kind", None),
-                "audio_sha256": _audio_digest(train_set.audio, clips, spec.clip_samples),
-                "clip_samples": spec.clip_samples, "audio_sr": spec.audio_sr}
-    cache_dir = Path(cfg.latent_cache_dir) if cfg.latent_cache_dir else stage_dir("train", cfg.out_dir) / "latent_cache"
-    latents = clip_latents(backbone, clips, train_set.audio_clip, cache_dir, identity, device=device,
-                           progress=progress)
-    if tuple(latents.latents.shape[1:]) != tuple(backbone.latent_shape):
-        raise ValueError(f"latents of shape {tuple(latents.latents.shape[1:])} but the backbone says "
-                         f"{tuple(backbone.latent_shape)}")
-    backbone_path = getattr(backbone, "path", None) or cfg.backbone or default_backbone_dir(cfg.smoke)
-    info = {
-        "source": source,
-        "cache_dir": str(index.path),
-        "cache_key": index.key,
-        "data_root": index.data_root,
-        "layout": index.layout,
-        "sfreq": index.sfreq,
-        "units": index.units,
-        "channels": index.channel_names,
-        "subjects": list(index.subjects),
-        "train_subjects": sorted({ref.subject for ref in train_set.windows}),
-        "songs": list(index.songs),
-        "window_spec": spec.to_dict(),
-        "eeg_samples": train_set.n_times,
-        "preprocessing": index.preprocessing.to_dict(),
-        "windows": {name: len(ds) for name, ds in splits.items()},
-        "clips": {name: len(ds.clips()) for name, ds in splits.items()},
-    }
-    return TrainingData(
-        train=train_set.eeg_only(), val=val_set.eeg_only(), latents=latents, info=info,
-        eeg_channels=index.n_channels, eeg_sfreq=index.sfreq, eeg_samples=train_set.n_times,
-        clip_seconds=spec.clip_seconds, n_subjects=len(index.subjects), backbone_path=str(Path(backbone_path).resolve()),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
 # Figures (notebook 04)
 # --------------------------------------------------------------------------------------------------
 
@@ -1441,7 +1472,8 @@ def plot_noised_latents(latent: torch.Tensor, scheduler, timesteps: Sequence[int
     steps = [min(int(t), n_train - 1) for t in timesteps]
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
     z0 = latent.detach().float().cpu()
-    limit = float(z0[channel].abs().max()) * 1.5 or 1.0
+    # One colour scale for all panels: ±3 covers the unit-variance noise, wider if the latent is.
+    limit = max(3.0, float(z0[channel].abs().quantile(0.995)))
     fig, axes = plt.subplots(1, len(steps), figsize=(2.2 * len(steps), 3.4), sharey=True, layout="constrained")
     for ax, t in zip(np.atleast_1d(axes), steps):
         zt = scheduler.add_noise(z0[None], noise[None], torch.tensor([t]))[0]
@@ -1484,46 +1516,52 @@ def plot_training_curves(log, *, smooth: int = 10):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     sns.lineplot(train_frame, x="step", y="loss", ax=axes[0], alpha=0.3, color="C0", label="per step")
     sns.lineplot(train_frame, x="step", y="smoothed", ax=axes[0], color="C0", label=f"moving average ({smooth})")
-    axes[0].set(title="training loss", ylabel="MSE", yscale="log")
+    axes[0].set(title="training loss", ylabel="MSE")
     if len(val):
         sns.lineplot(val, x="step", y="val", hue="validation", style="validation", markers=True, ax=axes[1])
     axes[1].set(title="validation loss (fixed windows, noise and timesteps)", ylabel="MSE")
+    for ax in axes:
+        ax.ticklabel_format(axis="y", useOffset=False)
     return fig
 
 
 def plot_eeg_evidence(summary: Mapping[str, Any], per_window: str | os.PathLike | None = None):
-    """Validation loss with the true EEG against its controls; per timestep when the table is given.
+    """How much the true EEG lowers the validation loss against each control, overall and by timestep.
 
     Parameters
     ----------
     summary : dict
         ``train_summary.json`` (its ``eeg_evidence``).
     per_window : path-like, optional
-        ``val_per_window.csv``: adds the paired gain over the EEG-zeroed control against the timestep.
+        ``val_per_window.csv``: adds the gain over the EEG-zeroed control against the diffusion timestep.
     """
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
     evidence = summary["eeg_evidence"]
-    names = {"val_loss": "true EEG", "val_loss_eeg_zeroed": "EEG zeroed", "val_loss_eeg_shuffled": "EEG of another clip",
-             "val_loss_backbone_only": "backbone alone"}
-    bars = pd.DataFrame([{"condition": label, "val loss": evidence[key]} for key, label in names.items() if key in evidence])
+    labels = {"eeg_zeroed": "EEG zeroed", "eeg_shuffled": "EEG of another clip", "backbone_only": "backbone alone"}
+    gains = pd.DataFrame([{"control": label, "gain": evidence[f"gain_vs_{key}"], "se": evidence[f"gain_vs_{key}_se"]}
+                          for key, label in labels.items() if f"gain_vs_{key}" in evidence])
     table = pd.read_csv(per_window) if per_window is not None and Path(per_window).is_file() else None
-    with_t = table is not None and "timestep" in table
-    fig, axes = plt.subplots(1, 2 if with_t else 1, figsize=(11 if with_t else 5.5, 3.8), layout="constrained",
-                             squeeze=False)
-    sns.barplot(bars, x="condition", y="val loss", ax=axes[0, 0], color="C0")
-    low = float(bars["val loss"].min())
-    axes[0, 0].set(title=f"validation loss, {evidence['n_windows']} windows", ylim=(low * 0.95, None), xlabel="")
-    axes[0, 0].tick_params(axis="x", rotation=15)
-    if with_t:
+    by_timestep = table is not None and "timestep" in table
+    fig, axes = plt.subplots(1, 2 if by_timestep else 1, figsize=(11 if by_timestep else 5.5, 3.8),
+                             layout="constrained", squeeze=False)
+    ax = axes[0, 0]
+    sns.barplot(gains, x="control", y="gain", hue="control", ax=ax, palette="deep", legend=False)
+    ax.errorbar(range(len(gains)), gains["gain"], yerr=1.96 * gains["se"], fmt="none", ecolor="k", capsize=4)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(title=f"loss(control) − loss(true EEG), {evidence['n_windows']} windows (95 % CI)",
+           ylabel="gain (MSE; > 0: the EEG helps)", xlabel="")
+    if by_timestep:
         gain = table.assign(gain=table["loss_eeg_zeroed"] - table["loss_eeg"])
-        gain["timestep bin"] = pd.cut(gain["timestep"], bins=5)
-        sns.barplot(gain, x="timestep bin", y="gain", ax=axes[0, 1], color="C2", errorbar=("se", 1))
+        edges = np.linspace(0, max(int(gain["timestep"].max()) + 1, 5), 6).round().astype(int)
+        gain["timesteps"] = pd.cut(gain["timestep"], bins=edges, right=False,
+                                   labels=[f"{lo}–{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])])
+        sns.barplot(gain, x="timesteps", y="gain", ax=axes[0, 1], color="C2", errorbar=("se", 1.96))
         axes[0, 1].axhline(0, color="k", lw=0.8)
-        axes[0, 1].set(title="loss(EEG zeroed) − loss(true EEG) by timestep", ylabel="gain (MSE)")
-        axes[0, 1].tick_params(axis="x", rotation=15)
+        axes[0, 1].set(title="gain over the EEG-zeroed control by diffusion timestep", ylabel="gain (MSE)",
+                       xlabel="timestep t")
     return fig
 
 

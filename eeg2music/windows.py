@@ -433,7 +433,7 @@ class EEGMusicWindows(Dataset):
         """The EEG of window ``i`` as a float32 (channels, samples) array."""
         ref = self.windows[i]
         array = self._recording(ref.subject, ref.song)
-        return np.array(array[self._rows, ref.start : ref.start + self.n_times], dtype=np.float32)
+        return np.ascontiguousarray(array[self._rows, ref.start : ref.start + self.n_times], dtype=np.float32)
 
     def audio_clip(self, song: int, chunk: int) -> np.ndarray:
         """The audio clip of a (song, chunk) pair (needs attached audio)."""

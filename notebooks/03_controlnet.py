@@ -29,13 +29,13 @@
 # It writes `<out_dir>/controlnet_summary.json` (plans, shapes, parameter counts) and the figure.
 
 # %% tags=["parameters"]
-backbone = ""  # backbone folder (AudioLDM2-music or tiny); "" = the default tiny backbone of notebook 00
-eeg_sfreq = 125.0  # EEG sampling rate in Hz (125 = the cleaned NMED-T release, 1000 = the raw one)
+backbone = ""  # backbone folder (AudioLDM2-music or tiny); empty: the default tiny backbone of notebook 00
+eeg_sfreq = 125.0  # EEG sampling rate in Hz (125: the cleaned NMED-T release; 1000: the raw one)
 eeg_channels = 124  # EEG channels after preprocessing (E1 … E124)
 n_subjects = 20  # participants the subject layer keeps a matrix for (NMED-T has 20)
-subject_cond = True  # build the per-subject layer S (False = no subject parameters at all)
-out_dir = ""  # where controlnet_summary.json and the figure go; "" = outputs/03_controlnet
-data_root = ""  # NMED-T folder; read only if the default tiny backbone must first be trained ("" = simulator)
+subject_cond = True  # build the per-subject layer S (False: no subject parameters at all)
+out_dir = ""  # where controlnet_summary.json and the figure go; empty: outputs/03_controlnet
+data_root = ""  # unused here (this notebook reads no EEG); kept so every notebook takes the same command line
 seed = 0  # seeds the initialisation of P and S and the example inputs
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests (the smoke backbone, a batch of one)
@@ -67,7 +67,6 @@ from eeg2music.controlnet import (
     EEGControlNet,
     controlnet_summary,
     parameter_counts,
-    placeholder_conditioning,
     plot_zero_init,
     projector_plan,
     trace_shapes,
@@ -149,7 +148,7 @@ controlnet = EEGControlNet.from_unet(
     unet, eeg_channels=eeg_channels, eeg_sfreq=eeg_sfreq, clip_seconds=3.5, latent_frames=frames,
     latent_bins=bins, n_subjects=n_subjects, subject_cond=subject_cond,
 )
-batch = 1 if smoke else 4
+batch = 1 if smoke else 2
 generator = torch.Generator().manual_seed(seed)
 latents = torch.randn(batch, channels, frames, bins, generator=generator).to(target)
 eeg = torch.randn(batch, eeg_channels, controlnet.plan.eeg_samples, generator=generator).to(target)
@@ -199,8 +198,8 @@ plt.show()
 # %%
 from eeg2music.backbone import build_audioldm2_music_on_meta
 
-real_unet = build_audioldm2_music_on_meta()
-real_unet = getattr(real_unet, "unet", real_unet)
+real_backbone = build_audioldm2_music_on_meta()
+real_unet = real_backbone.unet
 real = EEGControlNet.from_unet(
     real_unet, eeg_channels=124, eeg_sfreq=1000.0, clip_seconds=3.5, latent_frames=88, latent_bins=16,
     n_subjects=20, subject_cond=subject_cond,
@@ -208,11 +207,12 @@ real = EEGControlNet.from_unet(
 with torch.device("meta"):
     real_latents, real_eeg = torch.zeros(2, 8, 88, 16), torch.zeros(2, 124, real.plan.eeg_samples)
 real_shapes = trace_shapes(real, real_latents, timestep, real_eeg, torch.tensor([0, 1], device="meta"),
-                           placeholder_conditioning(real_unet))
+                           real_backbone.conditioning)
 display(pd.DataFrame(real_shapes).assign(output_shape=lambda d: d.output_shape.map(str)))
 real_counts = parameter_counts(real_unet, real)
-print(f"AudioLDM2-music: {real.n_residuals} skip residuals + 1 mid; ControlNet {real_counts['controlnet_total'] / 1e6:.1f} M "
-      f"parameters (P {real_counts['projector'] / 1e6:.1f} M) next to a {real_counts['unet_total'] / 1e6:.1f} M UNet")
+print(f"AudioLDM2-music: {real.n_residuals} skip residuals + 1 mid; ControlNet "
+      f"{real_counts['controlnet_total'] / 1e6:.1f} M parameters (P {real_counts['projector'] / 1e6:.1f} M) "
+      f"next to a {real_counts['unet_total'] / 1e6:.1f} M UNet")
 
 # %% [markdown]
 # ## 8. The summary

@@ -30,15 +30,15 @@
 # %% tags=["parameters"]
 subject_cond = True  # per-subject channel-mixing layer on the EEG (the paper's optional subject conditioning)
 model = "controlnet"  # "controlnet" (the paper's model) or "convnet" (the direct-regression baseline)
-backbone = ""  # backbone folder (AudioLDM2-music or tiny); "" = the default tiny backbone
-steps = 0  # optimiser steps; 0 = the default for the size (demo: ControlNet 300, ConvNet 400; smoke: 6)
-batch_size = 0  # EEG windows per step; 0 = the default for the size
+backbone = ""  # backbone folder (AudioLDM2-music or tiny); empty: the default tiny backbone
+steps = 0  # optimiser steps; 0: the default for the size (demo: ControlNet 300, ConvNet 400; smoke: 6)
+batch_size = 0  # EEG windows per step; 0: the default for the size
 lr = 1e-4  # AdamW learning rate (the paper's)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
-run_dir = ""  # notebook 02's output folder or its cache; "" = the default run folder's (built if missing)
-run_name = ""  # run folder name; "" = controlnet_subject, controlnet or convnet
-out_dir = ""  # folder holding the run folders; "" = outputs/04_train
-data_root = ""  # NMED-T folder, read only to build a missing cache; "" = the simulator
+run_dir = ""  # notebook 02's output folder or a cache; empty: the default run folder's (built if missing)
+run_name = ""  # run folder name; empty: controlnet_subject, controlnet or convnet
+out_dir = ""  # folder holding the run folders; empty: outputs/04_train
+data_root = ""  # NMED-T folder, read only to build a missing cache; empty: the simulator
 seed = 0  # seeds the initialisation, the data order and every noise draw
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests: a few steps on the smoke dataset
@@ -79,10 +79,9 @@ target = resolve_device(device)
 backbone_model = ensure_backbone(cfg.backbone, smoke=smoke, seed=seed, device=str(target))
 data = load_training_data(cfg, backbone_model, device=target)
 run_folder = cfg.run_folder()
-print(f"run folder: {run_folder}")
-display(pd.DataFrame({
-    "windows": data.info["windows"], "clips (song × chunk)": data.info["clips"],
-}).T.assign(EEG=f"{data.eeg_channels} ch × {data.eeg_samples} samples at {data.eeg_sfreq:g} Hz"))
+print(f"EEG windows: {data.eeg_channels} channels × {data.eeg_samples} samples at {data.eeg_sfreq:g} Hz, "
+      f"{data.n_subjects} participants; data: {data.info['source']}; run folder: {run_folder}")
+display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": data.info["clips"]}))
 
 # %% [markdown]
 # ## 2. The objective

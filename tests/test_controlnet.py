@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import AudioLDM2UNet2DConditionModel
 
+from eeg2music.backbone import build_audioldm2_music_on_meta, build_tiny_backbone
 from eeg2music.controlnet import (
     UNKNOWN_SUBJECT,
     EEGControlNet,
@@ -27,7 +28,6 @@ from eeg2music.controlnet import (
     expand_conditioning,
     parameter_counts,
     perturb_zero_convs,
-    placeholder_conditioning,
     projector_plan,
     trace_shapes,
     zero_init_check,
@@ -40,22 +40,6 @@ BATCH = 2
 # frames at AudioLDM2's 25 Hz latent rate, 8 frequency bins (what a 32-mel front end would give).
 SHORT = dict(clip_seconds=0.96, latent_frames=24, latent_bins=8)
 SHORT_LATENT = (8, 24, 8)
-
-# The published cvssp/audioldm2-music UNet configuration, used only until eeg2music.backbone provides
-# build_audioldm2_music_on_meta().
-AUDIOLDM2_MUSIC_UNET = dict(
-    sample_size=256,
-    in_channels=8,
-    out_channels=8,
-    block_out_channels=(128, 256, 384, 640),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 4,
-    up_block_types=("CrossAttnUpBlock2D",) * 4,
-    attention_head_dim=8,
-    cross_attention_dim=([None, 768, 1024],) * 4,
-    norm_num_groups=32,
-)
-
 
 def tiny_unet(seed: int = 0) -> AudioLDM2UNet2DConditionModel:
     """A tiny AudioLDM2 UNet with both block kinds (plain and cross-attention), frozen."""
@@ -390,7 +374,14 @@ def test_attach_controlnet_steers_every_unet_call_including_cfg_batches(unet, co
 def tiny_pipeline(unet):
     """A stock AudioLDM2Pipeline around the tiny UNet (prompt embeddings are passed in directly)."""
     from diffusers import AudioLDM2Pipeline, AutoencoderKL, DDIMScheduler
-    from transformers import GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config, T5EncoderModel
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        SpeechT5HifiGan,
+        SpeechT5HifiGanConfig,
+        T5Config,
+        T5EncoderModel,
+    )
 
     torch.manual_seed(5)
     vae = AutoencoderKL(
@@ -526,6 +517,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(unet):
 # --- configurations ---------------------------------------------------------------------------------------
 
 
+def test_the_project_tiny_backbone_is_controlled_exactly_at_init():
+    """The backbone module's own tiny UNet (cross-attention only, three levels)."""
+    backbone = build_tiny_backbone(seed=0, size="smoke")
+    unet = backbone.unet.requires_grad_(False).eval()
+    controlnet = build(unet)
+    latents, eeg = inputs()
+    with torch.no_grad():
+        base = unet(latents, 300, **backbone.unet_conditioning(BATCH)).sample
+        eps = controlled_noise_prediction(unet, controlnet, latents, 300, eeg, [1, 2], backbone.conditioning)
+        steered = perturb_zero_convs(controlnet)
+        moved = controlled_noise_prediction(unet, steered, latents, 300, eeg, [1, 2], backbone.conditioning)
+    assert torch.equal(eps, base) and not torch.equal(moved, base)
+    assert controlnet.n_residuals == sum(len(block.resnets) for block in unet.up_blocks)
+
+
 def test_subject_cond_false_builds_no_subject_parameters(unet):
     with_subjects = build(unet, subject_cond=True, n_subjects=5)
     without = build(unet, subject_cond=False, n_subjects=5)
@@ -540,20 +546,10 @@ def test_subject_cond_false_builds_no_subject_parameters(unet):
     assert len(down) == without.n_residuals
 
 
-def unet_on_meta() -> AudioLDM2UNet2DConditionModel:
-    """The real AudioLDM2-music UNet on the meta device (no memory, no weights)."""
-    try:
-        from eeg2music.backbone import build_audioldm2_music_on_meta
-    except ImportError:
-        with torch.device("meta"):
-            return AudioLDM2UNet2DConditionModel(**AUDIOLDM2_MUSIC_UNET)
-    built = build_audioldm2_music_on_meta()
-    return getattr(built, "unet", built)
-
-
 def test_real_audioldm2_music_configuration_on_meta():
-    unet = unet_on_meta()
-    assert unet.device.type == "meta"
+    backbone = build_audioldm2_music_on_meta()
+    unet = backbone.unet
+    assert unet.device.type == "meta" and tuple(backbone.latent_shape) == LATENT
     controlnet = EEGControlNet.from_unet(
         unet, eeg_channels=124, eeg_sfreq=1000.0, clip_seconds=3.5, latent_frames=88, latent_bins=16, n_subjects=20
     )
@@ -563,7 +559,7 @@ def test_real_audioldm2_music_configuration_on_meta():
     with torch.device("meta"):
         latents = torch.zeros(BATCH, *LATENT)
         eeg = torch.zeros(BATCH, 124, 3500)
-    conditioning = placeholder_conditioning(unet)
+    conditioning = backbone.conditioning
     rows = trace_shapes(controlnet, latents, 10, eeg, torch.tensor([0, 19], device="meta"), conditioning)
     shapes = {row["stage"]: row["output_shape"] for row in rows}
     assert shapes["P: conv1"] == (BATCH, 256, 700) and shapes["P: conv4"] == (BATCH, 2048, 88)
@@ -611,7 +607,10 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, unet, subject_cond):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(eeg_shape=(BATCH, 120, 438)), r"120 channels, expected 124.*\(batch, 124 channels, 438 samples\).*\(2, 120, 438\)"),
+        (
+            dict(eeg_shape=(BATCH, 120, 438)),
+            r"120 channels, expected 124.*\(batch, 124 channels, 438 samples\).*\(2, 120, 438\)",
+        ),
         (dict(eeg_shape=(BATCH, 124, 3500)), r"3500 samples, expected 438.*125 Hz.*\(2, 124, 3500\)"),
         (dict(eeg_shape=(BATCH, 124)), r"expected shape|must have shape.*\(2, 124\)"),
         (dict(eeg_shape=(BATCH + 1, 124, 438)), r"batch size 3 but latents 2"),
@@ -666,14 +665,3 @@ def test_notebook_helpers_report_shapes_counts_and_zero_init(tmp_path, unet, con
     assert again["n_down_residuals"] == 4 and again["projector_plan"]["strides"] == [5, 1, 1, 1]
     assert again["shapes"][-1]["output_shape"] == [BATCH, 64, 12, 4]
     assert again["parameters"] == counts
-
-
-def test_placeholder_conditioning_matches_the_cross_attention_widths(unet):
-    conditioning = placeholder_conditioning(unet, batch=2, tokens=3)
-    assert {k: tuple(v.shape) for k, v in conditioning.items()} == {
-        "encoder_hidden_states": (2, 3, 16),
-        "encoder_hidden_states_1": (2, 3, 32),
-    }
-    latents, _ = inputs()
-    with torch.no_grad():
-        assert unet(latents, 1, **conditioning).sample.shape == latents.shape

@@ -347,3 +347,34 @@ def test_a_complete_folder_reads_without_warnings(both_layouts):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(nmedt.iter_recordings(both_layouts.root, "raw", songs=[21]))) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 01 on folders written by other tools
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["raw", "cleaned"])
+def test_notebook_01_explores_a_folder_written_by_other_tools(layout, tmp_path):
+    """`papermill 01_explore_data.ipynb -p data_root <folder>` on either layout (raw with its WAVs,
+    cleaned without any audio): the summary names the format, rate, channels, participants, songs and,
+    for raw files, every song's onset sample."""
+    import json
+
+    from conftest import run_notebook
+
+    layouts = ("cleaned", "raw") if layout == "raw" else ("cleaned",)
+    fixture = make_nmedt_folder(tmp_path / "nmedt", layouts=layouts, songs=(21, 22), subjects=(2, 3),
+                                cleaned_fs=25.0, raw_fs=50.0, stimuli=layout == "raw", stimuli_seconds=20.0)
+    run_notebook("01_explore_data", tmp_path / "run", data_root=str(fixture.root), layout=layout,
+                 out_dir=str(tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "dataset_summary.json").read_text())
+    assert summary["format"] == layout and summary["subjects"] == [2, 3]
+    assert [s["id"] for s in summary["songs"]] == [21, 22] and summary["songs"][1]["duration_s"] == 271.0
+    assert summary["fs"] == (50.0 if layout == "raw" else 25.0) and summary["n_channels"] == (129 if layout == "raw" else 125)
+    if layout == "raw":
+        onsets = {(r["subject"], int(song)): sample for r in summary["recordings"] for song, sample in r["onset_samples"].items()}
+        assert onsets == fixture.onsets
+        assert (tmp_path / "out" / "onset_erp.png").is_file()
+    assert (tmp_path / "out" / "montage.png").is_file() and (tmp_path / "out" / "eeg_and_music.png").is_file()

@@ -58,7 +58,7 @@ def test_key_is_stable_and_tracks_every_field():
     variants = [
         Preprocessing(drop_face=False), Preprocessing(filtering="cleaned_release"), Preprocessing(resample_sfreq=125.0),
         Preprocessing(center_samples=500), Preprocessing(clamp=10.0), Preprocessing(bad_channels="exclude"),
-        Preprocessing(robust_scale=False, clamp=None),
+        Preprocessing(robust_scale=False, clamp=None), Preprocessing(scaler_fit_samples=None),
     ]
     keys = {cfg.key() for cfg in variants} | {Preprocessing().key()}
     assert len(keys) == len(variants) + 1
@@ -88,6 +88,7 @@ def test_to_dict_round_trips_and_records_the_steps():
         ({"center_samples": 2.5}, "center_samples"),
         ({"clamp": 0.0}, "clamp"),
         ({"robust_scale": False}, "clamp"),
+        ({"scaler_fit_samples": 10}, "scaler_fit_samples"),
     ],
 )
 def test_bad_configuration_names_the_field(kwargs, field):
@@ -127,6 +128,22 @@ def test_robust_scale_by_hand_in_place():
     np.testing.assert_allclose(data, [[-1.0, -0.5, 0.0, 0.5, 48.5], [-1.0, -0.5, 0.0, 0.5, 1.0]])
 
 
+def test_robust_scale_fitted_on_a_subsample_by_hand():
+    data = np.arange(10.0)[None, :].repeat(2, axis=0)
+    data[1] *= 3.0
+    # at most 5 samples → every 2nd: 0, 2, 4, 6, 8 → median 4, quartiles 2 and 6 → IQR 4 (row 1: ×3)
+    robust_scale(data, fit_samples=5)
+    np.testing.assert_allclose(data, [(np.arange(10.0) - 4.0) / 4.0] * 2)
+
+
+def test_subsampled_fit_is_close_to_the_exact_one():
+    rng = np.random.default_rng(0)
+    eeg = np.cumsum(rng.normal(size=(8, 300_000)), axis=1) * 0.01 + rng.normal(size=(8, 300_000))  # drifting, like EEG
+    exact = robust_scale(eeg.copy())
+    approximate = robust_scale(eeg.copy(), fit_samples=50_000)  # every 6th sample
+    assert np.percentile(np.abs(approximate - exact), 99) < 0.02
+
+
 def test_clamp_by_hand():
     data = np.array([[-30.0, -5.0, 0.0, 19.5, 25.0]])
     clamp(data, 20.0)
@@ -162,6 +179,15 @@ def test_centring_is_absorbed_by_robust_scaling():
     np.testing.assert_allclose(with_centre.data, without.data, atol=1e-5)
     unscaled = preprocess_raw(random_raw(seed=1), Preprocessing(robust_scale=False, clamp=None))
     np.testing.assert_allclose(unscaled.data[:, :1000].mean(axis=1), 0.0, atol=1e-3)  # µV, centred
+
+
+@pytest.mark.parametrize("cfg", [Preprocessing(), Preprocessing(filtering="cleaned_release", resample_sfreq=125.0)])
+def test_output_does_not_depend_on_the_input_memory_layout(cfg):
+    data = random_raw(RAW_NAMES, sfreq=1000.0, seconds=10.0).get_data()  # 1250 samples once resampled
+    channel_major = preprocess_array(np.ascontiguousarray(data), RAW_NAMES, 1000.0, cfg)
+    time_major = preprocess_array(np.asfortranarray(data), RAW_NAMES, 1000.0, cfg)  # as the HDF5 reader gives it
+    np.testing.assert_allclose(channel_major.data, time_major.data, rtol=0, atol=1e-6)
+    assert time_major.data.flags.f_contiguous and time_major.data.dtype == np.float32  # windows: contiguous blocks
 
 
 def test_clamp_bounds_artefacts():
@@ -367,3 +393,25 @@ def test_flat_channel_is_reported_by_name_through_the_cache(flat_channel_folder,
 def test_open_cache_without_a_cache_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="02_preprocess"):
         open_cache(tmp_path)
+
+
+# --- notebook 02 on the raw layout (the smoke chain in test_notebooks.py runs the cleaned one) ---------
+
+
+@pytest.mark.slow
+def test_notebook_02_on_the_raw_layout_with_a_held_out_subject(tmp_path, session_outputs):
+    from conftest import run_notebook
+
+    from eeg2music.windows import load_stage_windows
+
+    out = tmp_path / "out"
+    run_notebook("02_preprocess", tmp_path / "run", smoke=True, layout="raw", loso_subject=3, lag_seconds=0.2, out_dir=str(out))
+    summary = json.loads((out / "preprocess_summary.json").read_text())
+    assert summary["layout"] == "raw" and summary["sfreq"] == 1000.0 and summary["n_channels"] == 124
+    assert summary["loso_subject"] == 3 and summary["splits"]["test"]["subjects"] == [3]
+    assert 3 not in summary["splits"]["train"]["subjects"] and summary["counts"]["train"] > 0
+    assert summary["cache"].startswith(str(out / "cache"))
+    assert {p.name for p in out.glob("*.png")} >= {"steps_one_channel.png", "topomaps.png", "split_layout.png"}
+    datasets = load_stage_windows(out, verbose=False)
+    assert {name: len(ds) for name, ds in datasets.items()} == summary["counts"]
+    assert datasets["test"][0]["eeg"].shape == (124, 3500)

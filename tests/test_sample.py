@@ -1,8 +1,8 @@
 """Sampling: the pipeline for every model kind, seeds, batch invariance, WAVs and samples.json.
 
-Everything runs on a tiny backbone built here from the same diffusers classes as the real one (an
-``AutoencoderKL`` on mel, an ``AudioLDM2UNet2DConditionModel``, a ``DDIMScheduler``, Griffin-Lim as
-the vocoder), a ControlNet built from its UNet, and a ConvNet — all at random initialisation.
+Everything runs on the project's tiny backbone built here at random initialisation (smoke widths; the
+same diffusers classes as AudioLDM2: ``AutoencoderKL`` on mel, ``AudioLDM2UNet2DConditionModel``,
+``DDIMScheduler``, Griffin-Lim as the vocoder), a ControlNet built from its UNet, and a ConvNet.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 import soundfile
 import torch
 
-from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, griffin_lim
+from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE
+from eeg2music.backbone import build_tiny_backbone
 from eeg2music.controlnet import EEGControlNet, perturb_zero_convs
 from eeg2music.convnet import EEGConvNet
 from eeg2music.sample import (
@@ -42,44 +43,6 @@ EEG_SAMPLES = 140  # 3.5 s at 40 Hz
 SUBJECTS = (2, 3, 4)
 
 
-class TinyBackbone:
-    """The backbone contract of docs/ARCHITECTURE.md on tiny diffusers models (random weights)."""
-
-    kind = "tiny"
-    latent_shape = LATENT
-
-    def __init__(self, seed: int = 0):
-        from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
-
-        torch.manual_seed(seed)
-        self.vae = AutoencoderKL(
-            in_channels=1, out_channels=1, latent_channels=8, norm_num_groups=8, layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(8, 16, 16),
-        ).eval().requires_grad_(False)
-        self.unet = AudioLDM2UNet2DConditionModel(
-            in_channels=8, out_channels=8, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=([None, 16, 32],) * 2, attention_head_dim=4, norm_num_groups=8,
-        ).eval().requires_grad_(False)
-        self.scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-        self.vocoder = None
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.conditioning = {"encoder_hidden_states": torch.randn(1, 4, 16, generator=generator),
-                             "encoder_hidden_states_1": torch.randn(1, 5, 32, generator=generator)}
-
-    def unet_conditioning(self, batch_size: int) -> dict:
-        return {k: v.expand(batch_size, *v.shape[1:]) for k, v in self.conditioning.items()}
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
-
-    def mel_to_wave(self, mel: torch.Tensor) -> torch.Tensor:
-        # Scaled down so Griffin-Lim's exp(mel) stays in a sane range for random weights; few iterations: tests.
-        return griffin_lim(mel.clamp(-12, 2), n_iter=2)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Models this small run faster on one thread (and much faster when other processes load the CPU)."""
@@ -91,10 +54,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def backbone():
-    return TinyBackbone()
+    """The project's tiny backbone (smoke widths, random weights) with a short Griffin-Lim."""
+    model = build_tiny_backbone(seed=0, size="smoke").eval().requires_grad_(False)
+    model.griffin_lim_iters = 2
+    return model
 
 
 def _controlnet(backbone, subject_cond: bool, perturb: bool = True) -> TrainedModel:
+    torch.manual_seed(0)  # P and the subject layer are initialised from the global generator
     net = EEGControlNet.from_unet(backbone.unet, eeg_channels=CHANNELS, eeg_sfreq=SFREQ, clip_seconds=SECONDS,
                                   latent_frames=LATENT[1], latent_bins=LATENT[2], n_subjects=len(SUBJECTS),
                                   subject_cond=subject_cond).eval().requires_grad_(False)
@@ -209,12 +176,12 @@ def test_convnet_decodes_its_prediction_without_diffusion(backbone):
 
 
 def test_ddim_and_dpm_solver_reach_similar_latents(backbone):
-    """On the same noise, 50-step DPM-Solver++ and 100-step DDIM solve the same ODE: close endpoints."""
+    """On the same noise, 20-step DPM-Solver++ and 50-step DDIM solve the same ODE: close endpoints."""
     pipe = EEGMusicPipeline(backbone, _unconditional())
-    kwargs = dict(batch_size=2, output_type="latent", show_progress=False)
-    ddim = pipe(None, num_inference_steps=100, scheduler="ddim", generator=_generators(2), **kwargs).audios
-    dpm = pipe(None, num_inference_steps=50, scheduler="dpmsolver++", generator=_generators(2), **kwargs).audios
-    other_noise = pipe(None, num_inference_steps=50, scheduler="dpmsolver++", generator=_generators(2, seed=9), **kwargs).audios
+    kwargs = dict(batch_size=1, output_type="latent", show_progress=False)
+    ddim = pipe(None, num_inference_steps=50, scheduler="ddim", generator=_generators(1), **kwargs).audios
+    dpm = pipe(None, num_inference_steps=20, scheduler="dpmsolver++", generator=_generators(1), **kwargs).audios
+    other_noise = pipe(None, num_inference_steps=20, scheduler="dpmsolver++", generator=_generators(1, seed=9), **kwargs).audios
     assert (ddim - dpm).norm() < 0.25 * (ddim - other_noise).norm()
 
 
@@ -352,3 +319,42 @@ def test_write_wav_is_atomic_and_refuses_nan(tmp_path):
 
 def test_default_runs_match_the_demo():
     assert DEFAULT_RUNS == ("controlnet_subject", "controlnet", "convnet", "unconditional")
+
+
+# --- notebook 05's inputs ------------------------------------------------------------------------------
+
+def test_ensure_models_reuses_registers_and_refuses(tmp_path, monkeypatch):
+    from eeg2music.sample import ensure_models
+
+    monkeypatch.setenv("EEG2MUSIC_OUTPUTS", str(tmp_path / "outputs"))
+    # The unconditional model has nothing to train: a missing default run is registered on the spot.
+    models = ensure_models(["unconditional"], "", backbone=str(tmp_path / "bb"), progress=False)
+    assert models["unconditional"].kind == "unconditional" and models["unconditional"].module is None
+    assert (tmp_path / "outputs/04_train/unconditional/model/eeg2music_model.json").is_file()
+    again = ensure_models(["unconditional"], "", progress=False)  # reused, not re-registered
+    assert again["unconditional"].config["backbone"] == str((tmp_path / "bb").resolve())
+    with pytest.raises(FileNotFoundError, match=r"no model folder .*elsewhere/controlnet/model"):
+        ensure_models(["controlnet"], tmp_path / "elsewhere", progress=False)
+    with pytest.raises(ValueError, match="not a default run name"):
+        ensure_models(["my_experiment"], "", progress=False)
+    with pytest.raises(ValueError, match="names a run twice"):
+        ensure_models(["controlnet", "controlnet"], "", progress=False)
+
+
+def test_models_must_share_backbone_and_data(tmp_path):
+    from eeg2music.sample import check_models_agree
+
+    data = {"cache_key": "k1", "sfreq": 125.0, "channels": ["E1"], "subjects": [2, 3], "window_spec": {"lag_seconds": 0.0},
+            "cache_dir": "/somewhere"}
+
+    def model(kind, backbone, data_config):
+        return TrainedModel(kind, None, {"backbone": str(backbone), "data": data_config}, tmp_path / kind)
+
+    path, shared = check_models_agree({"controlnet": model("controlnet", tmp_path / "bb", data),
+                                       "unconditional": model("unconditional", tmp_path / "bb", {})})
+    assert path == str((tmp_path / "bb").resolve()) and shared == data
+    with pytest.raises(ValueError, match="different backbones"):
+        check_models_agree({"a": model("controlnet", tmp_path / "bb", data), "b": model("convnet", tmp_path / "other", data)})
+    with pytest.raises(ValueError, match=r"different data \(subjects differ\)"):
+        check_models_agree({"a": model("controlnet", tmp_path / "bb", data),
+                            "b": model("convnet", tmp_path / "bb", {**data, "subjects": [2]})})

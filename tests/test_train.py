@@ -59,7 +59,7 @@ def backbone_dir(tmp_path_factory) -> Path:
     from eeg2music.backbone import build_tiny_backbone
 
     path = tmp_path_factory.mktemp("backbone") / "tiny"
-    build_tiny_backbone(seed=0).save(path)
+    build_tiny_backbone(seed=0, size="smoke").save(path)
     return path
 
 
@@ -112,8 +112,8 @@ def smoke_runs(tmp_path_factory, cache_dir, backbone_dir, latent_cache):
     for kind, subject_cond in RUNS:
         backbone = load_backbone(backbone_dir, device=torch.device("cpu"))
         before = {"unet": state_dict_copy(backbone.unet), "vae": state_dict_copy(backbone.vae)}
-        cfg = config(out_dir, cache_dir, backbone_dir, latent_cache, model=kind, subject_cond=subject_cond,
-                     steps=3 if kind == "convnet" else 2)
+        cfg = config(out_dir / f"{kind}_{subject_cond}", cache_dir, backbone_dir, latent_cache, model=kind,
+                     subject_cond=subject_cond, steps=3 if kind == "convnet" else 2)
         result = train(cfg, backbone=backbone, progress=False)
         runs[(kind, subject_cond)] = (result, backbone, before)
     return runs
@@ -122,7 +122,7 @@ def smoke_runs(tmp_path_factory, cache_dir, backbone_dir, latent_cache):
 @pytest.mark.parametrize("kind, subject_cond", RUNS)
 def test_smoke_run_writes_the_model_folder_contract(smoke_runs, kind, subject_cond, backbone_dir, cache_dir):
     result, _, _ = smoke_runs[(kind, subject_cond)]
-    assert result.run_dir.name == (f"{kind}_subject" if subject_cond else kind)
+    assert result.run_dir.name == {("controlnet", True): "controlnet_subject"}.get((kind, subject_cond), kind)
     meta = json.loads((result.model_dir / MODEL_CONFIG_NAME).read_text())
     assert meta["model"] == kind and meta["subject_cond"] is subject_cond
     assert Path(meta["backbone"]) == backbone_dir.resolve()

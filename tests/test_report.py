@@ -1,0 +1,217 @@
+"""The evaluation report: tables, verdicts, the plain-words reading and the written files.
+
+Results are small and synthetic: embeddings built so that one "model" is identifiable (its embedding is
+the true clip's plus a little noise) and another is not (random), evaluated with the real
+:func:`eeg2music.metrics.evaluate_embeddings`; plus a hand-written metrics dict for the edge cases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eeg2music.metrics import evaluate_embeddings
+from eeg2music.report import (
+    comparison_table,
+    done_when_check,
+    embed_samples,
+    evaluate_samples,
+    paired_differences,
+    permutation_table,
+    plain_words_reading,
+    plot_confusions,
+    plot_distributions,
+    plot_identification,
+    verdict,
+    write_evaluation,
+)
+from eeg2music.sample import SAMPLES_NAME, load_samples, write_wav
+from eeg2music.utils import write_json
+
+MODELS = {
+    "controlnet_subject": {"label": "ControlNet+subject", "kind": "controlnet", "subject_cond": True, "seconds_per_clip": 0.8},
+    "controlnet": {"label": "ControlNet", "kind": "controlnet", "subject_cond": False, "seconds_per_clip": 0.7},
+    "convnet": {"label": "ConvNet", "kind": "convnet", "subject_cond": False, "seconds_per_clip": 0.1},
+    "unconditional": {"label": "unconditional", "kind": "unconditional", "subject_cond": False, "seconds_per_clip": 0.5},
+}
+NOISE = {"controlnet_subject": 0.3, "controlnet": 0.5, "convnet": 1.0, "unconditional": None}
+
+
+def _labels(n_songs: int, n_chunks: int, n_subjects: int):
+    songs, chunks, subjects = np.meshgrid(np.arange(22, 22 + n_songs), np.arange(n_chunks), np.arange(n_subjects),
+                                          indexing="ij")
+    return songs.ravel(), chunks.ravel(), subjects.ravel()
+
+
+def _synthetic_results(n_perm: int = 199, n_boot: int = 199):
+    """results[split][run][embedder]: song-structured true embeddings; models from identifiable to random."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for split, n_songs in (("test", 5), ("ood", 1)):
+        songs, chunks, subjects = _labels(n_songs, 4, 3)
+        song_centre = {s: rng.standard_normal(16) * 2 for s in np.unique(songs)}
+        segment = {(s, c): song_centre[s] + rng.standard_normal(16) for s, c in set(zip(songs, chunks))}
+        true = np.stack([segment[(s, c)] for s, c in zip(songs, chunks)])
+        out[split] = {}
+        for run, noise in NOISE.items():
+            generated = rng.standard_normal(true.shape) * 2 if noise is None else true + noise * rng.standard_normal(true.shape)
+            result = evaluate_embeddings(generated, true, songs, chunks, n_boot=n_boot, n_perm=n_perm, seed=0)
+            result["per_clip"]["subject"] = subjects.tolist()
+            out[split][run] = {"emb-a": result}
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    return _synthetic_results()
+
+
+def test_verdicts_from_ci_and_chance():
+    assert verdict({"value": 0.5, "ci_low": 0.3, "ci_high": 0.7, "chance": 0.1, "better": "higher"}) == "above chance"
+    assert verdict({"value": 0.1, "ci_low": 0.02, "ci_high": 0.2, "chance": 0.1, "better": "higher"}) == "at chance"
+    assert verdict({"value": 0.0, "ci_low": 0.0, "ci_high": 0.05, "chance": 0.1, "better": "higher"}) == "below chance"
+    assert verdict({"value": 1.2, "ci_low": 1.1, "ci_high": 1.4, "chance": 3.0, "better": "lower"}) == "better than chance"
+    assert verdict({"value": 0.2, "ci_low": 0.1, "ci_high": 0.3, "chance": None}) == "not applicable"
+    assert verdict(None) == "not applicable"
+
+
+def test_comparison_table_layout(results):
+    labels = {run: m["label"] for run, m in MODELS.items()}
+    table = comparison_table(results, "test", "emb-a", labels)
+    assert list(table.index) == ["ControlNet+subject", "ControlNet", "ConvNet", "unconditional"]
+    assert [c.split(" ")[0] for c in table.columns] == ["FAD", "cosine", "Pearson", "MSE", "song-ID", "segment-ID"]
+    assert "chance 20 %" in [c for c in table.columns if c.startswith("song-ID")][0]
+    cell = table.loc["ControlNet+subject"].iloc[4]
+    value = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["song_id_top1"]
+    assert cell == f"{100 * value['value']:.0f} % [{100 * value['ci_low']:.0f} %, {100 * value['ci_high']:.0f} %]"
+    ood = comparison_table(results, "ood", "emb-a", labels)
+    assert (ood[[c for c in ood.columns if c.startswith("song-ID")][0]] == "–").all(), "one song: no song-ID"
+
+
+def test_paired_differences_match_per_clip_values(results):
+    diffs = paired_differences(results, "test", "emb-a", [("controlnet_subject", "unconditional")], n_boot=500)
+    d = diffs[("controlnet_subject", "unconditional")]
+    a = np.asarray(results["test"]["controlnet_subject"]["emb-a"]["per_clip"]["cosine"])
+    b = np.asarray(results["test"]["unconditional"]["emb-a"]["per_clip"]["cosine"])
+    assert d["mean"] == pytest.approx(float((a - b).mean()))
+    assert d["ci_low"] < d["mean"] < d["ci_high"] and d["n"] == len(a)
+
+
+def test_reading_is_generated_from_the_numbers(results):
+    reading = plain_words_reading(results, MODELS, "emb-a", embedder_note="a test embedding", ood_song=21)
+    text = "\n".join(reading)
+    song = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["song_id_top1"]
+    assert f"for {100 * song['value']:.0f} % of the clips" in text
+    assert re.search(r"\*\*ControlNet\+subject\*\* names the right song among 5 .*: above chance", text)
+    assert re.search(r"\*\*unconditional\*\* names the right song among 5 .*: at chance", text)
+    assert "ControlNet+subject beats unconditional" in text
+    assert "**Met.**" in text and "song 21" in text
+    check = done_when_check(results, MODELS, "emb-a")
+    assert check["passed"] is True
+    assert check["controlnet"] == {"controlnet_subject": "above chance", "controlnet": "above chance"}
+
+
+def test_reading_says_when_the_criterion_fails(results):
+    swapped = {split: dict(per_run) for split, per_run in results.items()}
+    swapped["test"]["controlnet"] = results["test"]["unconditional"]  # a ControlNet that learned nothing
+    text = "\n".join(plain_words_reading(swapped, MODELS, "emb-a"))
+    assert "**Not met**" in text
+    assert done_when_check(swapped, MODELS, "emb-a")["controlnet"]["controlnet"] == "at chance"
+
+
+def test_permutation_table(results):
+    table = permutation_table(results, "test", "emb-a", {run: m["label"] for run, m in MODELS.items()})
+    p = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["cosine"]["p_value"]
+    assert table.loc["ControlNet+subject", "cosine"].endswith(f"p = {p:.3g}")
+
+
+def _fake_sample_folder(folder: Path) -> dict:
+    """A samples.json with two models and short WAVs: what notebook 05 writes, in miniature."""
+    t = np.arange(1600) / 16000
+    rows = []
+    for song in (22, 23, 24):
+        for chunk in (0, 1):
+            true = f"wav/true/song{song}_chunk{chunk:03d}.wav"
+            write_wav(folder / true, 0.4 * np.sin(2 * np.pi * (500 * (song - 21) + 250 * chunk + 125) * t))
+            for run, noise in (("controlnet_subject", 0.05), ("unconditional", 0.4)):
+                generated = f"wav/{run}/sub02_song{song}_chunk{chunk:03d}.wav"
+                rng = np.random.default_rng([song, chunk, len(run)])
+                wave = 0.4 * np.sin(2 * np.pi * (500 * (song - 21) + 250 * chunk + 125) * t) if noise < 0.1 else 0
+                write_wav(folder / generated, wave + noise * rng.standard_normal(len(t)))
+                rows.append({"model": run, "subject": 2, "subject_index": 0, "song": song, "chunk": chunk,
+                             "split": "test", "true_wav": true, "generated_wav": generated, "scheduler": "dpmsolver++",
+                             "steps": 20, "seconds_per_clip": 0.5, "seed": 1})
+    record = {"format_version": 1, "sample_rate": 16000, "clip_samples": 1600, "scheduler": "dpmsolver++",
+              "num_inference_steps": 20, "seed": 0,
+              "models": {run: dict(MODELS[run]) for run in ("controlnet_subject", "unconditional")},
+              "splits": {"test": {"clips": 6}}, "clips": rows}
+    write_json(folder / SAMPLES_NAME, record)
+    return record
+
+
+class SpectrumEmbedder:
+    """A transparent embedder for the test: the magnitude spectrum in 32 bands."""
+
+    name = "spectrum"
+    sample_rate = 16000
+    standardize = False
+    dim = 32
+
+    def embed(self, waves, sample_rate=16000):
+        spectrum = np.abs(np.fft.rfft(np.asarray(waves, np.float64), axis=1))
+        return np.stack([band.sum(axis=1) for band in np.array_split(spectrum, 32, axis=1)], axis=1) + 1e-6
+
+
+def test_embed_and_evaluate_a_sample_folder(tmp_path):
+    _fake_sample_folder(tmp_path)
+    record = load_samples(tmp_path)
+    embeddings = embed_samples(record, [SpectrumEmbedder()], progress=False)
+    assert len(embeddings["spectrum"]) == 6 + 12, "each true clip embedded once"
+    results = evaluate_samples(record, embeddings, n_boot=50, n_perm=50, progress=False)
+    assert list(results) == ["test"] and list(results["test"]) == ["controlnet_subject", "unconditional"]
+    good = results["test"]["controlnet_subject"]["spectrum"]["metrics"]
+    bad = results["test"]["unconditional"]["spectrum"]["metrics"]
+    assert good["segment_id_top1"]["value"] == 1.0 and good["cosine"]["value"] > bad["cosine"]["value"]
+    assert results["test"]["controlnet_subject"]["spectrum"]["per_clip"]["subject"] == [2] * 6
+
+
+def test_write_evaluation_files(results, tmp_path):
+    record = _fake_sample_folder(tmp_path / "samples")
+    record = load_samples(tmp_path / "samples")
+    record["models"] = MODELS
+    labels = {run: m["label"] for run, m in MODELS.items()}
+    out = tmp_path / "evaluate"
+    figures = {
+        "identification": plot_identification(results, labels, ["emb-a"], out / "identification.png") and out / "identification.png",
+        "distributions": plot_distributions(results, labels, "emb-a", out / "distributions.png") and out / "distributions.png",
+        "confusions": plot_confusions(results, labels, "emb-a", out / "confusions.png") and out / "confusions.png",
+    }
+    example = {"split": "test", "song": 22, "chunk": 0, "subject": 2,
+               "true_path": tmp_path / "samples/wav/true/song22_chunk000.wav",
+               "generated": {"controlnet_subject": tmp_path / "samples/wav/controlnet_subject/sub02_song22_chunk000.wav"}}
+    embedders = [SimpleNamespace(name="emb-a", dim=16, standardize=False)]
+    reading = plain_words_reading(results, MODELS, "emb-a")
+    paths = write_evaluation(out, record=record, results=results, embedders=embedders, reading=reading,
+                             figures=figures, examples=[example], settings={"n_boot": 199, "n_perm": 199, "seed": 0})
+    stored = json.loads(paths["metrics_json"].read_text())
+    assert stored["done_when"]["passed"] is True and stored["primary_embedder"] == "emb-a"
+    assert stored["results"]["test"]["controlnet"]["emb-a"]["metrics"]["fad"]["value"] >= 0
+    assert "controlnet_subject - unconditional" in stored["paired_cosine_differences"]["test"]
+    frame = pd.read_csv(paths["metrics_csv"])
+    assert {"split", "model", "model_label", "embedder", "metric", "value", "ci_low", "ci_high", "p_value"} <= set(frame)
+    assert len(frame) == sum(len(r["emb-a"]["metrics"]) for per_run in results.values() for r in per_run.values())
+    markdown = paths["markdown"].read_text()
+    assert "## What the numbers say" in markdown and reading[1] in markdown
+    assert "| ControlNet+subject |" in markdown
+    for link in re.findall(r"\]\(([^)]+)\)", markdown):
+        assert (out / link).is_file(), f"report.md links to a missing file: {link}"
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 3 and html.count("data:audio/wav;base64,") == 2
+    assert not re.search(r"src='(?!data:)", html), "the HTML report embeds everything"
+    assert "<strong>ControlNet+subject</strong>" in html
