@@ -80,6 +80,7 @@ def bench_cpu(args) -> dict:
         "steps_timed": args.steps,
         "samples_per_second": summary["samples_per_second"],
         "seconds_per_step": summary["seconds_per_step"],
+        "cpu_seconds_per_step": summary["cpu_seconds_per_step"],
         "train_windows": train_windows,
         "seconds_per_epoch": round(train_windows / summary["samples_per_second"], 1),
         "demo_steps": demo_steps,

@@ -573,7 +573,7 @@ def _encoder_config(unet_config: Mapping[str, Any]) -> dict[str, Any]:
         "num_attention_heads": None,
     }
     for key, neutral in unsupported.items():
-        if unet_config.get(key, neutral) not in (neutral,):
+        if unet_config.get(key, neutral) != neutral:
             raise ValueError(
                 f"EEGControlNet: the UNet config sets {key}={unet_config[key]!r}; the ControlNet copies only "
                 f"UNets without class embeddings and with attention_head_dim (as AudioLDM2's do)"
@@ -786,7 +786,8 @@ class EEGControlNet(ModelMixin, ConfigMixin):
 
         The ControlNet is created on the UNet's device and in its dtype; a UNet on the ``meta``
         device gives a ControlNet on ``meta`` (shapes and parameter counts without memory).
-        See the class docstring for the other parameters.
+        ``load_weights_from_unet=False`` keeps the copied parts freshly initialised (an ablation);
+        see the class docstring for the other parameters.
         """
         if not isinstance(unet, AudioLDM2UNet2DConditionModel):
             raise TypeError(

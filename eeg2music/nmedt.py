@@ -604,7 +604,7 @@ class _CleanedSong:
             data = self._array[:, :, index] if self._array.ndim == 3 else self._array
         else:
             data = self._dataset[index].T if self._dataset.ndim == 3 else self._dataset[()].T
-        return np.asarray(data, dtype=np.float64)
+        return np.array(data, dtype=np.float64, order="C")  # a fresh copy, owned by the caller
 
     def close(self) -> None:
         if self._handle is not None:
@@ -760,14 +760,14 @@ class _RawFile:
     _handle: Any = None
 
     def segment(self, start: int, stop: int) -> np.ndarray:
-        """(channels, stop - start) float64, reading only those samples."""
+        """(channels, stop - start) float64 µV, reading only those samples."""
         if self._array is not None:
             data = self._array[:, start:stop]
         elif self._time_axis == 0:
             data = self._dataset[start:stop, :].T
         else:
             data = self._dataset[:, start:stop]
-        return np.asarray(data, dtype=np.float64)
+        return np.array(data, dtype=np.float64, order="C")  # a fresh copy, owned by the caller
 
     def close(self) -> None:
         if self._handle is not None:
@@ -906,8 +906,8 @@ def _make_raw(data_uv: np.ndarray, fs: float, info_dict: dict[str, Any]):
 
     names = channel_names(data_uv.shape[0])
     info = mne.create_info(names, fs, ch_types="eeg", verbose="error")
-    data = data_uv * 1e-6
-    raw = mne.io.RawArray(data, info, verbose="error")
+    data_uv *= 1e-6  # in place: the caller hands over a fresh array, and a song of raw EEG is large
+    raw = mne.io.RawArray(data_uv, info, verbose="error")
     if MONTAGE_NAME not in _MONTAGE_CACHE:
         _MONTAGE_CACHE[MONTAGE_NAME] = hydrocel_montage()
     raw.set_montage(_MONTAGE_CACHE[MONTAGE_NAME], verbose="error")

@@ -538,10 +538,10 @@ class PreprocessedRecording:
 def _time_major(data: np.ndarray, dtype) -> np.ndarray:
     """``data`` (channels, samples) in ``dtype``, stored time-major: Fortran order, each sample's channels
     adjacent in memory — as the NMED-T files store it (HDF5 ``X`` is (T, 129); MATLAB arrays are
-    column-major), so converting what the readers return costs one cast and no transposition.
+    column-major).
 
-    Returns ``data`` itself when it already is so; a channel-major (C-ordered) input is transposed
-    in blocks of samples that fit in the CPU cache.
+    Returns ``data`` itself when it already is so; a time-major input costs one cast, a channel-major
+    (C-ordered) one is transposed in blocks of samples that fit in the CPU cache.
     """
     if data.flags.f_contiguous and data.dtype == dtype:
         return data
@@ -590,8 +590,8 @@ def preprocess_array(
     report("input", data, list(ch_names), sfreq)
     dropped = [name for name in ch_names if name in channels_to_drop(cfg.drop_face, cfg.drop_reference)]
     data, names = _drop_named(data, ch_names, dropped)
-    # One pass turns the input into the working array: time-major, as the files and readers lay it out
-    # (no transposition; the cache keeps that layout, so a window is one contiguous block on disk), and
+    # One pass turns the input into the working array: time-major, as the NMED-T files lay it out (the
+    # cache keeps that layout, so that a window is one contiguous block of the memory-mapped file), and
     # float32 — the output type, half the memory traffic, and ample precision for microvolt signals on
     # millivolt offsets. MNE's filters, resampler and interpolation work in float64.
     needs_float64 = cfg.filtering != "none" or cfg.resample_sfreq is not None or cfg.bad_channels == "interpolate"
@@ -1125,26 +1125,26 @@ def hydrocel_info(ch_names: Sequence[str], sfreq: float):
 
 
 def plot_channel_topomaps(steps: Sequence[TracedStep], clamp_limit: float | None = 20.0):
-    """Scalp maps: each channel's IQR before scaling (µV), and the share of its samples clamped."""
+    """Scalp maps: each channel's IQR before scaling (µV), and its peak |value| once scaled (IQR units)."""
     import matplotlib.pyplot as plt
     import mne
 
     before, after = _before_after(steps)
+    scaled = next((step for step in steps if step.name == "robust scale"), after)
     info = hydrocel_info(before.ch_names, before.sfreq)
     values, unit = before.display()
     q25, q75 = np.percentile(values, [25, 75], axis=1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     image, _ = mne.viz.plot_topomap(q75 - q25, info, axes=axes[0], show=False, cmap="viridis")
     fig.colorbar(image, ax=axes[0], label=f"IQR ({unit})", shrink=0.8)
     axes[0].set_title("spread before scaling")
-    clamped = 100.0 * np.mean(np.abs(after.data) >= clamp_limit * (1 - 1e-6), axis=1) if clamp_limit else None
-    if clamped is not None and clamped.any():
-        image, _ = mne.viz.plot_topomap(clamped, info, axes=axes[1], show=False, cmap="magma")
-        fig.colorbar(image, ax=axes[1], label="% of samples clamped", shrink=0.8)
-        axes[1].set_title(f"clamped at ±{clamp_limit:g}")
-    else:
-        axes[1].axis("off")
-        message = f"no sample reached ±{clamp_limit:g} IQR" if clamp_limit else "no clamping configured"
-        axes[1].text(0.5, 0.5, message + "\nin this recording", ha="center", va="center", transform=axes[1].transAxes)
+    peaks, scaled_unit = np.abs(scaled.data).max(axis=1), scaled.display()[1]
+    image, _ = mne.viz.plot_topomap(peaks, info, axes=axes[1], show=False, cmap="magma")
+    fig.colorbar(image, ax=axes[1], label=f"max |value| ({scaled_unit})", shrink=0.8)
+    title = "peak |value| once scaled"
+    if clamp_limit:
+        capped = 100.0 * np.mean(np.abs(after.data) >= clamp_limit * (1 - 1e-6))
+        title += f"\n(clamp at ±{clamp_limit:g} caps {capped:.3f} % of all samples)"
+    axes[1].set_title(title)
     fig.tight_layout()
     return fig

@@ -987,19 +987,21 @@ def sampling_datasets(
     splits: Sequence[str] = ("test", "ood"),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The windows to reconstruct, with their audio: the splits of the cache the models were trained on.
+    """The windows to reconstruct, with their audio: the splits the models were trained with.
 
     Parameters
     ----------
     data : mapping
-        The models' data config (:func:`check_models_agree`); its ``cache_dir`` and ``window_spec``
-        rebuild exactly the training run's splits. Empty: the cache of ``run_dir`` (or the default one).
+        The models' data config (:func:`check_models_agree`). Its cache, window spec (and, when
+        recorded, held-out participant and song lengths) rebuild the training run's splits, which are
+        then checked against the window counts it recorded. Empty (only the unconditional model):
+        notebook 02's splits of ``run_dir`` (or of the default run folder).
     run_dir : path-like
-        Notebook 02's output folder or a cache, to use instead of the recorded cache.
+        Notebook 02's output folder, to use its splits instead of the recorded ones.
     data_root : path-like
         NMED-T folder holding the stimuli WAVs (``""`` = the folder the cache was built from).
     smoke, seed
-        For the default cache when neither ``data`` nor ``run_dir`` name one.
+        For the default cache when nothing else names one.
     splits : sequence of str
         Splits to return.
     progress : bool
@@ -1009,33 +1011,61 @@ def sampling_datasets(
     -------
     dict
         Split → :class:`eeg2music.windows.EEGMusicWindows` with audio attached.
+
+    Raises
+    ------
+    FileNotFoundError
+        The recorded cache is gone.
+    ValueError
+        Participants or window counts differ from the training run's (subject indices or splits would
+        not match), or a split is missing.
     """
     from .preprocess import open_cache
-    from .train import ensure_cache, window_spec_for
-    from .windows import WindowSpec, load_windows
+    from .windows import SUMMARY_FILE, WindowSpec, load_stage_windows, load_windows
 
-    if run_dir not in ("", None) or not data.get("cache_dir"):
-        index = ensure_cache(run_dir, data_root=data_root, smoke=smoke, seed=seed, progress=progress)
+    stimuli = data_root if data_root not in ("", None) else True
+    stage = Path(run_dir).expanduser().resolve() if run_dir not in ("", None) else None
+    if stage is not None or not data.get("cache_dir"):
+        from .paths import stage_dir
+        from .train import TrainConfig, training_windows
+
+        folder = stage or stage_dir("preprocess")
+        if (folder / SUMMARY_FILE).is_file():
+            datasets = load_stage_windows(folder, stimuli=stimuli, verbose=progress)
+        else:
+            config = TrainConfig(run_dir=str(stage or ""), data_root=str(data_root or ""), smoke=smoke, seed=seed)
+            datasets, _ = training_windows(config, progress=progress)
     else:
         try:
             index = open_cache(data["cache_dir"])
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"the models were trained on the preprocessed cache {data['cache_dir']}, which is gone or incomplete. "
-                f"Re-run notebook 02 (same preprocessing), or give run_dir to point to where the cache now lives."
+                f"Re-run notebook 02 (same preprocessing), or give run_dir to point to notebook 02's output folder."
             ) from None
-    if data.get("subjects") and list(index.subjects) != list(data["subjects"]):
+        song_seconds = {int(k): float(v) for k, v in (data.get("song_seconds") or {}).items()} or None
+        datasets = load_windows(index, WindowSpec.from_dict(data["window_spec"]), loso_subject=data.get("loso_subject"),
+                                stimuli=stimuli, song_seconds=song_seconds, verbose=progress)
+    some = next(iter(datasets.values()))
+    if data.get("subjects") and list(some.index.subjects) != list(data["subjects"]):
         raise ValueError(
-            f"the cache {index.path} holds participants {list(index.subjects)}, but the models were trained on "
-            f"{list(data['subjects'])}: their subject indices would not match"
+            f"the cache {some.index.path} holds participants {list(some.index.subjects)}, but the models were trained "
+            f"on {list(data['subjects'])}: their subject indices would not match"
         )
-    spec = WindowSpec(**data["window_spec"]) if data.get("window_spec") else window_spec_for(index)
-    stimuli = data_root if data_root not in ("", None) else True
-    datasets = load_windows(index, spec, stimuli=stimuli, verbose=progress)
+    recorded = data.get("windows") or {}
+    different = {s: (len(datasets[s]), recorded[s]) for s in splits if s in recorded and s in datasets
+                 and len(datasets[s]) != recorded[s]}
+    if different:
+        raise ValueError(
+            "the windows rebuilt for sampling differ from the training run's "
+            + ", ".join(f"{s}: {now} now, {then} in training" for s, (now, then) in different.items())
+            + " — the splits cannot be reproduced (different song lengths, window spec or held-out participant); "
+              "give run_dir = the notebook 02 folder the models were trained from"
+        )
     missing = [s for s in splits if s not in datasets]
     if missing:
-        raise ValueError(f"the cache {index.path} with window spec {spec} has no split(s) {missing} "
-                         f"(splits: {sorted(datasets)}); e.g. ood_song=None leaves no OOD split")
+        raise ValueError(f"the windows have no split(s) {missing} (splits: {sorted(datasets)}); "
+                         f"e.g. ood_song=None in notebook 02 leaves no OOD split")
     return {s: datasets[s] for s in splits}
 
 

@@ -9,7 +9,7 @@ the reader under test is the one real data goes through. The simulation has thre
    line and effects, arranged in sections (intro, verse, chorus, break, …) so that which instruments
    play changes over the song.
 2. **What the auditory system follows** (:func:`auditory_features`): band envelopes (which
-   instruments are active), spectral-flux onsets, and a beat pulse (librosa's predominant local pulse),
+   instruments are active), spectral-flux onsets, and a beat pulse (the predominant local pulse),
    at the EEG sampling rate.
 3. **EEG** (:class:`ForwardModel`). Each feature is convolved with a response kernel (P1–N1–P2-like
    temporal response function) whose latency and gain are subject-specific; the responses drive four
@@ -32,7 +32,6 @@ orders and onsets).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math

@@ -1357,15 +1357,16 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
 
     # --- the loop ---------------------------------------------------------------------------------
     train_seconds, seen = float(state["train_seconds"]), int(state["samples_seen"])
-    session_step_seconds = session_eval_seconds = 0.0
+    session_step_seconds = session_eval_seconds = session_step_cpu_seconds = 0.0
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run.name}", unit="step", disable=not (progress and main))
-    tick = time.perf_counter()
+    tick, cpu_tick = time.perf_counter(), time.process_time()
     for step, batch in zip(range(start, cfg.steps), loader):
         loss, lr = _training_step(model, objective, optimizer, lr_scheduler, accelerator, batch, latents, cfg, step)
         done = step + 1
         seen += cfg.batch_size * accelerator.num_processes
         now = time.perf_counter()
         session_step_seconds += now - tick
+        session_step_cpu_seconds += time.process_time() - cpu_tick
         train_seconds += now - tick
         row: dict[str, Any] = {"step": done, "loss": loss, "lr": lr, "seconds": round(train_seconds, 3)}
         validate = done % cfg.val_every == 0 or done == cfg.steps
@@ -1389,7 +1390,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             write_log(run / LOG_NAME, log)
         if validate or checkpoint:
             accelerator.wait_for_everyone()  # the other processes wait while the main one writes
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         session_eval_seconds += tick - now
     bar.close()
 
@@ -1415,6 +1416,9 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             "eeg_evidence": eeg_evidence(final),
             "train_seconds": round(train_seconds, 2),
             "seconds_per_step": round(session_step_seconds / steps_run, 4) if steps_run else None,
+            # CPU time of this process per step (all its threads): on a machine shared with other jobs,
+            # with one thread, it approximates the wall time the step would take alone.
+            "cpu_seconds_per_step": round(session_step_cpu_seconds / steps_run, 4) if steps_run else None,
             "samples_per_second": round(samples_run / session_step_seconds, 2) if steps_run else None,
             "validation_and_checkpoint_seconds": round(session_eval_seconds, 2),
             "wall_seconds_this_session": round(time.perf_counter() - wall_start, 2),

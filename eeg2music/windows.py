@@ -21,11 +21,17 @@ Splits (:func:`make_splits`), as in the paper:
 The audio clips are the same for every participant, so a split's distinct (song, chunk) pairs
 (:meth:`EEGMusicWindows.clips`) are what the training stage encodes into latents, once each.
 
-Typical use (what notebooks 04–06 do)::
+Typical use — the splits exactly as notebook 02 made them (its ``preprocess_summary.json`` names the
+cache, the :class:`WindowSpec`, the held-out participant and the song lengths)::
 
-    from eeg2music.windows import WindowSpec, load_windows
-    datasets = load_windows(cache_dir, WindowSpec(lag_seconds=0.2), stimuli=True)
-    item = datasets["train"][0]   # dict(eeg=[124, 438], subject, audio=[56000], song, chunk)
+    from eeg2music.windows import load_stage_windows
+    datasets = load_stage_windows("")             # "" → outputs/02_preprocess; EEG and ids only
+    train = datasets["train"]                     # an EEGMusicWindows (torch Dataset)
+    train.clips()                                 # distinct (song, chunk) pairs → encode each clip once
+    train = train.with_latents(latents)           # items: eeg [124, 438], subject, latent, song, chunk
+    with_audio = load_stage_windows("", stimuli=True)   # items carry audio [56000] instead
+
+or from any cache: ``load_windows(cache_dir_or_index, WindowSpec(lag_seconds=0.2), stimuli=True)``.
 """
 
 from __future__ import annotations

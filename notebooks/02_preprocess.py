@@ -139,8 +139,9 @@ save(pp.plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
 
 # %% [markdown]
 # Where on the scalp does this matter? Left: each channel's IQR before scaling — the channels the
-# robust scaler shrinks the most. Right: the share of each channel's samples that the clamp caps —
-# typically frontal channels, where blinks are largest.
+# robust scaler shrinks the most. Right: each channel's largest excursion once scaled, in IQR units —
+# large where artefacts such as blinks (frontal channels) stand out from the channel's ongoing activity;
+# whatever exceeds ±20 is what the clamp caps.
 
 # %%
 save(pp.plot_channel_topomaps(steps, clamp_limit=cfg.clamp), "topomaps")

@@ -12,6 +12,8 @@ import torch
 from eeg2music.preprocess import CachedRecording, CacheIndex, Preprocessing, build_cache
 from eeg2music.windows import (
     EEGMusicWindows,
+    load_stage_windows,
+    write_preprocess_summary,
     WindowRef,
     WindowSpec,
     chunk_start_sample,
@@ -19,6 +21,7 @@ from eeg2music.windows import (
     make_splits,
     window_samples,
 )
+from eeg2music.utils import write_json
 from fixtures_nmedt import WAV_NAMES, make_nmedt_folder, write_wav
 
 
@@ -43,11 +46,13 @@ def synthetic_index(
             file = f"sub-{subject:02d}_song-{song}.npy"
             np.save(path / file, data)
             recordings.append(CachedRecording(subject, song, file, n))
-    return CacheIndex(
+    index = CacheIndex(
         path=path, key="test", preprocessing=Preprocessing(), layout="cleaned", data_root="", sfreq=sfreq,
         units="IQR", stored_channels=tuple(names), excluded_channels=tuple(excluded), subjects=tuple(sorted(subjects)),
         songs=tuple(sorted(songs)), recordings=tuple(recordings),
     )
+    write_json(path / "index.json", index.to_dict())
+    return index
 
 
 def test_window_samples():
@@ -197,6 +202,22 @@ def test_excluded_channels_are_left_out(tmp_path):
     dataset = EEGMusicWindows(index, splits["val"], splits.spec)
     eeg = dataset[0]["eeg"].numpy()
     assert eeg.shape == (3, 70) and eeg[1, 0] // 10000 == 2  # E3 follows E1
+
+
+def test_the_summary_rebuilds_the_same_splits(tmp_path):
+    index = synthetic_index(tmp_path / "cache", seconds=36.0)
+    spec = WindowSpec(lag_seconds=0.1, val_chunks=1, test_chunks=2, ood_song=22)
+    song_seconds = {21: 30.0, 22: 36.0, 23: 33.0}  # e.g. the audio's lengths: they bound the chunks
+    splits = make_splits(index, spec, loso_subject=4, song_seconds=song_seconds, verbose=False)
+    write_preprocess_summary(tmp_path / "stage", index, splits, song_seconds=song_seconds, parameters={"lag_seconds": 0.1})
+    datasets = load_stage_windows(tmp_path / "stage", verbose=False)
+    assert {name: ds.windows for name, ds in datasets.items()} == dict(splits)
+    assert datasets["train"].spec == spec and max(r.chunk for r in datasets["train"].windows if r.song == 21) < 8
+
+
+def test_missing_summary_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="02_preprocess"):
+        load_stage_windows(tmp_path)
 
 
 # --- on real-format NMED-T files, with audio ---------------------------------------------------------
