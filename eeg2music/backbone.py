@@ -978,11 +978,32 @@ def _epoch_line(stage: str, step: int, total: int, losses: list[float], started:
             f"({time.perf_counter() - started:.0f} s)")
 
 
+@torch.no_grad()
+def _fold_mel_normalization(vae, mel: torch.Tensor) -> dict[str, float]:
+    """Data-dependent initialisation: make the VAE see and emit standardised log-mels, inside its own convs.
+
+    Log-mels sit around -5 with a spread of ~2 (natural-log units), far from the unit scale the
+    initialisation assumes; training from there spends hundreds of steps learning an offset. Folding
+    ``x̂ = (x - m) / s`` into the encoder's first convolution and ``x = s·x̂ + m`` into the decoder's last
+    one keeps the VAE's interface (raw AudioLDM2 log-mels in and out, plain ``AutoencoderKL``) while it
+    starts from the standardised problem.
+    """
+    mean, std = float(mel.mean()), float(mel.std().clamp_min(1e-3))
+    conv_in, conv_out = vae.encoder.conv_in, vae.decoder.conv_out
+    conv_in.weight.div_(std)
+    conv_in.bias.sub_(mean * conv_in.weight.sum(dim=(1, 2, 3)))
+    conv_out.weight.mul_(std)
+    conv_out.bias.mul_(std).add_(mean)
+    return {"mel_mean": mean, "mel_std": std}
+
+
 def _train_vae(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
                log: list[dict]) -> None:
     from tqdm.auto import tqdm
 
     vae = backbone.vae.train().requires_grad_(True)
+    normalization = _fold_mel_normalization(vae, torch.cat([sampler.mels() for _ in range(2)]))
+    log.append({"stage": "vae_init", **normalization})
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     schedule = _lr_schedule(optimizer, settings.warmup_steps, settings.vae_steps)
     started, window = time.perf_counter(), {"l1": [], "kl": []}
@@ -1414,3 +1435,132 @@ def evaluate_backbone(
     }
     del reference_songs
     return BackboneEvaluation(metrics, heldout_mels, heldout_songs, reconstructed, sample_mels, latents)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing and figures (notebook 00)
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def time_sampling(backbone: Backbone, steps: Sequence[int] = (20, 200), *, seed: int = 0) -> dict[str, float]:
+    """Wall time to generate one 3.5 s clip (batch 1): DDIM for each step count, then VAE decode and vocoder.
+
+    Returns
+    -------
+    dict
+        ``{"ddim_<n>_steps_seconds": ..., ...}`` (noise → waveform) and ``"decode_and_vocode_seconds"``.
+    """
+    timings = {}
+    generator = torch.Generator().manual_seed(int(seed))
+    latents = backbone.sample_latents(1, 2, generator=generator, progress=False)  # warm-up
+    for n in steps:
+        start = time.perf_counter()
+        latents = backbone.sample_latents(1, int(n), generator=generator, progress=False)
+        sampling = time.perf_counter() - start
+        start = time.perf_counter()
+        backbone.latents_to_wave(latents)
+        decoding = time.perf_counter() - start
+        timings[f"ddim_{int(n)}_steps_seconds"] = sampling + decoding
+        timings["decode_and_vocode_seconds"] = decoding
+    return timings
+
+
+def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, title: str | None = None,
+              path: str | os.PathLike | None = None):
+    """Log-mel spectrograms ``(N, 1, frames, 64)`` side by side (time in s, mel bin up), one colour scale.
+
+    Saved as PNG to ``path`` when given; returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    mels = torch.as_tensor(mels).float().cpu()
+    count = len(mels)
+    rows = int(math.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharey=True)
+    frames = n_frames(CLIP_SAMPLES)
+    for index, ax in enumerate(axes.flat):
+        if index >= count:
+            ax.axis("off")
+            continue
+        image = ax.imshow(mels[index, 0, :frames].T.numpy(), origin="lower", aspect="auto", cmap="magma",
+                          vmin=-11.5, vmax=2.0, extent=(0, frames * HOP_LENGTH / SAMPLE_RATE, 0, N_MELS))
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+        if index % columns == 0:
+            ax.set_ylabel("mel bin")
+        if index >= count - columns:
+            ax.set_xlabel("time (s)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="log mel magnitude")
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+@torch.no_grad()
+def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: Sequence[int] = (0, 100, 300, 600, 999),
+                         *, seed: int = 0, path: str | os.PathLike | None = None):
+    """The forward (noising) process on one clip's latent: ``z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε`` for a few t.
+
+    Top row: latent channel 0 (time × frequency); bottom row: what the VAE decodes from ``z_t``.
+    """
+    import matplotlib.pyplot as plt
+
+    z0 = latents[:1].float().cpu()
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(int(seed)))
+    alphas = backbone.scheduler.alphas_cumprod
+    fig, axes = plt.subplots(2, len(timesteps), figsize=(3.0 * len(timesteps), 5.0), squeeze=False)
+    frames = n_frames(CLIP_SAMPLES)
+    for column, t in enumerate(timesteps):
+        zt = z0 if t == 0 else backbone.scheduler.add_noise(z0, noise, torch.tensor([int(t)]))
+        snr_db = 10 * math.log10(float(alphas[int(t)] / (1 - alphas[int(t)])))
+        axes[0, column].imshow(zt[0, 0].T.numpy(), origin="lower", aspect="auto", cmap="coolwarm", vmin=-3, vmax=3)
+        axes[0, column].set_title(f"t = {int(t)}  (SNR {snr_db:+.0f} dB)", fontsize=9)
+        mel = backbone.decode(zt.to(backbone.device)).float().cpu()
+        axes[1, column].imshow(mel[0, 0, :frames].T.numpy(), origin="lower", aspect="auto", cmap="magma",
+                               vmin=-11.5, vmax=2.0)
+        for row in range(2):
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+    axes[0, 0].set_ylabel("latent ch. 0\n(16 bins)")
+    axes[1, 0].set_ylabel("decoded mel\n(64 bins)")
+    fig.suptitle("Forward process q(z_t | z_0): the clip dissolves into Gaussian noise", y=1.0)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def prepare_backbone_folder(
+    backbone: str | os.PathLike,
+    target: str | os.PathLike,
+    data_root: str | os.PathLike,
+    *,
+    smoke: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    retrain: bool = False,
+    settings: TinyTrainingSettings | None = None,
+    command: str | None = None,
+) -> tuple[Path, str]:
+    """The backbone folder notebook 00 works with, and how it was obtained.
+
+    Returns ``(folder, source)``: ``backbone`` itself when given (``"given"``); else ``target`` when it
+    already holds a complete backbone and ``retrain`` is off (``"existing"``); else a tiny backbone
+    trained now on ``data_root`` (``"trained"``: always at smoke size, or when ``retrain``), or the
+    shipped one copied there (``"shipped"``).
+    """
+    if backbone not in ("", None):
+        path = Path(backbone).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(missing_backbone_message(path))
+        return path.resolve(), "given"
+    target = Path(target).expanduser().resolve()
+    if (target / BACKBONE_MARKER).is_file() and not retrain:
+        return target, "existing"
+    if smoke or retrain:
+        return train_tiny_backbone(data_root, target, smoke=smoke, seed=seed, device=device, settings=settings,
+                                   command=command), "trained"
+    return install_shipped_backbone(target), "shipped"

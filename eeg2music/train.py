@@ -415,7 +415,7 @@ def _audio_digest(audio: Mapping[int, np.ndarray], clips: Sequence[tuple[int, in
     return digest.hexdigest()
 
 
-def load_training_data(cfg: TrainConfig, backbone, *, device: torch.device, progress: bool = True) -> TrainingData:
+def load_training_data(cfg: TrainConfig, backbone, *, progress: bool = True) -> TrainingData:
     """The train and val windows (see :func:`training_windows`) and the latents of their clips.
 
     The latents are encoded once per (song, chunk) and cached in ``cfg.latent_cache_dir``
@@ -434,8 +434,7 @@ def load_training_data(cfg: TrainConfig, backbone, *, device: torch.device, prog
                 "audio_sha256": _audio_digest(train_set.audio, clips, spec.clip_samples),
                 "clip_samples": spec.clip_samples, "audio_sr": spec.audio_sr}
     cache_dir = Path(cfg.latent_cache_dir) if cfg.latent_cache_dir else stage_dir("train", cfg.out_dir) / "latent_cache"
-    latents = clip_latents(backbone, clips, train_set.audio_clip, cache_dir, identity, device=device,
-                           progress=progress)
+    latents = clip_latents(backbone, clips, train_set.audio_clip, cache_dir, identity, progress=progress)
     if tuple(latents.latents.shape[1:]) != tuple(backbone.latent_shape):
         raise ValueError(f"latents of shape {tuple(latents.latents.shape[1:])} but the backbone says "
                          f"{tuple(backbone.latent_shape)}")
@@ -530,7 +529,6 @@ def clip_latents(
     identity: Mapping[str, Any],
     *,
     batch_size: int = 8,
-    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> ClipLatents:
     """The latents of ``clips``, read from the cache when it holds them, else encoded once and cached.
@@ -549,12 +547,11 @@ def clip_latents(
         What the clips' audio depends on (data folder, window spec…); hashed, with the VAE's weights,
         into the cache file's name, so a different backbone or different clips never reuse it.
     batch_size : int
-        Clips per VAE call.
-    device : torch.device or str
-        Where the VAE runs.
+        Clips per VAE call (the VAE runs where the backbone is).
     progress : bool
         Show a progress bar while encoding.
     """
+    import safetensors
     import safetensors.torch
     from tqdm.auto import tqdm
 
@@ -566,27 +563,33 @@ def clip_latents(
     digest = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"latents_{digest}.safetensors" if cache_dir not in (None, "") else None
     if path is not None and path.is_file():
-        stored = safetensors.torch.load_file(path)
-        return ClipLatents(keys, stored["latents"], path, encoded=0)
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                stored_keys = [tuple(k) for k in json.loads(handle.metadata()["clips"])]
+                stored = handle.get_tensor("latents")
+            if stored_keys == keys and stored.shape[0] == len(keys):
+                return ClipLatents(keys, stored, path, encoded=0)
+            problem = "it holds other clips"
+        except Exception as err:  # a damaged or foreign file: say so and encode afresh
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        print(f"[train] ignoring the latent cache {path}: {problem}; encoding again")
 
     rows = []
-    batches = range(0, len(keys), batch_size)
-    bar = tqdm(batches, desc="encode clip latents", unit="batch", disable=not progress)
-    with torch.no_grad():
-        for start in bar:
-            chunk = keys[start:start + batch_size]
-            wave = torch.stack([torch.as_tensor(np.asarray(audio_of(s, c), dtype=np.float32)) for s, c in chunk])
-            mel = backbone.wave_to_mel(wave.to(device))
-            vae_dtype = next(backbone.vae.parameters()).dtype
-            rows.append(backbone.encode(mel.to(device, vae_dtype)).float().cpu())
+    bar = tqdm(range(0, len(keys), batch_size), desc="encode clip latents", unit="batch", disable=not progress)
+    for start in bar:
+        wave = np.stack([np.asarray(audio_of(s, c), dtype=np.float32) for s, c in keys[start:start + batch_size]])
+        rows.append(backbone.encode(backbone.wave_to_mel(wave)).float().cpu())
     latents = torch.cat(rows).contiguous()
     if progress:
         print(f"[train] encoded {len(keys)} clip latents {tuple(latents.shape[1:])} once (shared by all subjects)")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        safetensors.torch.save_file({"latents": latents}, str(tmp), metadata={"clips": json.dumps(keys)})
-        os.replace(tmp, path)
+        try:
+            safetensors.torch.save_file({"latents": latents}, str(tmp), metadata={"clips": json.dumps(keys)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return ClipLatents(keys, latents, path, encoded=len(keys))
 
 
@@ -1315,7 +1318,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     _freeze(backbone, device, unet_dtype)
     if data is None:
         with accelerator.main_process_first():
-            data = load_training_data(cfg, backbone, device=device, progress=progress and main)
+            data = load_training_data(cfg, backbone, progress=progress and main)
     latents = data.latents.to(device)
     kind = cfg.model
     model = build_model(cfg, backbone, data)
@@ -1326,6 +1329,9 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         if state["step"] > cfg.steps:
             raise ParameterError(f"resume: {resume_from} is at step {state['step']}, beyond steps={cfg.steps}")
         say(f"[train] resuming from {resume_from} (step {state['step']})")
+        if state.get("num_processes", 1) != accelerator.num_processes:
+            say(f"[train] warning: the checkpoint was trained on {state.get('num_processes', 1)} process(es), this run "
+                f"has {accelerator.num_processes}: batches from here on differ from an uninterrupted run's")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
                                   eps=cfg.eps, weight_decay=cfg.weight_decay)
     # Not handed to accelerate, whose wrapper steps the schedule once per process: stepped here once per step.
@@ -1358,6 +1364,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     # --- the loop ---------------------------------------------------------------------------------
     train_seconds, seen = float(state["train_seconds"]), int(state["samples_seen"])
     session_step_seconds = session_eval_seconds = session_step_cpu_seconds = 0.0
+    final: dict[str, np.ndarray] | None = None
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run.name}", unit="step", disable=not (progress and main))
     tick, cpu_tick = time.perf_counter(), time.process_time()
     for step, batch in zip(range(start, cfg.steps), loader):
@@ -1372,7 +1379,10 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         validate = done % cfg.val_every == 0 or done == cfg.steps
         checkpoint = done % cfg.checkpoint_every == 0 or done == cfg.steps
         if main and validate:
-            losses = validator.evaluate(unwrapped, ("eeg", "eeg_zeroed"), accelerator.autocast)
+            # The last validation also runs the other controls: it is the final evaluation.
+            variants = validator.variants_for(kind, extended=done == cfg.steps)
+            losses = validator.evaluate(unwrapped, variants, accelerator.autocast)
+            final = losses if done == cfg.steps else None
             row["val_loss"], row["val_loss_eeg_zeroed"] = float(losses["eeg"].mean()), float(losses["eeg_zeroed"].mean())
             if progress:
                 bar.write(f"[train] step {done}/{cfg.steps}: loss {loss:.4f}, val {row['val_loss']:.4f} "
@@ -1397,7 +1407,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     # --- the end: final validation with the controls, the model folder, the summary ----------------
     summary: dict[str, Any] = {}
     if main:
-        final = validator.evaluate(unwrapped, validator.variants_for(kind, extended=True), accelerator.autocast)
+        if final is None:  # (a resumed run that had nothing left to train)
+            final = validator.evaluate(unwrapped, validator.variants_for(kind, extended=True), accelerator.autocast)
         with atomic_directory(run / MODEL_DIR_NAME) as tmp:
             write_model_folder(tmp, kind, unwrapped, {**model_config, "step": cfg.steps})
         write_log(run / LOG_NAME, log)

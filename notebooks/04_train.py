@@ -77,7 +77,7 @@ cfg = TrainConfig.from_overrides({k: params[k] for k in (
     "out_dir", "data_root", "seed", "device", "smoke")}).resolved()
 target = resolve_device(device)
 backbone_model = ensure_backbone(cfg.backbone, smoke=smoke, seed=seed, device=str(target))
-data = load_training_data(cfg, backbone_model, device=target)
+data = load_training_data(cfg, backbone_model)
 run_folder = cfg.run_folder()
 print(f"EEG windows: {data.eeg_channels} channels × {data.eeg_samples} samples at {data.eeg_sfreq:g} Hz, "
       f"{data.n_subjects} participants; data: {data.info['source']}; run folder: {run_folder}")

@@ -77,8 +77,7 @@ def latent_cache(tmp_path_factory, cache_dir, backbone_dir) -> Path:
 
     folder = tmp_path_factory.mktemp("latents")
     cfg = TrainConfig(run_dir=str(cache_dir), backbone=str(backbone_dir), latent_cache_dir=str(folder), smoke=True)
-    T.load_training_data(cfg.resolved(), load_backbone(backbone_dir, device=torch.device("cpu")),
-                         device=torch.device("cpu"), progress=False)
+    T.load_training_data(cfg.resolved(), load_backbone(backbone_dir, device=torch.device("cpu")), progress=False)
     return folder
 
 
@@ -197,11 +196,16 @@ def test_clip_latents_are_encoded_once_and_reused(tmp_path, cache_dir, backbone_
     assert len(list((tmp_path / "latents").glob("latents_*.safetensors"))) == 1
 
 
-def test_latent_cache_key_changes_with_the_vae(tmp_path, backbone):
+def test_latent_cache_is_keyed_by_the_vae_and_checked(tmp_path, backbone):
     clips = [(22, 0), (22, 1)]
     audio = {22: np.random.default_rng(0).normal(0, 0.1, 2 * 56000).astype(np.float32)}
     audio_of = lambda song, chunk: audio[song][chunk * 56000:(chunk + 1) * 56000]  # noqa: E731
     first = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    again = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    assert again.encoded == 0 and torch.equal(again.latents, first.latents)
+    first.path.write_bytes(b"not a safetensors file")  # damaged: ignored and encoded again, never trusted
+    repaired = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    assert repaired.encoded == 2 and torch.equal(repaired.latents, first.latents)
     with torch.no_grad():
         next(backbone.vae.parameters()).add_(1e-3)
     second = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)

@@ -1,0 +1,280 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3 (eeg2music)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · The backbone: a latent diffusion model of music
+#
+# Postolache et al. do not train a music generator: they *steer* a pretrained one, AudioLDM2, with
+# EEG. Before any EEG appears, this notebook opens that generator and checks that it models the music
+# we will ask it to reconstruct. You will see
+#
+# * the **audio front end**: how 3.5 s of audio becomes AudioLDM2's log-mel spectrogram (and back);
+# * the **VAE**: a mel spectrogram squeezed into an 8 × 88 × 16 latent and decoded again — listen to
+#   what survives;
+# * the **forward diffusion process**: how a latent dissolves into Gaussian noise, the path the UNet
+#   learns to walk backwards;
+# * **unconditional samples** from the UNet (no EEG yet), shown and played beside real clips, and a
+#   distribution distance that says whether they are music of the right kind.
+#
+# Two faces, one interface (`eeg2music.backbone.Backbone`): the real **AudioLDM2-music**, when
+# `backbone` points to a local diffusers folder (its weights cannot be downloaded here), or the
+# **tiny backbone** — the same diffusers classes at small widths, trained on the simulator's songs.
+# A tiny backbone trained with the `"shipped"` recipe comes with the package (training it takes
+# longer than this notebook's budget); `retrain=True` trains one here.
+#
+# It writes the backbone folder (diffusers `save_pretrained`, safetensors) and
+# `<out_dir>/backbone_summary.json`, plus the figures.
+
+# %% tags=["parameters"]
+data_root = ""  # NMED-T folder with the stimuli WAVs; empty: the simulated default dataset
+out_dir = ""  # where the backbone folder, backbone_summary.json and figures go; empty: outputs/00_backbone
+seed = 0  # seeds training, sampling and the evaluation crops
+device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+smoke = False  # tiny sizes for tests: trains a very small backbone in seconds, few samples and steps
+backbone = ""  # a local AudioLDM2-music folder (diffusers layout) or a backbone folder; empty: the tiny one
+retrain = False  # train the tiny backbone here instead of using the shipped (or an existing) one
+preset = "default"  # training recipe when retraining: "default" (minutes) or "shipped" (the shipped backbone's)
+vae_steps = 0  # VAE training steps (0: the preset's)
+unet_steps = 0  # UNet training steps (0: the preset's)
+n_samples = 32  # unconditional samples drawn for the evaluation
+sample_steps = 50  # DDIM steps for those samples
+timing_steps = [20, 200]  # DDIM step counts whose sampling time per clip is measured
+n_listen = 3  # clips rendered as audio players in each listening section
+
+# %%
+from eeg2music.params import resolve_parameters
+
+params = resolve_parameters("00_backbone", globals(), choices={"preset": ("default", "shipped")})
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import Audio, Markdown, display
+
+from eeg2music import backbone as bb
+from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, waveform_to_mel
+from eeg2music.paths import stage_dir
+from eeg2music.pipeline import ensure_dataset
+from eeg2music.utils import read_json, resolve_device, seed_everything, write_json
+
+seed_everything(seed)
+out_path = stage_dir("backbone", out_dir)
+out_path.mkdir(parents=True, exist_ok=True)
+torch_device = resolve_device(device)
+if smoke:  # the smallest run that still exercises every step
+    n_samples, sample_steps, timing_steps, n_listen = min(n_samples, 4), min(sample_steps, 4), [2, 5], 1
+print(f"device: {torch_device}; outputs → {out_path}")
+
+# %% [markdown]
+# ## 1. From sound to a mel spectrogram
+#
+# AudioLDM2 never sees a waveform. Its front end, which `eeg2music.audio` reproduces exactly, turns
+# 16 kHz audio into a **log-mel spectrogram**: each clip is normalised (mean removed, peak 0.5), cut
+# into 1024-sample Hann windows every 160 samples (10 ms → 100 frames per second), and each window's
+# magnitude spectrum is summed into 64 mel bands between 0 and 8 kHz (a scale spaced like pitch
+# perception: fine at low frequencies, coarse at high ones), then compressed with `log(max(x, 1e-5))`.
+# A 3.5 s clip gives 350 frames, padded to 352 so that the VAE can halve time twice.
+#
+# The music is the stimulus audio of the dataset: the simulator's ten songs by default. The last
+# seconds of every song are **held out**: the backbone never trains on them, we use them to test it.
+
+# %%
+data_path = ensure_dataset(data_root, smoke=smoke, seed=seed)
+songs = bb.load_song_audio(data_path)
+holdout = bb.TinyTrainingSettings.preset("smoke" if smoke else preset).holdout_seconds
+split = bb.SongSplit.from_audio(songs, holdout_seconds=holdout)
+heldout_clips, heldout_songs = split.heldout_clips()
+print(f"{len(songs)} songs, {sum(map(len, songs.values())) / SAMPLE_RATE:.0f} s of audio; "
+      f"last {holdout} s of each held out → {len(heldout_clips)} clips of 3.5 s")
+
+# %%
+example = heldout_clips[0]
+example_mel = waveform_to_mel(example)
+fig, axes = plt.subplots(2, 1, figsize=(9, 4.5), sharex=True)
+axes[0].plot(np.arange(CLIP_SAMPLES) / SAMPLE_RATE, example, lw=0.3)
+axes[0].set(ylabel="amplitude", title=f"song {heldout_songs[0]}: 3.5 s at 16 kHz")
+axes[1].imshow(example_mel[0, 0, :350].T, origin="lower", aspect="auto", cmap="magma", extent=(0, 3.5, 0, 64))
+axes[1].set(xlabel="time (s)", ylabel="mel bin", title=f"log-mel {tuple(example_mel.shape)}")
+fig.tight_layout()
+fig.savefig(out_path / "mel_example.png", dpi=110)
+display(Audio(example, rate=SAMPLE_RATE, normalize=False))
+
+# %% [markdown]
+# ## 2. The backbone
+#
+# A latent diffusion model has four parts, all diffusers / transformers classes:
+#
+# * a **VAE** (`AutoencoderKL`) that compresses the mel 4× in time and in frequency into 8 channels;
+# * a **UNet** (`AudioLDM2UNet2DConditionModel`) that predicts the noise in a noisy latent, with
+#   self-attention over the whole clip and cross-attention to a constant "text" embedding (the
+#   paper ignores text: one fixed conditioning, computed once);
+# * a **noise schedule** (`DDIMScheduler`, AudioLDM2's β's);
+# * a **vocoder** from mel to waveform: AudioLDM2's HiFi-GAN, or Griffin-Lim for the tiny backbone.
+#
+# With `backbone` empty we use the tiny one. Unless `retrain` (or `smoke`) is set, the folder already
+# in the run folder or the shipped one is used; training records its seed, settings and timings in
+# `training.json` beside the weights.
+
+# %%
+overrides = {k: v for k, v in {"vae_steps": vae_steps, "unet_steps": unet_steps}.items() if v > 0}
+settings = bb.TinyTrainingSettings.preset("smoke" if smoke else preset, **overrides)
+command = (f"papermill 00_backbone.ipynb out.ipynb -p seed {seed} -p retrain true -p preset {preset}"
+           + "".join(f" -p {k} {v}" for k, v in overrides.items()) + (" -p smoke true" if smoke else ""))
+backbone_path, source = bb.prepare_backbone_folder(
+    backbone, out_path / ("backbone_smoke" if smoke else "backbone"), data_path, smoke=smoke, seed=seed,
+    device=device, retrain=retrain, settings=settings, command=command,
+)
+model = bb.load_backbone(backbone_path, device=torch_device)
+training = read_json(backbone_path / bb.TRAINING_FILE) if (backbone_path / bb.TRAINING_FILE).is_file() else None
+print(f"{source} backbone from {backbone_path}\n{model}")
+if training and training["data"]["fingerprint"] != bb.audio_fingerprint(songs):
+    print("note: this backbone was trained on other audio than this dataset's; set retrain=True to train on it")
+
+# %%
+counts = model.parameter_counts()
+display(Markdown("\n".join([
+    "| component | class | parameters |", "|---|---|---|",
+    *[f"| {name} | `{type(getattr(model, name)).__name__}` | {count / 1e6:.2f} M |" for name, count in counts.items()],
+    f"| vocoder | {'HiFi-GAN' if model.vocoder is not None else 'Griffin-Lim (librosa, 32 iterations)'} | |",
+    f"\nLatent of a 3.5 s clip: **{model.latent_shape}** (channels, time, frequency); UNet widths "
+    f"{tuple(model.unet.config.block_out_channels)}; VAE scaling factor {model.scaling_factor:.3f}.",
+])))
+
+# %% [markdown]
+# ## 3. The VAE round trip
+#
+# The diffusion model lives in the VAE's latent space, so the VAE bounds what any reconstruction can
+# sound like. We encode held-out clips (the posterior mean, × the scaling factor that gives the
+# latents unit variance) and decode them. Two numbers: the mean absolute error of the log-mel (natural
+# log units: 0.1 ≈ 10 % in magnitude) and a spectral SNR, `10 log10(Σ M² / Σ (M - M̂)²)` on the mel
+# magnitudes. Then listen: the original, the original through the vocoder alone (Griffin-Lim's own
+# artefacts), and the VAE reconstruction.
+
+# %%
+start = time.perf_counter()
+evaluation = bb.evaluate_backbone(model, split, n_samples=n_samples, num_inference_steps=sample_steps, seed=seed)
+evaluation_seconds = time.perf_counter() - start
+metrics = evaluation.metrics
+print("held-out reconstruction:", {k: round(v, 3) for k, v in metrics["reconstruction"].items()})
+k = min(4, len(evaluation.real_mels))
+fig = bb.plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.reconstructed_mels[:k]]),
+                   [f"song {s}: original" for s in heldout_songs[:k]] + ["VAE reconstruction"] * k, columns=k,
+                   path=out_path / "vae_round_trip.png")
+
+# %%
+for i in range(min(n_listen, len(heldout_clips))):
+    display(Markdown(f"**song {heldout_songs[i]}** — original · vocoder only · VAE + vocoder"))
+    mel = evaluation.real_mels[i : i + 1]
+    for wave in (heldout_clips[i], model.mel_to_wave(mel)[0], model.mel_to_wave(evaluation.reconstructed_mels[i : i + 1])[0]):
+        display(Audio(np.asarray(wave), rate=SAMPLE_RATE, normalize=False))
+
+# %% [markdown]
+# ## 4. The forward diffusion process
+#
+# Training a diffusion model needs no labels: take a clean latent `z_0`, pick a step `t` out of 1000,
+# mix in Gaussian noise, `z_t = √ᾱ_t · z_0 + √(1 − ᾱ_t) · ε`, and ask the UNet to predict `ε`. The
+# schedule ᾱ_t (AudioLDM2's "scaled linear" β's) decides how fast the signal-to-noise ratio falls. At
+# sampling time the UNet walks this path backwards from pure noise; DDIM takes large strides along it
+# (20 to 200 steps instead of 1000).
+
+# %%
+fig = bb.plot_forward_process(model, model.encode(evaluation.real_mels[:1]), seed=seed,
+                              path=out_path / "forward_process.png")
+
+# %% [markdown]
+# ## 5. Unconditional samples: is it music of the right kind?
+#
+# Now the backbone alone, without EEG: `n_samples` latents drawn from noise with DDIM, decoded, shown
+# beside real clips. A listener should hear the simulator's instruments, tempi and harmony; the
+# spectrogram should show its harmonic lines and drum onsets.
+
+# %%
+k = min(4, len(evaluation.sample_mels), len(evaluation.real_mels))
+fig = bb.plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.sample_mels[:k]]),
+                   [f"real (song {s})" for s in heldout_songs[:k]] + [f"sample {i}" for i in range(k)],
+                   columns=k, path=out_path / "samples_vs_real.png")
+for i in range(min(n_listen, len(evaluation.sample_latents))):
+    display(Audio(model.mel_to_wave(evaluation.sample_mels[i : i + 1])[0].numpy(), rate=SAMPLE_RATE, normalize=False))
+
+# %% [markdown]
+# ### A distribution distance
+#
+# Listening convinces; a number compares. For every clip we summarise its mel by the mean and the
+# standard deviation over time in 8 mel bands (16 numbers: spectral balance and dynamics), fit a
+# Gaussian to each set of clips and compute the **Fréchet distance** to real training crops (the
+# distance FAD uses, on much simpler features). The floor is another set of real crops of the same
+# size; the ceiling white noise; "VAE of Gaussian latents" decodes noise without the UNet — what
+# the UNet adds is the gap between that and the samples. A song classifier (logistic regression on
+# real clips' per-bin mel statistics) then says whether the samples sound like *one* of the songs.
+
+# %%
+frechet = metrics["frechet"]
+display(Markdown("\n".join(["| compared with real training crops | Fréchet distance |", "|---|---|"]
+                           + [f"| {name.replace('_', ' ')} | {value:.2f} |" for name, value in frechet.items()])))
+classifier = metrics["song_classifier"]
+print(f"song classifier: held-out accuracy {classifier['heldout_accuracy']:.2f} (chance {classifier['chance']:.2f}); "
+      f"samples assigned with p ≥ 0.5: {classifier['samples_confident_fraction']:.0%} "
+      f"(mean max p {classifier['samples_mean_max_probability']:.2f}; noise {classifier['noise_mean_max_probability']:.2f}); "
+      f"per song: {classifier['samples_per_song']}")
+
+# %% [markdown]
+# ## 6. Cost of a sample
+#
+# The EEG decoding of notebooks 04–06 samples one clip per EEG window, so the sampler's cost matters.
+# We time noise → waveform for one clip at the step counts in `timing_steps` (the paper uses 200
+# DDIM steps).
+
+# %%
+timings = bb.time_sampling(model, timing_steps, seed=seed)
+print({k: round(v, 2) for k, v in timings.items()})
+
+# %%
+summary = {
+    "kind": model.kind,
+    "source": source,
+    "backbone_dir": str(backbone_path),
+    "parameters": counts,
+    "latent_shape_3p5s": list(model.latent_shape),
+    "unet_block_out_channels": list(model.unet.config.block_out_channels),
+    "scaling_factor": model.scaling_factor,
+    "reconstruction_heldout": metrics["reconstruction"],
+    "frechet": frechet,
+    "frechet_features": metrics["frechet_features"],
+    "song_classifier": classifier,
+    "n_samples": n_samples,
+    "sample_steps": sample_steps,
+    "sampling_seconds_per_clip": timings,
+    "evaluation_seconds": evaluation_seconds,
+    "training": None if training is None else {
+        "seconds": training["timing_seconds"], "settings": training["settings"], "seed": training["seed"],
+        "command": training["command"], "data_fingerprint": training["data"]["fingerprint"],
+        "device": training["device"], "torch_threads": training["torch_threads"],
+    },
+    "data_root": str(data_path),
+    "data_fingerprint": bb.audio_fingerprint(songs),
+    "device": str(torch_device),
+    "parameters_run": params,
+}
+write_json(out_path / "backbone_summary.json", summary)
+print(f"wrote {out_path / 'backbone_summary.json'}")
+
+# %% [markdown]
+# ## Recap
+#
+# In this notebook we opened the generator the rest of the project steers. Audio becomes AudioLDM2's
+# log-mel spectrogram (100 frames/s, 64 mel bands), the VAE compresses a 3.5 s clip into an
+# 8 × 88 × 16 latent, and the UNet turns Gaussian noise into such latents step by step, conditioned
+# on nothing but a constant embedding. We measured how much of a held-out clip survives the VAE, saw
+# the forward process that defines training, and checked — by ear, by eye and with a Fréchet
+# distance on mel statistics — that unconditional samples are music of the simulator's kind and not
+# noise. Notebook 03 builds the EEG ControlNet on this UNet; notebook 04 trains it.
