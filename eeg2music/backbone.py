@@ -211,8 +211,8 @@ def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
     ----------
     size : {"default", "smoke"}
         ``default``: VAE widths (16, 32, 64) and UNet widths (32, 64, 128), one res-block per level,
-        self- plus cross-attention at the two coarser levels and in the mid block (AudioLDM2 has none at
-        full resolution either). ``smoke``: the smallest that keeps every shape (for tests).
+        self- plus cross-attention at the coarsest level (22 × 4 positions, 160 ms each: the whole clip
+        in one attention window) and in the mid block. ``smoke``: the smallest that keeps every shape.
 
     Returns
     -------
@@ -221,9 +221,10 @@ def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
 
     Notes
     -----
-    Each attention level holds one transformer (self-attention, cross-attention on the constant
-    tokens, feed-forward) rather than AudioLDM2's three: on these cores the two extra transformers
-    would double a training step. The VAE keeps AudioLDM2's factor 4 and 8 latent channels, so a
+    Each attention layer is one transformer (self-attention, cross-attention on the constant tokens,
+    feed-forward) rather than AudioLDM2's three, and only the coarsest level attends (AudioLDM2 attends
+    at its three coarser levels): on two CPU cores attention at 44 × 8 positions and the two extra
+    transformers would more than double a training step, and of the ControlNet's too. The VAE keeps AudioLDM2's factor 4 and 8 latent channels, so a
     3.5 s clip has the same ``(8, 88, 16)`` latent as with the real backbone; its mid-block attention
     is dropped (1408 positions per clip, the largest cost of a step).
     """
@@ -250,8 +251,8 @@ def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
         out_channels=8,
         block_out_channels=unet_widths,
         layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         cross_attention_dim=[[TINY_CONTEXT_DIM]] * 3,
         attention_head_dim=2 if smoke else 4,
         norm_num_groups=unet_widths[0] // 2 if smoke else 32,
@@ -905,6 +906,35 @@ class TinyTrainingSettings:
     Presets (:meth:`preset`): ``"smoke"`` (seconds; tests), ``"default"`` (a few minutes on two CPU
     cores: a usable but rough backbone), ``"shipped"`` (the recipe of the backbone shipped in
     ``eeg2music/assets/tiny_backbone``).
+
+    Attributes
+    ----------
+    size : {"default", "smoke"}
+        Architecture (:func:`tiny_backbone_config`).
+    vae_steps, unet_steps : int
+        Optimiser steps of the two stages (the VAE first, then the UNet on its frozen latents).
+    batch_size : int
+        Random 3.5 s crops per step (songs drawn uniformly, offsets uniformly).
+    vae_crop_frames : int
+        The VAE trains on windows of this many mel frames (a multiple of 4) cut from the clips: it is
+        convolutional, so a 128-frame window teaches it as well as the 352-frame clip at 36 % of the cost.
+    vae_lr, unet_lr : float
+        AdamW learning rates (linear warm-up over ``warmup_steps``, then cosine decay).
+    warmup_steps : int
+    kl_weight : float
+        Weight of the VAE's KL term (summed over the latent, per mel element) next to the mel L1.
+    min_snr_gamma : float
+        Min-SNR-γ loss weighting of the UNet (0 disables it).
+    ema_decay : float
+        Ceiling of the UNet's exponential moving average (with warm-up); the EMA weights are saved.
+    holdout_seconds : float
+        The last seconds of every song never used for training (the evaluation's held-out clips).
+    steps_per_epoch : int
+        Steps between one-line progress summaries.
+    scaling_batches : int
+        Batches whose latents set the VAE's scaling factor (1 / their standard deviation).
+    num_threads : int
+        CPU threads: positive = that many, 0 = torch's default, negative = one when the machine is busy.
     """
 
     size: str = "default"
@@ -921,7 +951,7 @@ class TinyTrainingSettings:
     holdout_seconds: float = 7.0
     steps_per_epoch: int = 100
     scaling_batches: int = 8
-    num_threads: int = 0
+    num_threads: int = -1
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "TinyTrainingSettings":
@@ -930,8 +960,7 @@ class TinyTrainingSettings:
             "smoke": dict(size="smoke", vae_steps=30, unet_steps=30, batch_size=4, vae_crop_frames=64,
                           warmup_steps=5, holdout_seconds=3.5, steps_per_epoch=15, scaling_batches=2),
             "default": {},
-            "shipped": dict(vae_steps=800, unet_steps=3000, warmup_steps=100, steps_per_epoch=200,
-                            num_threads=1),
+            "shipped": dict(vae_steps=2000, unet_steps=4000, warmup_steps=100, steps_per_epoch=200),
         }
         if name not in presets:
             raise ValueError(f"unknown training preset {name!r}; known: {sorted(presets)}")
@@ -941,6 +970,21 @@ class TinyTrainingSettings:
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
         return replace(settings, **overrides)
+
+
+def _training_threads(requested: int, device: torch.device) -> int:
+    """CPU threads for training: ``requested`` if positive, torch's default if 0, automatic if negative.
+
+    Automatic: one thread when the machine is busy (1-minute load average at or above its core count),
+    torch's default otherwise. On shared cores two OpenMP threads that wait for each other can be ten
+    times slower than one.
+    """
+    default = torch.get_num_threads()
+    if requested > 0:
+        return int(requested)
+    if requested == 0 or device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return default
+    return 1 if os.getloadavg()[0] >= (os.cpu_count() or 1) else default
 
 
 def _lr_schedule(optimizer, warmup: int, total: int):
@@ -1134,9 +1178,7 @@ def train_tiny_backbone(
         raise ValueError(f"vae_crop_frames={settings.vae_crop_frames}: must be a multiple of {VAE_GRID}")
     torch_device = resolve_device(device)
     threads = torch.get_num_threads()
-    if settings.num_threads > 0:
-        # On shared CPU cores one thread often beats two: OpenMP threads spin waiting for each other
-        torch.set_num_threads(settings.num_threads)
+    torch.set_num_threads(_training_threads(settings.num_threads, torch_device))
     try:
         return _train_tiny_backbone(data_root, out_dir, settings=settings, seed=seed, device=torch_device,
                                     songs=songs, progress=progress, command=command)

@@ -604,7 +604,7 @@ class _CleanedSong:
             data = self._array[:, :, index] if self._array.ndim == 3 else self._array
         else:
             data = self._dataset[index].T if self._dataset.ndim == 3 else self._dataset[()].T
-        return np.array(data, dtype=np.float64, order="C")  # a fresh copy, owned by the caller
+        return np.array(data, dtype=np.float64)  # a fresh copy owned by the caller, in the file's own layout
 
     def close(self) -> None:
         if self._handle is not None:
@@ -767,7 +767,7 @@ class _RawFile:
             data = self._dataset[start:stop, :].T
         else:
             data = self._dataset[:, start:stop]
-        return np.array(data, dtype=np.float64, order="C")  # a fresh copy, owned by the caller
+        return np.array(data, dtype=np.float64)  # a fresh copy owned by the caller, in the file's own layout
 
     def close(self) -> None:
         if self._handle is not None:
@@ -935,10 +935,31 @@ def recording_info(raw) -> dict[str, Any]:
 
 
 def _check_finite(data: np.ndarray, path: Path, what: str) -> None:
+    """Refuse NaN/inf data, except whole channels that are NaN/inf: those are passed on, named.
+
+    A channel that is missing altogether (all NaN) is a bad channel that preprocessing reports by name
+    and excludes or refuses (``Preprocessing.bad_channels``); scattered NaN/inf values, or a recording with
+    no finite channel at all, are a broken file.
+    """
     finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(data.size - finite.sum())
-        raise NMEDTError(f"{path}: {what} has {bad} NaN/inf values out of {data.size}")
+    if finite.all():
+        return
+    bad = int(data.size - finite.sum())
+    dead = ~finite.any(axis=1)
+    if dead.all():
+        raise NMEDTError(f"{path}: {what} is entirely NaN/inf ({bad} values)")
+    names = np.asarray(channel_names(data.shape[0]))
+    partial = ~finite.all(axis=1) & ~dead
+    if partial.any():
+        raise NMEDTError(
+            f"{path}: {what} has {bad} NaN/inf values out of {data.size}, scattered in channel(s) "
+            f"{names[partial].tolist()}"
+        )
+    warnings.warn(
+        f"{path}: {what}: channel(s) {names[dead].tolist()} are all NaN/inf; passing them on for "
+        f"preprocessing to report and exclude (Preprocessing.bad_channels)",
+        stacklevel=3,
+    )
 
 
 def _normalise_selection(values: Iterable[int] | int | None, name: str) -> list[int] | None:

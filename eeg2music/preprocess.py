@@ -139,7 +139,8 @@ class Preprocessing:
         (None: on every sample). The default, 50 000, covers every sample of a cleaned-release song
         (≤ 300 s at 125 Hz = 37 500), so the paper's setting is exact; a raw song at 1 kHz is fitted on
         every 6th sample — the way scikit-learn's ``QuantileTransformer(subsample=…)`` bounds its cost —
-        which moves the quartiles by well under 1 % and makes the scaling several times cheaper.
+        which makes the scaling several times cheaper and moves the median and quartiles by less than
+        1 % of the IQR (measured on 290 s of drifting, EEG-like noise at 1 kHz).
     clamp : float or None
         Clamp to ±``clamp`` after scaling (IQR units); None skips it. Requires ``robust_scale``.
     bad_channels : {"error", "exclude", "interpolate"}
@@ -926,7 +927,7 @@ def build_cache(
     if not rebuild and (target / INDEX_FILE).is_file():
         try:
             index = open_cache(target)
-        except (FileNotFoundError, ValueError, KeyError) as err:
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
             print(f"[preprocess] rebuilding the unusable cache {target} ({err})")
         else:
             write_json(cache_dir / LATEST_FILE, {"name": name, "key": index.key})
@@ -951,6 +952,10 @@ def build_cache(
             subject, song = int(info["subject"]), int(info["song"])
             where = f"{info['source']} (participant {subject}, song {song})"
             bar.set_postfix_str(f"P{subject:02d} song {song}", refresh=False)
+            earlier = next((e for e in entries if (e.subject, e.song) == (subject, song)), None)
+            if earlier is not None:
+                raise ValueError(f"{where}: participant {subject} heard song {song} in {earlier.source} already; "
+                                 f"keep one of the two recordings (select subjects/songs, or move a file away)")
             result = preprocess_raw(raw, cfg, where)
             del raw
             if channels is None:

@@ -521,7 +521,8 @@ def plain_words_reading(
         "**Caveats.** The bootstrap resamples clips as if independent, but windows of the same song segment heard "
         "by different listeners share their audio, so the intervals are if anything too narrow; the permutation "
         "test does not have this problem. FAD is biased upwards with few clips: compare it only between models "
-        "evaluated on the same clips, as here."
+        "evaluated on the same clips, as here; its bootstrap interval sits higher still (a resample repeats clips, "
+        "which inflates the distance), so it may not contain the estimate itself."
     )
     return paragraphs
 

@@ -1112,7 +1112,8 @@ def choose_examples(record: Mapping[str, Any], n_test: int = 2, n_ood: int = 1) 
         songs = sorted(by_song)
         if split == "test":
             # Spread the examples over the songs (first, middle, last…), one clip each.
-            chosen_songs = [songs[round(i * (len(songs) - 1) / max(n - 1, 1))] for i in range(min(n, len(songs)))]
+            count = min(n, len(songs))
+            chosen_songs = [songs[round(i * (len(songs) - 1) / max(count - 1, 1))] for i in range(count)]
             groups = [by_song[s] for s in dict.fromkeys(chosen_songs)]
         else:
             groups = [by_song[s] for s in songs[:1]] * min(n, len(rows))

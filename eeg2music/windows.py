@@ -195,6 +195,9 @@ class Splits(dict):
         self.loso_subject: int | None = loso_subject
         self.spec: WindowSpec = spec
 
+    def __reduce__(self):
+        return (Splits, (dict(self), self.chunk_ranges, self.n_chunks, self.dropped, self.loso_subject, self.spec))
+
     def counts(self) -> dict[str, int]:
         """Windows per split."""
         return {name: len(refs) for name, refs in self.items()}

@@ -244,7 +244,8 @@ summary = {
     "source": source,
     "backbone_dir": str(backbone_path),
     "parameters": counts,
-    "latent_shape_3p5s": list(model.latent_shape),
+    "latent_shape": list(model.latent_shape),  # (channels, time, frequency) of a 3.5 s clip
+    "clip_seconds": 3.5,
     "unet_block_out_channels": list(model.unet.config.block_out_channels),
     "scaling_factor": model.scaling_factor,
     "reconstruction_heldout": metrics["reconstruction"],

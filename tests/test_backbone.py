@@ -350,3 +350,20 @@ def test_training_presets_and_unknown_settings():
         B.TinyTrainingSettings.preset("smoke", epochs=3)
     with pytest.raises(ValueError, match="size"):
         B.tiny_backbone_config("large")
+
+
+def test_shipped_backbone_installs_and_loads(tmp_path, monkeypatch):
+    target = tmp_path / "installed"
+    if not (B.SHIPPED_BACKBONE_DIR / B.BACKBONE_MARKER).is_file():
+        with pytest.raises(FileNotFoundError, match="no shipped tiny backbone"):
+            B.install_shipped_backbone(target)
+        return
+    weights = sum(p.stat().st_size for p in B.SHIPPED_BACKBONE_DIR.rglob("*.safetensors"))
+    assert weights <= 20 * 2**20, "the shipped backbone must stay within 20 MB"
+    shipped = B.load_backbone(B.install_shipped_backbone(target))
+    assert shipped.kind == "tiny" and shipped.latent_shape == (8, 88, 16) and shipped.metadata["trained"]
+    record = json.loads((target / B.TRAINING_FILE).read_text())
+    assert record["command"] and "seed" in record and record["settings"]["unet_steps"] > 0
+    # notebook 00's rule: an existing complete folder is reused, not overwritten
+    folder, source = B.prepare_backbone_folder("", target, tmp_path / "unused-data")
+    assert (folder, source) == (target.resolve(), "existing")

@@ -378,3 +378,21 @@ def test_notebook_01_explores_a_folder_written_by_other_tools(layout, tmp_path):
         assert onsets == fixture.onsets
         assert (tmp_path / "out" / "onset_erp.png").is_file()
     assert (tmp_path / "out" / "montage.png").is_file() and (tmp_path / "out" / "eeg_and_music.png").is_file()
+
+
+def test_all_nan_channel_is_passed_on_by_name(tmp_path):
+    """A whole missing channel is a bad channel for preprocessing to handle, not a broken file."""
+    data = np.random.default_rng(3).normal(size=(125, int(SONG_SECONDS[21] * 4), 2))
+    data[4, :, 0] = np.nan  # E5 of participant 2
+    _cleaned(tmp_path, data=data)
+    with pytest.warns(UserWarning, match=r"\['E5'\].*all NaN"):
+        raws = list(nmedt.iter_recordings(tmp_path))
+    assert np.isnan(raws[0].get_data(picks=["E5"])).all() and np.isfinite(raws[1].get_data()).all()
+
+
+def test_scattered_nan_names_the_channel(tmp_path):
+    data = np.random.default_rng(4).normal(size=(125, int(SONG_SECONDS[21] * 4), 2))
+    data[6, 10:20, 1] = np.nan
+    _cleaned(tmp_path, data=data)
+    with pytest.raises(NMEDTError, match=r"scattered in channel\(s\) \['E7'\]"):
+        list(nmedt.iter_recordings(tmp_path))

@@ -10,18 +10,17 @@ import pytest
 import torch
 
 from eeg2music.preprocess import CachedRecording, CacheIndex, Preprocessing, build_cache
+from eeg2music.utils import write_json
 from eeg2music.windows import (
     EEGMusicWindows,
     load_stage_windows,
     write_preprocess_summary,
-    WindowRef,
     WindowSpec,
     chunk_start_sample,
     load_windows,
     make_splits,
     window_samples,
 )
-from eeg2music.utils import write_json
 from fixtures_nmedt import WAV_NAMES, make_nmedt_folder, write_wav
 
 
@@ -64,6 +63,16 @@ def test_window_samples():
     assert [chunk_start_sample(c, 125.0, spec) for c in range(3)] == [25, 463, 900]  # 25, 462.5→463, 900
 
 
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"clip_seconds": 0.0}, "clip_seconds"), ({"val_fraction": 1.0}, "val_fraction"), ({"test_chunks": -1}, "test_chunks"),
+     ({"gap_chunks": 0.5}, "gap_chunks"), ({"lag_seconds": float("nan")}, "lag_seconds")],
+)
+def test_bad_window_spec_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        WindowSpec(**kwargs)
+
+
 def test_splits_are_disjoint_with_a_gap(tmp_path):
     index = synthetic_index(tmp_path, seconds={21: 35.0, 22: 70.0, 23: 105.0})
     splits = make_splits(index, WindowSpec(), verbose=False)
@@ -102,6 +111,8 @@ def test_counts_follow_the_spec(tmp_path):
     assert splits.counts() == {"train": 18, "val": 12, "test": 18, "ood": 30}
     assert splits.summary()["chunk_ranges"]["22"] == {"train": [0, 3], "val": [4, 6], "test": [7, 10]}
     assert splits.split_of_chunk(22, 3) is None and splits.split_of_chunk(22, 9) == "test"
+    copied = pickle.loads(pickle.dumps(splits))
+    assert copied == splits and copied.chunk_ranges == splits.chunk_ranges and copied.spec == splits.spec
 
 
 def test_leave_one_subject_out(tmp_path):
