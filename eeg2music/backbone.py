@@ -26,7 +26,6 @@ Folder written by :meth:`Backbone.save` (diffusers ``save_pretrained`` per compo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -71,7 +70,6 @@ GRIFFIN_LIM_ITERS = 32
 #: The folder, inside the package, of the tiny backbone shipped with the repository.
 SHIPPED_BACKBONE_DIR = Path(__file__).resolve().parent / "assets" / "tiny_backbone"
 
-_COMPONENT_DIRS = ("vae", "unet", "scheduler", "vocoder")
 #: Mel frames per latent frame in both backbones (the VAE's time down-sampling).
 VAE_GRID = 4
 
@@ -328,6 +326,8 @@ class Backbone:
         (1 × 8 × 32 fixed random tokens).
     metadata : dict, optional
         Where it came from, how it was trained (saved into ``backbone.json``).
+    griffin_lim_iters : int
+        Griffin-Lim iterations of :meth:`mel_to_wave` when there is no vocoder.
     """
 
     def __init__(
@@ -1429,7 +1429,7 @@ def evaluate_backbone(
     gaussian_mels = torch.cat([backbone.decode(gaussian[i : i + batch_size]).float().cpu()
                                for i in range(0, len(gaussian), batch_size)])
     noise_mels = mels_of(rng.standard_normal((n_samples, CLIP_SAMPLES)).astype(np.float32))
-    reference, reference_songs = random_clips(split.train, n_samples, rng)
+    reference, _ = random_clips(split.train, n_samples, rng)
     other, _ = random_clips(split.train, n_samples, rng)
     reference_features = mel_statistics(mels_of(reference))
 
@@ -1475,7 +1475,6 @@ def evaluate_backbone(
         "num_inference_steps": int(num_inference_steps),
         "song_classifier": song_classifier,
     }
-    del reference_songs
     return BackboneEvaluation(metrics, heldout_mels, heldout_songs, reconstructed, sample_mels, latents)
 
 

@@ -107,7 +107,7 @@ print(", ".join(f"{split}: {len(ds)} windows, {len(ds.clips())} clips" for split
 # clip, which pairs their comparison, and a clip's result does not depend on what else is in its batch.
 
 # %%
-from eeg2music.sample import EEGMusicPipeline, clip_generators, clip_seed
+from eeg2music.sample import EEGMusicPipeline, clip_generators, clip_seed, cpu_threads_for
 
 demo_clip = datasets["test"].windows[0]
 demo_seed = clip_seed(seed, demo_clip.song, demo_clip.chunk, demo_clip.subject)
@@ -117,9 +117,10 @@ first_run = next(run for run, m in trained.items() if m.kind == "controlnet") if
 pipe = EEGMusicPipeline(backbone_model, trained[first_run])
 eeg = datasets["test"][0]["eeg"][None]
 subject_index = [datasets["test"][0]["subject"]]
-latents = {name: pipe(eeg, subject_index, num_inference_steps=n, scheduler=name, output_type="latent",
-                      generator=clip_generators([demo_seed]), conditioning_scale=conditioning_scale).audios
-           for name, n in (("dpmsolver++", num_inference_steps), ("ddim", 2 * num_inference_steps))}
+with cpu_threads_for(target):  # one thread when other processes keep the CPU busy (see sample.py)
+    latents = {name: pipe(eeg, subject_index, num_inference_steps=n, scheduler=name, output_type="latent",
+                          generator=clip_generators([demo_seed]), conditioning_scale=conditioning_scale).audios
+               for name, n in (("dpmsolver++", num_inference_steps), ("ddim", 2 * num_inference_steps))}
 gap = (latents["dpmsolver++"] - latents["ddim"]).norm() / latents["ddim"].norm()
 print(f"{first_run}: DPM-Solver++ ({num_inference_steps} steps) vs DDIM ({2 * num_inference_steps} steps) "
       f"on the same noise: relative latent difference {gap:.3f}")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eeg2music import embedders
-from eeg2music.audio import SAMPLE_RATE, waveform_to_mel
+from eeg2music.audio import SAMPLE_RATE
 
 CLIP = int(3.5 * SAMPLE_RATE)
 
@@ -207,31 +207,16 @@ def test_mel_stats_are_interpretable():
     np.testing.assert_allclose(embedder.embed(at_44k, sample_rate=44_100)[0, :128], out[0, :128], atol=0.05)
 
 
-class TinyBackbone:
-    """The two methods of eeg2music.backbone.Backbone the VAE embedder uses, on a real diffusers VAE
-    with the tiny backbone's shape (3 blocks, 8 latent channels: 352 × 64 mel → 88 × 16 latents)."""
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    """The project's tiny backbone (eeg2music.backbone), untrained: its VAE gives (8, 88, 16) latents."""
+    from eeg2music.backbone import build_tiny_backbone
 
-    latent_shape = (8, 88, 16)
-
-    def __init__(self):
-        from diffusers import AutoencoderKL
-
-        torch.manual_seed(0)
-        self.vae = AutoencoderKL(
-            in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 16, 16),
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            layers_per_block=1, norm_num_groups=8,
-        ).eval()
-
-    def wave_to_mel(self, wave):
-        return waveform_to_mel(wave)
-
-    def encode(self, mel):
-        return self.vae.encode(mel).latent_dist.mode() * self.vae.config.scaling_factor
+    return build_tiny_backbone(seed=0)
 
 
-def test_vae_latent_embedder():
-    backbone = TinyBackbone()
+def test_vae_latent_embedder(tiny_backbone):
+    backbone = tiny_backbone
     embedder = embedders.VAELatentEmbedder(backbone)
     waves = clips(3)
     frames = embedder.embed_frames(waves)
@@ -245,10 +230,10 @@ def test_vae_latent_embedder():
 
 
 # --- the set and batching ---------------------------------------------------------------------------
-def test_make_embedders_offline_default_and_paths(tmp_path, laion_clap_checkpoint):
+def test_make_embedders_offline_default_and_paths(tmp_path, laion_clap_checkpoint, tiny_backbone):
     offline = embedders.make_embedders()
     assert [e.name for e in offline] == ["mel-stats"]
-    with_backbone = embedders.make_embedders(backbone=TinyBackbone())
+    with_backbone = embedders.make_embedders(backbone=tiny_backbone)
     assert [e.name for e in with_backbone] == ["mel-stats", "vae-latent"]
     assert all(isinstance(e, embedders.Embedder) for e in with_backbone)
     assert all("clap" not in e.name and "encodec" not in e.name for e in with_backbone)
