@@ -111,7 +111,7 @@ class TrainConfig:
     run_name: str = ""  #: run folder name; "" = derived from model and subject_cond
     steps: int = 0  #: optimiser steps (0 = default for the size)
     batch_size: int = 0  #: windows per step and process (0 = default for the size)
-    lr: float = 1e-4  #: AdamW learning rate (paper)
+    lr: float = 0.0  #: AdamW learning rate; 0 = the backbone's default (:func:`default_learning_rate`)
     betas: tuple[float, float] = (0.95, 0.999)  #: AdamW betas (paper)
     eps: float = 1e-6  #: AdamW epsilon (paper)
     weight_decay: float = 1e-3  #: AdamW weight decay (paper)
@@ -148,9 +148,10 @@ class TrainConfig:
                 raise ParameterError(f"parameter {name!r}: must be ≥ 0, got {getattr(self, name)}")
         if self.keep_checkpoints < 1:
             raise ParameterError(f"parameter 'keep_checkpoints': must be ≥ 1, got {self.keep_checkpoints}")
-        for name in ("lr", "eps"):
-            if getattr(self, name) <= 0:
-                raise ParameterError(f"parameter {name!r}: must be > 0, got {getattr(self, name)}")
+        if self.lr < 0:
+            raise ParameterError(f"parameter 'lr': must be > 0 (or 0 for the backbone's default), got {self.lr}")
+        if self.eps <= 0:
+            raise ParameterError(f"parameter 'eps': must be > 0, got {self.eps}")
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> "TrainConfig":
@@ -186,8 +187,8 @@ class TrainConfig:
 
 #: Sizes of the demo run (notebook 04 with default parameters); measured to fit the demo's budget.
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
-    "common": {"checkpoint_every": 100, "val_every": 50, "val_samples": 96},
-    "controlnet": {"steps": 300, "batch_size": 8},
+    "common": {"checkpoint_every": 100, "val_every": 50, "val_samples": 64},
+    "controlnet": {"steps": 200, "batch_size": 8},
     "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
 }
 #: Sizes of smoke runs (tests): seconds, not minutes.
@@ -196,6 +197,22 @@ SMOKE_DEFAULTS: dict[str, dict[str, int]] = {
     "controlnet": {"steps": 6, "batch_size": 2},
     "convnet": {"steps": 6, "batch_size": 4, "convnet_width": 16},
 }
+
+
+#: AdamW learning rate per backbone kind, used when ``lr`` is 0 (see :func:`default_learning_rate`).
+DEFAULT_LEARNING_RATES = {"audioldm2": 1e-4, "tiny": 1e-3}
+
+
+def default_learning_rate(backbone_kind: str | None) -> float:
+    """The learning rate a run uses when ``lr`` is left at 0.
+
+    AudioLDM2: the paper's 1e-4 (its ControlNet trains for many thousands of steps). The tiny backbone:
+    1e-3 — the rate it was itself trained at, and what a run of a few hundred steps on a CPU needs: at
+    1e-4 the zero convolutions barely leave zero in 300 steps (measured on the simulator at demo size:
+    a validation gain over the EEG-zeroed control of 0.7 standard errors at 1e-4 and 300 steps, 4.8 at
+    1e-3 and 200 steps).
+    """
+    return DEFAULT_LEARNING_RATES.get(backbone_kind or "", DEFAULT_LEARNING_RATES["audioldm2"])
 
 
 def default_run_name(model: str, subject_cond: bool) -> str:
@@ -1321,6 +1338,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             data = load_training_data(cfg, backbone, progress=progress and main)
     latents = data.latents.to(device)
     kind = cfg.model
+    if cfg.lr == 0:
+        cfg = dataclasses.replace(cfg, lr=default_learning_rate(getattr(backbone, "kind", None)))
     model = build_model(cfg, backbone, data)
     state: dict[str, Any] = {"step": 0, "log": [], "train_seconds": 0.0, "samples_seen": 0}
     if resume_from is not None:
