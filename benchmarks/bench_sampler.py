@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     from eeg2music.embedders import make_embedders
     from eeg2music.pipeline import ensure_backbone
-    from eeg2music.report import embed_samples, evaluate_samples, paired_differences
+    from eeg2music.report import embed_samples, evaluate_samples
     from eeg2music.sample import check_models_agree, ensure_models, load_samples, sample_models, sampling_datasets
     from eeg2music.utils import resolve_device, write_json
 

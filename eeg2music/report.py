@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -52,8 +51,16 @@ __all__ = [
     "plot_identification",
     "plot_distributions",
     "plot_confusions",
+    "format_entry",
+    "wav_bytes",
     "Report",
     "write_report",
+    "EMBEDDER_NOTES",
+    "embedder_note",
+    "permutation_table",
+    "metrics_frame",
+    "build_report",
+    "write_evaluation",
 ]
 
 #: The comparison table's columns: metric key of :func:`eeg2music.metrics.evaluate_embeddings` → header.
@@ -342,7 +349,7 @@ def _p(entry: Mapping[str, Any]) -> str:
     return f"permutation p = {p:.3g}" if p >= 0.001 else "permutation p < 0.001"
 
 
-def _ident_sentence(label: str, metrics: Mapping[str, Any], split: str) -> str:
+def _ident_sentence(label: str, metrics: Mapping[str, Any]) -> str:
     parts = []
     song = metrics.get("song_id_top1")
     if song is not None:
@@ -433,7 +440,7 @@ def plain_words_reading(
 
     for run in test:
         if embedder in test[run]:
-            sentence = _ident_sentence(labels.get(run, run), test[run][embedder]["metrics"], "test")
+            sentence = _ident_sentence(labels.get(run, run), test[run][embedder]["metrics"])
             if sentence:
                 paragraphs.append(sentence)
 
@@ -830,10 +837,6 @@ def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> d
 def format_seconds(seconds: float) -> str:
     """``0.42 s`` / ``2.1 min`` for the report's timing lines."""
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.2f} s"
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------------------------------

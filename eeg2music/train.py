@@ -187,7 +187,7 @@ class TrainConfig:
 
 #: Sizes of the demo run (notebook 04 with default parameters); measured to fit the demo's budget.
 DEMO_DEFAULTS: dict[str, dict[str, int]] = {
-    "common": {"checkpoint_every": 100, "val_every": 50, "val_samples": 64},
+    "common": {"checkpoint_every": 100, "val_every": 100, "val_samples": 64},
     "controlnet": {"steps": 200, "batch_size": 8},
     "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
 }
