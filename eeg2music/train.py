@@ -14,7 +14,10 @@ clips, with the frozen backbone's noise schedule,
    \\qquad z_t = \\sqrt{\\bar\\alpha_t} z_0 + \\sqrt{1 - \\bar\\alpha_t}\\,\\epsilon,
 
 where :math:`\\epsilon_\\theta` is the frozen UNet steered by the ControlNet's residuals. Only the
-ControlNet (with the projector P and the subject layer) is trained. (A backbone trained with
+ControlNet (with the projector P and the subject layer) is trained, with AdamW as the paper (betas
+(0.95, 0.999), eps 1e-6, weight decay 1e-3, clipping 1.0) at the learning rate of
+:func:`default_learning_rate` unless one is given (the paper's 1e-4 for AudioLDM2; 1e-3 for the tiny
+backbone, whose demo runs last a few hundred steps). (A backbone trained with
 v-prediction is matched by its own target; the tiny backbone and AudioLDM2 predict ε.)
 
 ``model="convnet"``: the baseline regresses :math:`z_0` from the EEG with an MSE
@@ -1528,7 +1531,7 @@ def read_log(path: str | os.PathLike):
     return pd.read_csv(path)
 
 
-def plot_training_curves(log, *, smooth: int = 10):
+def plot_training_curves(log, *, smooth: int = 10, baseline: float | None = None):
     """Training loss (raw and a moving average) and the validation losses with and without the EEG.
 
     Parameters
@@ -1537,6 +1540,9 @@ def plot_training_curves(log, *, smooth: int = 10):
         ``train_log.csv`` (see :func:`read_log`).
     smooth : int
         Window of the moving average of the training loss (steps).
+    baseline : float, optional
+        The validation loss of the backbone alone (``eeg_evidence["val_loss_backbone_only"]``), drawn as
+        a reference: a zero-initialised ControlNet computes exactly that at step 0.
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -1553,6 +1559,10 @@ def plot_training_curves(log, *, smooth: int = 10):
     axes[0].set(title="training loss", ylabel="MSE")
     if len(val):
         sns.lineplot(val, x="step", y="val", hue="validation", style="validation", markers=True, ax=axes[1])
+    if baseline is not None:
+        axes[1].axhline(baseline, color="grey", ls=":", label="backbone alone (the ControlNet at step 0)")
+        axes[1].set_xlim(left=0)
+        axes[1].legend()
     axes[1].set(title="validation loss (fixed windows, noise and timesteps)", ylabel="MSE")
     for ax in axes:
         ax.ticklabel_format(axis="y", useOffset=False)

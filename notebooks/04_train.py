@@ -153,12 +153,14 @@ print(json.dumps({"learning_rate": summary["config"]["lr"], **{k: summary[k] for
 # The training loss is noisy: each step sees a few windows at random timesteps, and the loss depends
 # strongly on $t$. The validation loss is computed on fixed windows with fixed noise and timesteps
 # (spread evenly over $0 \dots T-1$), so successive values are comparable. Both are mean squared errors
-# in latent units.
+# in latent units. For the ControlNet, the dotted line is the backbone alone: thanks to the zero
+# convolutions, that is exactly where training starts.
 
 # %%
 from eeg2music.train import plot_training_curves
 
-fig = plot_training_curves(result.log_path, smooth=max(1, cfg.steps // 20))
+fig = plot_training_curves(result.log_path, smooth=max(1, cfg.steps // 20),
+                           baseline=summary["eeg_evidence"].get("val_loss_backbone_only"))
 fig.savefig(run_folder / "loss_curves.png", dpi=120)
 plt.show()
 
