@@ -436,6 +436,9 @@ def plain_words_reading(
                      + f" that no model saw in training ({ood_first['n_segments']} segments)")
         text += (". Intervals are 95 % bootstrap intervals over clips; p-values come from shuffling which "
                  "generated clip is paired with which true clip.")
+        if first["n_segments"] == first["n_songs"]:
+            text += (" The test split holds one segment per song, so segment identification is song "
+                     "identification there.")
         paragraphs.append(text)
 
     for run in test:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .audio import CLIP_SAMPLES, SAMPLE_RATE
-from .utils import read_json, write_json
+from .utils import atomic_directory, read_json, write_json
 
 __all__ = [
     "SCHEDULERS",
@@ -738,8 +738,6 @@ def sample_models(
     wav_root = out_dir / WAV_DIR
     model_entries: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
-    from .utils import atomic_directory
-
     with atomic_directory(wav_root) as tmp_root:
         true_written: set[tuple[int, int]] = set()
         for split, clips in selection.items():

@@ -27,17 +27,17 @@
 
 # %% tags=["parameters"]
 models = ["controlnet_subject", "controlnet", "convnet", "unconditional"]  # runs to sample (folders of train_dir)
-train_dir = ""  # notebook 04 out_dir, "" = outputs/04_train (a missing default run is trained now)
-backbone = ""  # backbone folder, "" = the one the models were trained with
-run_dir = ""  # notebook 02 output folder or cache, "" = the cache the models were trained on
+train_dir = ""  # notebook 04 out_dir, "" → outputs/04_train (a missing default run is trained now)
+backbone = ""  # backbone folder, "" → the one the models were trained with
+run_dir = ""  # notebook 02 output folder or cache, "" → the cache the models were trained on
 scheduler = "dpmsolver++"  # "dpmsolver++" (≈ 20 steps) or "ddim" (the paper's sampler, 200 steps)
 num_inference_steps = 20  # denoising steps of the diffusion models
-conditioning_scale = 1.0  # multiplies the ControlNet residuals (1 = as trained, 0 = backbone alone)
-max_clips = 0  # EEG windows per split (test, OOD) for every model, 0 = the default for the size
-subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] = all
+conditioning_scale = 1.0  # multiplies the ControlNet residuals (1: as trained, 0: the backbone alone)
+max_clips = 0  # EEG windows per split (test, OOD) for every model, 0 → the default for the size
+subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] → all
 batch_size = 8  # clips per pipeline call
-out_dir = ""  # where WAVs and samples.json go, "" = outputs/05_sample
-data_root = ""  # NMED-T folder holding the stimuli WAVs, "" = the folder the cache was built from
+out_dir = ""  # where WAVs and samples.json go, "" → outputs/05_sample
+data_root = ""  # NMED-T folder holding the stimuli WAVs, "" → the folder the cache was built from
 seed = 0  # seeds every clip's initial noise and the choice of clips
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests: a few clips per split

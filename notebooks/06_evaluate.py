@@ -27,14 +27,14 @@
 # figures and audio embedded) and the figures into `out_dir`.
 
 # %% tags=["parameters"]
-sample_dir = ""  # notebook 05 out_dir (holds samples.json), "" = outputs/05_sample
-clap_checkpoint = ""  # LAION-CLAP checkpoint (.pt, e.g. 630k-audioset-best.pt), "" = not used
-encodec_weights = ""  # EnCodec 24 kHz weights file, "" = not used
-audioldm2_dir = ""  # local AudioLDM2 folder whose CLAP embeds the clips, "" = not used
-backbone = ""  # backbone folder for the offline "vae-latent" embedder, "" = the one notebook 05 used
+sample_dir = ""  # notebook 05 out_dir (holds samples.json), "" → outputs/05_sample
+clap_checkpoint = ""  # LAION-CLAP checkpoint (.pt, e.g. 630k-audioset-best.pt), "" → not used
+encodec_weights = ""  # EnCodec 24 kHz weights file, "" → not used
+audioldm2_dir = ""  # local AudioLDM2 folder whose CLAP embeds the clips, "" → not used
+backbone = ""  # backbone folder for the offline "vae-latent" embedder, "" → the one notebook 05 used
 n_boot = 1000  # bootstrap resamples of the clips for the 95 % intervals
 n_perm = 1000  # shuffled pairings for the permutation tests
-out_dir = ""  # where metrics and the report go, "" = outputs/06_evaluate
+out_dir = ""  # where metrics and the report go, "" → outputs/06_evaluate
 data_root = ""  # unused here (the clips come from sample_dir), kept for a uniform interface
 seed = 0  # seeds the bootstrap and the permutations
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps" (for the network embedders)
