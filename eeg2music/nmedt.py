@@ -761,13 +761,12 @@ class _RawFile:
 
     def segment(self, start: int, stop: int) -> np.ndarray:
         """(channels, stop - start) float64 µV, reading only those samples."""
-        if self._array is not None:
-            data = self._array[:, start:stop]
-        elif self._time_axis == 0:
-            data = self._dataset[start:stop, :].T
-        else:
-            data = self._dataset[:, start:stop]
-        return np.array(data, dtype=np.float64)  # a fresh copy owned by the caller, in the file's own layout
+        if self._array is not None:  # a view of the loaded file: the caller gets its own copy
+            return np.array(self._array[:, start:stop], dtype=np.float64)
+        # h5py hands back a fresh array: no second copy. (T, C) in the file stays time-major here (its
+        # transpose is a view), which is the layout the preprocessing and the cache keep.
+        data = self._dataset[start:stop, :].T if self._time_axis == 0 else self._dataset[:, start:stop]
+        return np.asarray(data, dtype=np.float64)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -941,6 +940,10 @@ def _check_finite(data: np.ndarray, path: Path, what: str) -> None:
     and excludes or refuses (``Preprocessing.bad_channels``); scattered NaN/inf values, or a recording with
     no finite channel at all, are a broken file.
     """
+    # One read-only pass: a channel's sum is finite exactly when its values are (short of a float64
+    # overflow, which then falls through to the full check below).
+    if np.isfinite(data.sum(axis=1)).all():
+        return
     finite = np.isfinite(data)
     if finite.all():
         return

@@ -872,6 +872,107 @@ def open_cache(path: str | os.PathLike) -> CacheIndex:
     return index
 
 
+class _Prefetched:
+    """Iterate ``iterable`` one item ahead in a background thread (h5py reads and numpy release the GIL).
+
+    While the caller preprocesses recording k, the thread reads recording k + 1 from disk; at most one
+    item waits, so memory holds one extra recording whatever the dataset size. Errors raised by the
+    iterable reach the caller at the item where they happened; :meth:`close` stops the thread and closes
+    the iterable (its open files) from the thread that used it.
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterable: Iterable[Any]):
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(iterable),), daemon=True,
+                                        name="eeg2music-prefetch")
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put((item, None)):
+                    break
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put((None, err))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            self._put((self._DONE, None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._stop.is_set():
+            raise StopIteration
+        item, err = self._queue.get()
+        if err is not None:
+            self._stop.set()
+            raise err
+        if item is self._DONE:
+            self._stop.set()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+class _BackgroundWriter:
+    """Save arrays with :func:`numpy.save` in one background thread, at most one write pending.
+
+    Writing recording k overlaps preprocessing recording k + 1; waiting for the previous write before
+    queueing the next keeps at most one finished array in memory. :meth:`wait` re-raises a failed write.
+    """
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eeg2music-writer")
+        self._pending = None
+
+    def save(self, path: Path, array: np.ndarray) -> None:
+        self.wait()
+        self._pending = self._pool.submit(np.save, path, array, allow_pickle=False)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def build_cache(
     folder,
     cfg: Preprocessing | None,
@@ -882,6 +983,7 @@ def build_cache(
     *,
     rebuild: bool = False,
     progress: bool = True,
+    overlap_io: bool = True,
 ) -> CacheIndex:
     """Preprocess an NMED-T folder into ``cache_dir/<name>/``, or reuse the cache already there.
 
@@ -902,6 +1004,10 @@ def build_cache(
         Build again even if a complete cache with the same name exists.
     progress : bool
         Show a progress bar (one step per recording) and print a one-line summary.
+    overlap_io : bool
+        Read the next recording and write the previous one in background threads while this one is
+        preprocessed (same output; memory holds at most one recording more). False runs the three
+        stages one after the other (``benchmarks/bench_preprocess.py`` compares both).
 
     Returns
     -------
@@ -946,32 +1052,47 @@ def build_cache(
     with atomic_directory(target) as tmp:
         write_json(tmp / _BUILDER_FILE, {"pid": os.getpid(), "started": time.time()})
         recordings = iter_recordings(folder, layout, songs=songs, subjects=subjects)
+        if overlap_io:
+            recordings = _Prefetched(recordings)
+        writer = _BackgroundWriter() if overlap_io else None
         bar = tqdm(recordings, total=total, desc=f"preprocess {layout}", unit="rec", disable=not progress)
-        for raw in bar:
-            info = recording_info(raw)
-            subject, song = int(info["subject"]), int(info["song"])
-            where = f"{info['source']} (participant {subject}, song {song})"
-            bar.set_postfix_str(f"P{subject:02d} song {song}", refresh=False)
-            earlier = next((e for e in entries if (e.subject, e.song) == (subject, song)), None)
-            if earlier is not None:
-                raise ValueError(f"{where}: participant {subject} heard song {song} in {earlier.source} already; "
-                                 f"keep one of the two recordings (select subjects/songs, or move a file away)")
-            result = preprocess_raw(raw, cfg, where)
-            del raw
-            if channels is None:
-                channels, sfreq, dropped = result.ch_names, result.sfreq, result.dropped_channels
-            elif result.ch_names != channels or not np.isclose(result.sfreq, sfreq):
-                raise ValueError(
-                    f"{where}: {len(result.ch_names)} channels at {result.sfreq:g} Hz after preprocessing, but earlier "
-                    f"recordings have {len(channels)} channels at {sfreq:g} Hz"
-                )
-            file = _recording_file(subject, song)
-            np.save(tmp / file, result.data, allow_pickle=False)
-            entries.append(CachedRecording(
-                subject=subject, song=song, file=file, n_samples=int(result.data.shape[1]),
-                source=str(info["source"]), onset_sample=info.get("onset_sample"), bad_channels=result.bad_channels,
-            ))
-        bar.close()
+        try:
+            for raw in bar:
+                info = recording_info(raw)
+                subject, song = int(info["subject"]), int(info["song"])
+                where = f"{info['source']} (participant {subject}, song {song})"
+                bar.set_postfix_str(f"P{subject:02d} song {song}", refresh=False)
+                earlier = next((e for e in entries if (e.subject, e.song) == (subject, song)), None)
+                if earlier is not None:
+                    raise ValueError(f"{where}: participant {subject} heard song {song} in {earlier.source} already; "
+                                     f"keep one of the two recordings (select subjects/songs, or move a file away)")
+                result = preprocess_raw(raw, cfg, where)
+                del raw
+                if channels is None:
+                    channels, sfreq, dropped = result.ch_names, result.sfreq, result.dropped_channels
+                elif result.ch_names != channels or not np.isclose(result.sfreq, sfreq):
+                    raise ValueError(
+                        f"{where}: {len(result.ch_names)} channels at {result.sfreq:g} Hz after preprocessing, but "
+                        f"earlier recordings have {len(channels)} channels at {sfreq:g} Hz"
+                    )
+                file = _recording_file(subject, song)
+                if writer is not None:
+                    writer.save(tmp / file, result.data)
+                else:
+                    np.save(tmp / file, result.data, allow_pickle=False)
+                entries.append(CachedRecording(
+                    subject=subject, song=song, file=file, n_samples=int(result.data.shape[1]),
+                    source=str(info["source"]), onset_sample=info.get("onset_sample"),
+                    bad_channels=result.bad_channels,
+                ))
+                del result
+        finally:
+            bar.close()
+            # Nothing may still be writing into the folder when it is renamed into place or removed.
+            if writer is not None:
+                writer.close()
+            if overlap_io:
+                recordings.close()
         if not entries:
             raise ValueError(f"{folder.root}: no {layout} recording matched songs={songs!r}, subjects={subjects!r}")
         excluded: list[str] = []

@@ -333,6 +333,35 @@ def test_interrupted_build_is_never_read(nmedt, tmp_path, monkeypatch):
     assert len(index.recordings) == 6
 
 
+def test_overlapped_and_sequential_builds_write_the_same_cache(nmedt, tmp_path):
+    overlapped = build_cache(nmedt.root, Preprocessing(), tmp_path / "a", layout="raw", progress=False)
+    sequential = build_cache(nmedt.root, Preprocessing(), tmp_path / "b", layout="raw", progress=False,
+                             overlap_io=False)
+    assert [e.file for e in overlapped.recordings] == [e.file for e in sequential.recordings]
+    for entry in overlapped.recordings:
+        np.testing.assert_array_equal(np.asarray(overlapped.load(entry.subject, entry.song)),
+                                      np.asarray(sequential.load(entry.subject, entry.song)))
+
+
+def test_a_failed_overlapped_build_leaves_no_thread_running(nmedt, tmp_path, monkeypatch):
+    import threading
+
+    real = pp.preprocess_raw
+    calls = []
+
+    def fails_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("broken recording")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pp, "preprocess_raw", fails_on_the_second)
+    with pytest.raises(ValueError, match="broken recording"):
+        build_cache(nmedt.root, Preprocessing(), tmp_path, layout="raw", progress=False)
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("eeg2music-")]
+    assert alive == [] and not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
 def test_killed_build_is_never_read_and_is_cleaned_up(nmedt, tmp_path):
     """A build killed with SIGKILL leaves a temporary folder: not read, and removed by the next build."""
     script = (
