@@ -293,3 +293,16 @@ def griffin_lim(
     if wave.shape[-1] < out_length:
         wave = np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, out_length - wave.shape[-1])])
     return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+
+
+def player(wave: torch.Tensor | np.ndarray, rate: int = SAMPLE_RATE):
+    """An ``IPython.display.Audio`` player that keeps the clip's loudness (``normalize=False``).
+
+    A generated clip may overshoot ±1 (the decoder and vocoder are not bounded); it is clipped for
+    playback only — as writing it to a 16-bit WAV would — instead of being rescaled, so that quiet and
+    loud reconstructions still sound quiet and loud next to each other.
+    """
+    from IPython.display import Audio
+
+    array = wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, dtype=np.float32)
+    return Audio(np.clip(array.reshape(-1), -1.0, 1.0), rate=rate, normalize=False)

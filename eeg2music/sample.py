@@ -1239,7 +1239,9 @@ def listening_table(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, 
     """
     import html as html_lib
 
-    from IPython.display import HTML, Audio
+    from IPython.display import HTML
+
+    from .audio import player
 
     if not examples:
         return HTML("<p>no example</p>")
@@ -1250,7 +1252,6 @@ def listening_table(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, 
         where = "OOD song" if example["split"] == "ood" else "test"
         cells = [f"<td>{where}: song {example['song']}, chunk {example['chunk']}, P{example['subject']:02d}</td>"]
         for path in [example["true_path"]] + [example["generated"][r] for r in runs]:
-            wave = np.clip(read_wav(path), -1.0, 1.0)
-            cells.append(f"<td>{Audio(wave, rate=SAMPLE_RATE, normalize=False)._repr_html_()}</td>")
+            cells.append(f"<td>{player(read_wav(path))._repr_html_()}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return HTML(f"<table><tr>{header}</tr>{''.join(body)}</table>")

@@ -59,10 +59,10 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython.display import Audio, Markdown, display
+from IPython.display import Markdown, display
 
 from eeg2music import backbone as bb
-from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, waveform_to_mel
+from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, player, waveform_to_mel
 from eeg2music.paths import stage_dir
 from eeg2music.pipeline import ensure_dataset
 from eeg2music.utils import read_json, resolve_device, seed_everything, write_json
@@ -107,7 +107,7 @@ axes[1].imshow(example_mel[0, 0, :350].T, origin="lower", aspect="auto", cmap="m
 axes[1].set(xlabel="time (s)", ylabel="mel bin", title=f"log-mel {tuple(example_mel.shape)}")
 fig.tight_layout()
 fig.savefig(out_path / "mel_example.png", dpi=110)
-display(Audio(example, rate=SAMPLE_RATE, normalize=False))
+display(player(example))
 
 # %% [markdown]
 # ## 2. The backbone
@@ -176,7 +176,7 @@ for i in range(min(n_listen, len(heldout_clips))):
     display(Markdown(f"**song {heldout_songs[i]}** — original · vocoder only · VAE + vocoder"))
     mel = evaluation.real_mels[i : i + 1]
     for wave in (heldout_clips[i], model.mel_to_wave(mel)[0], model.mel_to_wave(evaluation.reconstructed_mels[i : i + 1])[0]):
-        display(Audio(np.asarray(wave), rate=SAMPLE_RATE, normalize=False))
+        display(player(wave))
 
 # %% [markdown]
 # ## 4. The forward diffusion process
@@ -204,7 +204,7 @@ fig = bb.plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.sample_mels[:
                    [f"real (song {s})" for s in heldout_songs[:k]] + [f"sample {i}" for i in range(k)],
                    columns=k, path=out_path / "samples_vs_real.png")
 for i in range(min(n_listen, len(evaluation.sample_latents))):
-    display(Audio(model.mel_to_wave(evaluation.sample_mels[i : i + 1])[0].numpy(), rate=SAMPLE_RATE, normalize=False))
+    display(player(model.mel_to_wave(evaluation.sample_mels[i : i + 1])[0]))
 
 # %% [markdown]
 # ### A distribution distance
