@@ -972,21 +972,6 @@ class TinyTrainingSettings:
         return replace(settings, **overrides)
 
 
-def _training_threads(requested: int, device: torch.device) -> int:
-    """CPU threads for training: ``requested`` if positive, torch's default if 0, automatic if negative.
-
-    Automatic: one thread when the machine is busy (1-minute load average at or above its core count),
-    torch's default otherwise. On shared cores two OpenMP threads that wait for each other can be ten
-    times slower than one.
-    """
-    default = torch.get_num_threads()
-    if requested > 0:
-        return int(requested)
-    if requested == 0 or device.type != "cpu" or not hasattr(os, "getloadavg"):
-        return default
-    return 1 if os.getloadavg()[0] >= (os.cpu_count() or 1) else default
-
-
 def _lr_schedule(optimizer, warmup: int, total: int):
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -1171,14 +1156,14 @@ def train_tiny_backbone(
     Path
         ``out_dir``, a complete backbone folder (``load_backbone`` reads it) with ``training.json``.
     """
-    from .utils import resolve_device
+    from .utils import cpu_thread_count, resolve_device
 
     settings = settings or TinyTrainingSettings.preset("smoke" if smoke else "default")
     if settings.vae_crop_frames % VAE_GRID:
         raise ValueError(f"vae_crop_frames={settings.vae_crop_frames}: must be a multiple of {VAE_GRID}")
     torch_device = resolve_device(device)
     threads = torch.get_num_threads()
-    torch.set_num_threads(_training_threads(settings.num_threads, torch_device))
+    torch.set_num_threads(cpu_thread_count(settings.num_threads, torch_device))
     try:
         return _train_tiny_backbone(data_root, out_dir, settings=settings, seed=seed, device=torch_device,
                                     songs=songs, progress=progress, command=command)

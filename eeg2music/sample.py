@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .audio import CLIP_SAMPLES, SAMPLE_RATE
-from .utils import atomic_directory, read_json, write_json
+from .utils import atomic_directory, cpu_threads_for, read_json, write_json
 
 __all__ = [
     "SCHEDULERS",
@@ -576,30 +576,6 @@ def generated_wav_name(subject: int, song: int, chunk: int) -> str:
 # --------------------------------------------------------------------------------------------------
 # Running the pipeline over clips
 # --------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def cpu_threads_for(device: torch.device | str, threads: int = -1):
-    """Within the block, torch uses ``threads`` CPU threads (restored on exit).
-
-    ``threads`` positive: that many; 0: torch's default; negative (default): automatic — one thread
-    when the machine is busy (1-minute load average at or above its core count), else torch's default.
-    On shared cores, OpenMP threads that wait for each other make a small model up to ten times slower
-    than one thread does (measured here: a tiny-UNet forward 0.14 s on one thread, 1.1 s on two, at a
-    load of 8 on 2 cores). Only CPU devices are affected.
-    """
-    previous = torch.get_num_threads()
-    wanted = previous
-    if torch.device(device).type == "cpu":
-        if threads > 0:
-            wanted = int(threads)
-        elif threads < 0 and hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1):
-            wanted = 1
-    torch.set_num_threads(wanted)
-    try:
-        yield wanted
-    finally:
-        torch.set_num_threads(previous)
-
 
 def sample_clips(
     pipeline: EEGMusicPipeline,

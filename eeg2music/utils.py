@@ -28,6 +28,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_thread_count(requested: int, device: "torch.device | str") -> int:  # noqa: F821
+    """torch CPU threads for a run: ``requested`` if positive, torch's default if 0, automatic if negative.
+
+    Automatic (CPU devices only): one thread when the machine is busy (1-minute load average at or above
+    its core count), torch's default otherwise. On shared cores OpenMP threads that wait for each other
+    make a small model up to ten times slower than one thread does (measured here: a tiny-UNet forward
+    0.14 s on one thread, 1.1 s on two, at a load of 8 on 2 cores).
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    if requested > 0:
+        return int(requested)
+    if requested == 0 or torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+        return default
+    return 1 if os.getloadavg()[0] >= (os.cpu_count() or 1) else default
+
+
+@contextlib.contextmanager
+def cpu_threads_for(device: "torch.device | str", threads: int = -1):  # noqa: F821
+    """Within the block, torch uses :func:`cpu_thread_count` threads on a CPU ``device`` (restored on exit).
+
+    Other devices keep torch's current setting. Yields the thread count in use.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    wanted = cpu_thread_count(threads, device) if torch.device(device).type == "cpu" else previous
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
+
+
 def resolve_device(device: str = "auto") -> "torch.device":  # noqa: F821
     """``"auto"`` → CUDA when available, else MPS, else CPU; anything else is passed to ``torch.device``.
 
