@@ -18,7 +18,9 @@ The paper's metrics (Postolache et al., § Evaluation)
 
 What the paper lacks, added here
     * **Identification** (:func:`identification`): for every generated clip, rank the candidate true
-      clips by cosine similarity. *Segment-ID* ranks every distinct true clip (one per song × chunk);
+      clips by cosine similarity, after centring each set on its own mean (so the generator's shared
+      offset from real music, which would make one "hub" true clip the nearest to nearly every
+      generated clip, does not decide the ranking). *Segment-ID* ranks every distinct true clip (one per song × chunk);
       *song-ID* ranks songs by the mean similarity to each song's true clips. We report top-k accuracy
       (chance ``k / n_candidates``) and the mean rank (chance ``(n_candidates + 1) / 2``), plus the
       song confusion matrix. Ties are broken at random *in expectation* (a tied true clip counts as
@@ -288,6 +290,14 @@ def _unit_rows(name: str, x: np.ndarray) -> np.ndarray:
     return x / norms
 
 
+def _unit_rows_or_zero(x: np.ndarray, tolerance: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit norm; rows of (numerically) zero norm stay zero (cosine 0 with everything)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    scale = np.abs(x).max() if x.size else 0.0
+    zero = norms <= tolerance * max(scale, 1e-300)
+    return np.where(zero, 0.0, x / np.where(zero, 1.0, norms))
+
+
 def _standard_rows(name: str, x: np.ndarray) -> np.ndarray:
     """Each row centred and scaled to unit norm across dimensions (so dot products are Pearson's r)."""
     centred = x - x.mean(axis=1, keepdims=True)
@@ -389,12 +399,28 @@ def _top_choice(scores: np.ndarray) -> np.ndarray:
 
 
 def identification(
-    generated: Any, true: Any, songs: Any, chunks: Any, *, top_k: Sequence[int] = (1, 5), song_top_k: Sequence[int] = (1, 3)
+    generated: Any,
+    true: Any,
+    songs: Any,
+    chunks: Any,
+    *,
+    top_k: Sequence[int] = (1, 5),
+    song_top_k: Sequence[int] = (1, 3),
+    centre: bool = False,
 ) -> dict[str, Any]:
     """Segment and song identification of generated clips among the true clips.
 
     For generated clip ``i`` (heard as song ``songs[i]``, chunk ``chunks[i]``) the candidates are the
     distinct true clips (:func:`candidate_clips`), ranked by cosine similarity to it.
+
+    With ``centre=True`` the generated rows are first centred on their own mean and the candidate
+    clips on theirs. A generator has a systematic offset from real music (its samples all sit on one
+    side of the true clips: FAD ≫ 0); uncentred, that shared offset dominates every cosine, the true
+    clip nearest to it (a *hub*) wins for almost every generated clip, and identification reads
+    chance even when the clip-to-clip variation of the generated set follows the true clips'.
+    Centring (the standard cure for hubness in cross-modal retrieval) asks only whether the
+    *differences* between generated clips point the way the differences between the true clips do.
+    It uses no labels and is the same for every pairing, so the permutation null stays at chance.
 
     * **Segment-ID**: the rank of the true (song, chunk) among all candidates.
     * **Song-ID**: each song is scored by the mean cosine similarity of the generated clip to that
@@ -421,7 +447,11 @@ def identification(
     """
     generated, true = _as_pair(generated, true)
     candidates, labels, target = candidate_clips(true, songs, chunks)
-    similarity = _unit_rows("generated", generated) @ _unit_rows("true (candidate clips)", candidates).T
+    if centre:
+        # a row equal to its set's mean has no direction: it ties with every candidate (chance)
+        similarity = _unit_rows_or_zero(generated - generated.mean(axis=0)) @ _unit_rows_or_zero(candidates - candidates.mean(axis=0)).T
+    else:
+        similarity = _unit_rows("generated", generated) @ _unit_rows("true (candidate clips)", candidates).T
 
     song_ids, song_of_candidate = np.unique(labels[:, 0], return_inverse=True)
     song_of_candidate = song_of_candidate.reshape(-1)
@@ -530,6 +560,7 @@ def evaluate_embeddings(
     ci_level: float = 0.95,
     standardize: bool = False,
     fad_ridge: float = 0.0,
+    centre_identification: bool = True,
 ) -> dict[str, Any]:
     """Every metric of one set of paired embeddings, each with a bootstrap CI and a permutation p-value.
 
@@ -556,6 +587,10 @@ def evaluate_embeddings(
         EnCodec (the paper's metrics).
     fad_ridge : float
         Passed to :func:`frechet_distance` as ``ridge``.
+    centre_identification : bool
+        Centre each set before identification (:func:`identification`'s ``centre``): ranks by how
+        the generated clips differ from one another, not by the generator's shared offset from real
+        music. The paired metrics (cosine, Pearson, MSE) are the paper's and are never centred.
 
     Notes
     -----
@@ -574,7 +609,7 @@ def evaluate_embeddings(
         least two candidates); ``song_confusion`` (``songs``, ``counts``: rows true song, columns
         top-1 song, expected counts); ``per_clip`` arrays for plots; and the settings (``n_clips``,
         ``dim``, ``n_segments``, ``n_songs``, ``n_boot``, ``n_perm``, ``seed``, ``ci_level``,
-        ``standardize``, ``fad_ridge``). JSON-ready through :func:`eeg2music.utils.write_json`.
+        ``standardize``, ``fad_ridge``, ``centre_identification``). JSON-ready through :func:`eeg2music.utils.write_json`.
     """
     generated, true = _as_pair(generated, true)
     n, dim = generated.shape
@@ -621,7 +656,7 @@ def evaluate_embeddings(
             entry.update(p_value=permutation_p_value(entry["value"], null, better), null_mean=float(null.mean()))
         metrics[name] = entry
 
-    ident = identification(generated, true, songs, chunks, top_k=top_k, song_top_k=song_top_k)
+    ident = identification(generated, true, songs, chunks, top_k=top_k, song_top_k=song_top_k, centre=centre_identification)
     for level in ("segment", "song"):
         result = ident[level]
         if result["n_candidates"] < 2:
@@ -651,6 +686,7 @@ def evaluate_embeddings(
         "ci_level": ci_level,
         "standardize": standardize,
         "fad_ridge": fad_ridge,
+        "centre_identification": centre_identification,
         "metrics": metrics,
         "song_confusion": {"songs": ident["confusion_songs"].tolist(), "counts": ident["confusion"].tolist()},
         "per_clip": {"song": songs.tolist(), "chunk": chunks.tolist(), **{k: v.tolist() for k, v in per_clip.items()}},

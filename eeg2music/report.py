@@ -951,7 +951,9 @@ def build_report(
 
     report.heading("Comparison tables")
     report.paragraph("Each cell: value [95 % bootstrap CI]. ↑ higher is better, ↓ lower is better; identification "
-                     "columns give their chance level. Song-ID does not apply to the single unseen song.")
+                     "columns give their chance level; identification ranks after centring the generated and the true "
+                     "clips each on their own mean (the generator's shared offset would otherwise make one true clip "
+                     "the nearest to nearly all reconstructions). Song-ID does not apply to the single unseen song.")
     for split in results:
         for name in names:
             table = comparison_table(results, split, name, labels)

@@ -111,6 +111,11 @@ embeddings = embed_samples(record, embedders)
 # * **Segment-ID** — for each reconstruction, rank every distinct true clip of the split by cosine
 #   similarity; top-1 is a hit if its own clip comes first (chance: 1 / number of segments).
 #   **Song-ID** ranks the songs by the mean similarity to each song's clips (chance: 1 / songs).
+#   Before ranking, each set is centred on its own mean. A generator never sounds exactly like the real
+#   music (that is what FAD measures), so all its reconstructions share an offset from the true clips;
+#   left in, that offset decides every cosine, and the one true clip nearest to it — a *hub* — comes
+#   first for nearly every reconstruction. Centred, identification asks whether the reconstructions
+#   differ from one another the way the true clips do.
 #
 # Every number gets a 95 % bootstrap interval (clips resampled with replacement), and every paired
 # number a **permutation test**: shuffle which reconstruction goes with which true clip many times; if

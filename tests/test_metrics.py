@@ -247,3 +247,22 @@ def test_results_table_single_and_nested():
     assert set(nested["model"]) == {"ControlNet", "unconditional"} and set(nested["embedder"]) == {"mel-stats"}
     with pytest.raises(ValueError, match="nesting levels"):
         metrics.results_table({"x": a}, names=("model", "embedder"))
+
+
+def test_centred_identification_removes_a_generators_shared_offset():
+    # The generated clips follow the true clips (0.2 × each) but all share one big offset towards the
+    # third clip: uncentred, clip 2 is the nearest to every generated clip (a hub, accuracy 1/3);
+    # centred on each set's mean, the differences between clips line up and all three are found.
+    true = np.eye(3)
+    generated = 0.2 * true + np.array([0.0, 0.0, 3.0])
+    songs, chunks = [21, 22, 23], [0, 0, 0]
+    plain = metrics.identification(generated, true, songs, chunks, top_k=(1,), song_top_k=(1,))
+    np.testing.assert_allclose(plain["segment"]["hits"][1], [0.0, 0.0, 1.0])
+    centred = metrics.identification(generated, true, songs, chunks, top_k=(1,), song_top_k=(1,), centre=True)
+    np.testing.assert_allclose(centred["segment"]["hits"][1], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(centred["confusion"], np.eye(3))
+    # a constant generated set has no direction once centred: every candidate ties (exactly chance)
+    constant = metrics.identification(np.ones((3, 3)), true, songs, chunks, top_k=(1,), song_top_k=(1,), centre=True)
+    np.testing.assert_allclose(constant["segment"]["hits"][1], 1 / 3)
+    np.testing.assert_allclose(constant["segment"]["ranks"], 2.0)
+    assert metrics.evaluate_embeddings(generated, true, songs, chunks, n_boot=0, n_perm=0)["centre_identification"] is True
