@@ -589,16 +589,41 @@ def preprocess_array(
     cfg = cfg or Preprocessing()
     report = trace or (lambda *args: None)
     report("input", data, list(ch_names), sfreq)
+    working = _working_input(data, ch_names, sfreq, cfg)
+    if working.dropped:
+        report("drop face & reference", working.data, working.ch_names, sfreq)
+    return _preprocess_working(working, cfg, where, report)
+
+
+@dataclass
+class _WorkingInput:
+    """A recording after the first pass of :func:`preprocess_array` (channels dropped, cast, time-major)."""
+
+    data: np.ndarray
+    ch_names: list[str]
+    sfreq: float
+    dropped: list[str]
+
+
+def _working_input(data: np.ndarray, ch_names: Sequence[str], sfreq: float, cfg: Preprocessing) -> _WorkingInput:
+    """Drop the configured channels and make the working array, in one pass over the input.
+
+    The working array is time-major, as the NMED-T files lay it out (the cache keeps that layout, so
+    that a window is one contiguous block of the memory-mapped file), and float32 — the output type,
+    half the memory traffic, and ample precision for microvolt signals on millivolt offsets. MNE's
+    filters, resampler and interpolation work in float64, so then it stays float64 until they are done.
+    :func:`build_cache` runs this pass in its reader thread.
+    """
     dropped = [name for name in ch_names if name in channels_to_drop(cfg.drop_face, cfg.drop_reference)]
     data, names = _drop_named(data, ch_names, dropped)
-    # One pass turns the input into the working array: time-major, as the NMED-T files lay it out (the
-    # cache keeps that layout, so that a window is one contiguous block of the memory-mapped file), and
-    # float32 — the output type, half the memory traffic, and ample precision for microvolt signals on
-    # millivolt offsets. MNE's filters, resampler and interpolation work in float64.
     needs_float64 = cfg.filtering != "none" or cfg.resample_sfreq is not None or cfg.bad_channels == "interpolate"
-    data = _time_major(data, np.float64 if needs_float64 else np.float32)
-    if dropped:
-        report("drop face & reference", data, names, sfreq)
+    return _WorkingInput(_time_major(data, np.float64 if needs_float64 else np.float32), names, float(sfreq), dropped)
+
+
+def _preprocess_working(working: _WorkingInput, cfg: Preprocessing, where: str,
+                        report: Callable[[str, np.ndarray, list[str], float], None]) -> PreprocessedRecording:
+    """The steps of :func:`preprocess_array` after :func:`_working_input`."""
+    data, names, sfreq, dropped = working.data, working.ch_names, working.sfreq, working.dropped
     bad = find_bad_channels(data, names, cfg.flat_threshold)
     if bad:
         handle_bad_channels(data, names, sfreq, bad, cfg.bad_channels, where)
@@ -639,10 +664,14 @@ def preprocess_raw(raw, cfg: Preprocessing | None = None, where: str = "recordin
     where : str
         How error messages name the recording.
     """
+    return preprocess_array(*_raw_buffer(raw), cfg, where)
+
+
+def _raw_buffer(raw) -> tuple[np.ndarray, list[str], float]:
+    """MNE's own buffer, channel names and rate: get_data() would copy the recording (~300 MB for a song at 1 kHz)."""
     if not raw.preload:
         raw.load_data(verbose="error")
-    # MNE's own buffer: get_data() would copy the recording (~300 MB for a song at 1 kHz).
-    return preprocess_array(raw._data, raw.ch_names, raw.info["sfreq"], cfg, where)
+    return raw._data, raw.ch_names, raw.info["sfreq"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -875,20 +904,21 @@ def open_cache(path: str | os.PathLike) -> CacheIndex:
 class _Prefetched:
     """Iterate ``iterable`` one item ahead in a background thread (h5py reads and numpy release the GIL).
 
-    While the caller preprocesses recording k, the thread reads recording k + 1 from disk; at most one
-    item waits, so memory holds one extra recording whatever the dataset size. Errors raised by the
+    While the caller preprocesses recording k, the thread reads recording k + 1 from disk (and applies
+    ``transform`` to it, when given); at most one item waits, so memory holds one extra recording whatever the dataset size. Errors raised by the
     iterable reach the caller at the item where they happened; :meth:`close` stops the thread and closes
     the iterable (its open files) from the thread that used it.
     """
 
     _DONE = object()
 
-    def __init__(self, iterable: Iterable[Any]):
+    def __init__(self, iterable: Iterable[Any], transform: Callable[[Any], Any] | None = None):
         import queue
         import threading
 
         self._queue: Any = queue.Queue(maxsize=1)
         self._stop = threading.Event()
+        self._transform = transform or (lambda item: item)
         self._thread = threading.Thread(target=self._run, args=(iter(iterable),), daemon=True,
                                         name="eeg2music-prefetch")
         self._thread.start()
@@ -907,7 +937,9 @@ class _Prefetched:
     def _run(self, iterator) -> None:
         try:
             for item in iterator:
-                if not self._put((item, None)):
+                value = self._transform(item)
+                del item  # the raw input is not kept while its transform waits in the queue
+                if not self._put((value, None)):
                     break
         except BaseException as err:  # handed to the consumer, raised there
             self._put((None, err))
@@ -1051,14 +1083,20 @@ def build_cache(
     started = time.perf_counter()
     with atomic_directory(target) as tmp:
         write_json(tmp / _BUILDER_FILE, {"pid": os.getpid(), "started": time.time()})
+        def first_pass(raw):
+            # reading, dropping channels and the cast to the working array: the reader thread's share
+            data, names, rate = _raw_buffer(raw)
+            return recording_info(raw), _working_input(data, names, rate, cfg)
+
         recordings = iter_recordings(folder, layout, songs=songs, subjects=subjects)
         if overlap_io:
-            recordings = _Prefetched(recordings)
+            recordings = _Prefetched(recordings, transform=first_pass)
+        else:
+            recordings = map(first_pass, recordings)
         writer = _BackgroundWriter() if overlap_io else None
         bar = tqdm(recordings, total=total, desc=f"preprocess {layout}", unit="rec", disable=not progress)
         try:
-            for raw in bar:
-                info = recording_info(raw)
+            for info, working in bar:
                 subject, song = int(info["subject"]), int(info["song"])
                 where = f"{info['source']} (participant {subject}, song {song})"
                 bar.set_postfix_str(f"P{subject:02d} song {song}", refresh=False)
@@ -1066,8 +1104,8 @@ def build_cache(
                 if earlier is not None:
                     raise ValueError(f"{where}: participant {subject} heard song {song} in {earlier.source} already; "
                                      f"keep one of the two recordings (select subjects/songs, or move a file away)")
-                result = preprocess_raw(raw, cfg, where)
-                del raw
+                result = _preprocess_working(working, cfg, where, lambda *args: None)
+                del working
                 if channels is None:
                     channels, sfreq, dropped = result.ch_names, result.sfreq, result.dropped_channels
                 elif result.ch_names != channels or not np.isclose(result.sfreq, sfreq):

@@ -286,8 +286,8 @@ def test_build_cache_matches_the_pipeline_on_both_layouts(nmedt, tmp_path, layou
 
 def test_cache_is_reused_and_invalidated(nmedt, tmp_path, monkeypatch):
     calls = []
-    real = pp.preprocess_raw
-    monkeypatch.setattr(pp, "preprocess_raw", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pp._preprocess_working  # the per-recording work build_cache does after reading
+    monkeypatch.setattr(pp, "_preprocess_working", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = build_cache(nmedt.root, Preprocessing(), tmp_path, songs=[22, 23], progress=False)
     assert len(calls) == 4
     again = build_cache(nmedt.root, Preprocessing(), tmp_path, songs=[22, 23], progress=False)
@@ -313,7 +313,7 @@ def test_changed_data_rebuilds(tmp_path):
 
 
 def test_interrupted_build_is_never_read(nmedt, tmp_path, monkeypatch):
-    real = pp.preprocess_raw
+    real = pp._preprocess_working  # the per-recording work of build_cache
     calls = []
 
     def dies_on_the_third(*args, **kwargs):
@@ -322,13 +322,13 @@ def test_interrupted_build_is_never_read(nmedt, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pp, "preprocess_raw", dies_on_the_third)
+    monkeypatch.setattr(pp, "_preprocess_working", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(nmedt.root, Preprocessing(), tmp_path, progress=False)
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # no cache, no latest.json
     with pytest.raises(FileNotFoundError, match="no complete preprocessed cache"):
         open_cache(tmp_path)
-    monkeypatch.setattr(pp, "preprocess_raw", real)
+    monkeypatch.setattr(pp, "_preprocess_working", real)
     index = build_cache(nmedt.root, Preprocessing(), tmp_path, progress=False)
     assert len(index.recordings) == 6
 
@@ -346,7 +346,7 @@ def test_overlapped_and_sequential_builds_write_the_same_cache(nmedt, tmp_path):
 def test_a_failed_overlapped_build_leaves_no_thread_running(nmedt, tmp_path, monkeypatch):
     import threading
 
-    real = pp.preprocess_raw
+    real = pp._preprocess_working  # the per-recording work of build_cache
     calls = []
 
     def fails_on_the_second(*args, **kwargs):
@@ -355,7 +355,7 @@ def test_a_failed_overlapped_build_leaves_no_thread_running(nmedt, tmp_path, mon
             raise ValueError("broken recording")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pp, "preprocess_raw", fails_on_the_second)
+    monkeypatch.setattr(pp, "_preprocess_working", fails_on_the_second)
     with pytest.raises(ValueError, match="broken recording"):
         build_cache(nmedt.root, Preprocessing(), tmp_path, layout="raw", progress=False)
     alive = [t.name for t in threading.enumerate() if t.name.startswith("eeg2music-")]
@@ -367,13 +367,14 @@ def test_killed_build_is_never_read_and_is_cleaned_up(nmedt, tmp_path):
     script = (
         "import os, signal\n"
         "import eeg2music.preprocess as pp\n"
-        "real = pp.preprocess_raw\n"
+        "real = pp._preprocess_working\n"
         "calls = []\n"
         "def killer(*a, **k):\n"
         "    calls.append(1)\n"
-        "    if len(calls) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+        # the third: the writer saves recording 2 only after recording 1's file is complete
+        "    if len(calls) == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "pp.preprocess_raw = killer\n"
+        "pp._preprocess_working = killer\n"
         f"pp.build_cache({str(nmedt.root)!r}, None, {str(tmp_path)!r}, progress=False)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
