@@ -641,6 +641,14 @@ class EEGControlNet(ModelMixin, ConfigMixin):
         Accept :data:`UNKNOWN_SUBJECT` (−1), see :class:`SubjectLayer`.
     unknown_subject : {"mean", "shared"}
         The unknown-subject path.
+    control_min_timestep : int
+        The ControlNet acts at diffusion steps ``t ≥ control_min_timestep`` only; below, its residuals
+        are zero and the frozen UNet denoises alone (0, the paper's setting: at every step). The EEG
+        can only tell what the noisy latent does not, i.e. at high noise; training the ControlNet there
+        alone concentrates its few steps where its signal is (see :mod:`eeg2music.train`), and the
+        low-noise steps, which refine detail the EEG does not carry, stay the backbone's. Saved in the
+        config, so sampling applies it as training did. Like the ControlNet pipelines' ``control_guidance_start``
+        / ``control_guidance_end`` in diffusers, but in the schedule's timesteps and fixed at training.
     """
 
     _supports_gradient_checkpointing = True
@@ -660,8 +668,11 @@ class EEGControlNet(ModelMixin, ConfigMixin):
         unknown_subject: str = "mean",
         projector_layers: int = 4,
         eeg_samples: int | None = None,
+        control_min_timestep: int = 0,
     ):
         super().__init__()
+        if isinstance(control_min_timestep, bool) or int(control_min_timestep) != control_min_timestep or control_min_timestep < 0:
+            raise ValueError(f"EEGControlNet: control_min_timestep must be an integer ≥ 0, got {control_min_timestep!r}")
         encoder = _encoder_config(unet_config)
         channels = [int(c) for c in encoder["block_out_channels"]]
         n_blocks = len(channels)
@@ -780,6 +791,7 @@ class EEGControlNet(ModelMixin, ConfigMixin):
         unknown_subject: str = "mean",
         projector_layers: int = 4,
         eeg_samples: int | None = None,
+        control_min_timestep: int = 0,
         load_weights_from_unet: bool = True,
     ) -> "EEGControlNet":
         """Build the ControlNet for ``unet``, copying its encoder weights (the UNet is not modified).
@@ -808,6 +820,7 @@ class EEGControlNet(ModelMixin, ConfigMixin):
                 unknown_subject=unknown_subject,
                 projector_layers=int(projector_layers),
                 eeg_samples=None if eeg_samples is None else int(eeg_samples),
+                control_min_timestep=int(control_min_timestep),
             )
         if controlnet.dtype != unet.dtype:
             # nn.Module.to: ModelMixin.to warns about float32-only modules even when there are none.
@@ -816,6 +829,11 @@ class EEGControlNet(ModelMixin, ConfigMixin):
             for name in ("conv_in", "time_proj", "time_embedding", "down_blocks", "mid_block"):
                 getattr(controlnet, name).load_state_dict(getattr(unet, name).state_dict())
         return controlnet
+
+    def active_at(self, timestep: torch.Tensor | float | int) -> torch.Tensor:
+        """Whether the ControlNet acts at each ``timestep``: ``t ≥ control_min_timestep`` (a bool tensor)."""
+        t = torch.as_tensor(timestep)
+        return t >= int(self.config.control_min_timestep)
 
     @property
     def n_residuals(self) -> int:
@@ -948,10 +966,15 @@ encoder_attention_mask_1, cross_attention_kwargs, timestep_cond
             down_samples += res_samples
         sample = self.mid_block(sample, emb, **cross)
 
+        scale: float | torch.Tensor = conditioning_scale
+        if self.config.control_min_timestep > 0:
+            # per window: no residual at the low-noise steps the ControlNet is not trained for
+            active = self.active_at(timestep).to(latents.device).reshape(-1).expand(batch)
+            scale = (active.to(latents.dtype) * conditioning_scale).reshape(batch, 1, 1, 1)
         down_residuals = tuple(
-            zero_conv(res) * conditioning_scale for zero_conv, res in zip(self.controlnet_down_blocks, down_samples)
+            zero_conv(res) * scale for zero_conv, res in zip(self.controlnet_down_blocks, down_samples)
         )
-        mid_residual = self.controlnet_mid_block(sample) * conditioning_scale
+        mid_residual = self.controlnet_mid_block(sample) * scale
         return down_residuals, mid_residual
 
 
@@ -1127,6 +1150,8 @@ def controlled_noise_prediction(
         ε, shape of ``latents``.
     """
     kwargs = expand_conditioning(conditioning, latents.shape[0])
+    if not bool(controlnet.active_at(timestep).any()):  # below control_min_timestep: the backbone alone
+        return unet(latents, timestep, **kwargs, return_dict=False)[0]
     down, mid = controlnet(latents, timestep, eeg, subject, conditioning_scale=conditioning_scale, **kwargs)
     with apply_control(unet, down, mid):
         return unet(latents, timestep, **kwargs, return_dict=False)[0]

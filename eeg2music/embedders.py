@@ -4,7 +4,7 @@ An *embedder* turns a batch of clips into one vector per clip; :mod:`eeg2music.m
 vectors. Every embedder follows the :class:`Embedder` protocol:
 
 * ``name`` — how tables and files call it (``"laion-clap"``, ``"encodec"``, ``"audioldm2-clap"``,
-  ``"mel-stats"``, ``"vae-latent"``);
+  ``"mel-stats"``, ``"mel-envelope"``, ``"vae-latent"``);
 * ``sample_rate`` — the rate its network runs at (Hz); ``dim`` — the embedding size;
 * ``standardize`` — whether its dimensions have different units, so the metrics should z-score them
   first (``evaluate_embeddings(..., standardize=embedder.standardize)``);
@@ -36,6 +36,15 @@ The **offline default**, used when no weights are given, is *not* CLAP or EnCode
 * :class:`VAELatentEmbedder` (``"vae-latent"``): the backbone's own VAE encoder (the space the
   diffusion model works in), averaged over time: 8 channels × 16 frequency bins = 128-d.
 
+Every embedder above but ``embed_frames`` pools over time, so none of them can tell whether a
+reconstruction has the *time course* of its clip — when the onsets fall, when which bands are loud —
+which is what auditory EEG follows (and all the simulator's EEG encodes). One more, cheap and always
+included:
+
+* :class:`MelEnvelopeEmbedder` (``"mel-envelope"``): the AudioLDM2 log-mel spectrogram pooled into
+  8 band groups × 100 ms, each band's mean over the clip removed — the band envelopes over time,
+  without the clip's overall timbre; 8 × 35 = 280-d.
+
 :func:`make_embedders` picks the set from the paths given; :func:`embed_audio` embeds many clips in
 batches with a progress bar.
 """
@@ -56,6 +65,7 @@ __all__ = [
     "resample",
     "embed_audio",
     "MelStatsEmbedder",
+    "MelEnvelopeEmbedder",
     "VAELatentEmbedder",
     "LaionClapEmbedder",
     "EncodecEmbedder",
@@ -562,6 +572,70 @@ class MelStatsEmbedder:
 _PITCH_CLASSES = ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B")
 
 
+class MelEnvelopeEmbedder:
+    """Band envelopes over time: log-mel pooled into band groups × time bins, each band's clip mean removed.
+
+    At 16 kHz, after AudioLDM's peak normalisation: the AudioLDM2 log-mel spectrogram (64 bands,
+    100 frames/s) is averaged over ``band_groups`` groups of adjacent bands and ``bin_seconds`` time
+    bins (8 × 100 ms by default; a 3.5 s clip gives 35 bins, a trailing partial bin is dropped), and
+    each band group's mean over the clip is subtracted. What remains is *when* each part of the
+    spectrum is loud — onsets, beats, instruments entering and leaving — and not the clip's overall
+    timbre, key or loudness, which the time-pooled embedders already measure. Dimensions are ordered
+    time bin-major (``t00_b0 … t34_b7``); ``standardize`` is True (bands differ in spread).
+
+    Parameters
+    ----------
+    band_groups : int
+        Groups of adjacent mel bands (a divisor of 64).
+    bin_seconds : float
+        Width of a time bin, seconds (a multiple of the 10 ms mel hop).
+    clip_seconds : float
+        Clip length the embedding is sized for (3.5 s); longer clips are cut, shorter ones refused.
+
+    Notes
+    -----
+    Reconstruction and true clip cover the same 3.5 s, so their time bins are aligned by construction;
+    this embedding is meaningful only for such paired, aligned clips — the metrics' use.
+    """
+
+    name = "mel-envelope"
+    sample_rate = SAMPLE_RATE
+    standardize = True
+    _HOP_SECONDS = 0.01  # the AudioLDM2 mel's hop (160 samples at 16 kHz)
+
+    def __init__(self, band_groups: int = 8, bin_seconds: float = 0.1, clip_seconds: float = 3.5):
+        frames_per_bin = bin_seconds / self._HOP_SECONDS
+        if not (isinstance(band_groups, int) and band_groups > 0 and 64 % band_groups == 0):
+            raise ValueError(f"MelEnvelopeEmbedder: band_groups must divide the 64 mel bands, got {band_groups!r}")
+        if not (frames_per_bin >= 1 and abs(frames_per_bin - round(frames_per_bin)) < 1e-9):
+            raise ValueError(f"MelEnvelopeEmbedder: bin_seconds must be a positive multiple of 0.01 s, got {bin_seconds!r}")
+        self.band_groups, self.frames_per_bin = band_groups, int(round(frames_per_bin))
+        self.n_bins = int(round(clip_seconds / self._HOP_SECONDS)) // self.frames_per_bin
+        if self.n_bins < 2:
+            raise ValueError(f"MelEnvelopeEmbedder: a {clip_seconds} s clip holds fewer than two {bin_seconds} s bins")
+        self.dim = self.n_bins * band_groups
+        self.feature_names = [f"t{t:02d}_b{b}" for t in range(self.n_bins) for b in range(band_groups)]
+
+    def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+        from .audio import normalize_waveform, waveform_to_mel
+
+        array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
+        wave = normalize_waveform(array).numpy().astype(np.float32)
+        logmel = waveform_to_mel(wave, normalize=False, pad_to_multiple=1)[:, 0].numpy()  # (B, frames, 64)
+        frames = self.n_bins * self.frames_per_bin
+        if logmel.shape[1] < frames:
+            raise ValueError(f"{self.name}: clips of {logmel.shape[1]} mel frames are shorter than the "
+                             f"{frames} this embedder is sized for")
+        batch = len(logmel)
+        envelope = logmel[:, :frames].reshape(batch, self.n_bins, self.frames_per_bin, self.band_groups, -1).mean(axis=(2, 4))
+        envelope -= envelope.mean(axis=1, keepdims=True)
+        return envelope.reshape(batch, self.dim).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return (f"MelEnvelopeEmbedder(name={self.name!r}, dim={self.dim}) — log-mel band envelopes over time "
+                f"({self.band_groups} bands × {self.n_bins} bins), not a network")
+
+
 class VAELatentEmbedder:
     """The backbone's VAE latents averaged over time: 8 channels × 16 bins = 128-d, at 16 kHz.
 
@@ -652,7 +726,8 @@ def make_embedders(
     list
         Real embedders for every path given (checked to exist now, loaded on first use); when none is
         given, the offline set: ``[MelStatsEmbedder()]`` plus ``VAELatentEmbedder(backbone)`` if a
-        backbone is given.
+        backbone is given. :class:`MelEnvelopeEmbedder` comes second in every set: the only
+        time-resolved one, and no stand-in for anything.
     """
     embedders: list[Any] = []
     if str(clap_checkpoint):
@@ -661,8 +736,10 @@ def make_embedders(
         embedders.append(EncodecEmbedder(encodec_weights, device=device))
     if str(audioldm2_dir):
         embedders.append(AudioLDM2ClapEmbedder(audioldm2_dir, device=device))
-    if not embedders:
+    offline = not embedders
+    if offline:
         embedders.append(MelStatsEmbedder())
-        if backbone is not None:
-            embedders.append(VAELatentEmbedder(backbone))
+    embedders.insert(1, MelEnvelopeEmbedder())
+    if offline and backbone is not None:
+        embedders.append(VAELatentEmbedder(backbone))
     return embedders

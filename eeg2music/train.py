@@ -125,6 +125,7 @@ class TrainConfig:
     val_every: int = 0  #: steps between validations (0 = default for the size)
     val_samples: int = 0  #: validation windows, evenly spread over the val split (0 = default)
     conditioning_scale: float = 1.0  #: ControlNet residual scale during training
+    control_min_timestep: int = -1  #: the ControlNet trains and acts at diffusion steps ≥ this; -1 = the backbone's default (:func:`default_control_min_timestep`)
     convnet_width: int = 0  #: ConvNet hidden channels (0 = default for the size)
     num_workers: int = 0  #: DataLoader workers (0 = load in the main process)
     mixed_precision: str = "auto"  #: "auto" (bf16 on CUDA, none on CPU), "no", "bf16", "fp16"
@@ -155,6 +156,9 @@ class TrainConfig:
             raise ParameterError(f"parameter 'lr': must be > 0 (or 0 for the backbone's default), got {self.lr}")
         if self.eps <= 0:
             raise ParameterError(f"parameter 'eps': must be > 0, got {self.eps}")
+        if self.control_min_timestep < -1:
+            raise ParameterError(f"parameter 'control_min_timestep': must be ≥ 0 (or -1 for the backbone's default), "
+                                 f"got {self.control_min_timestep}")
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> "TrainConfig":
@@ -216,6 +220,25 @@ def default_learning_rate(backbone_kind: str | None) -> float:
     1e-3 and 200 steps).
     """
     return DEFAULT_LEARNING_RATES.get(backbone_kind or "", DEFAULT_LEARNING_RATES["audioldm2"])
+
+
+#: ``control_min_timestep`` per backbone kind, used when it is -1 (see :func:`default_control_min_timestep`).
+DEFAULT_CONTROL_MIN_TIMESTEPS = {"audioldm2": 0, "tiny": 500}
+
+
+def default_control_min_timestep(backbone_kind: str | None) -> int:
+    """The lowest diffusion step at which a run's ControlNet trains and acts, when left at -1.
+
+    AudioLDM2: 0 — every step, as the paper. The tiny backbone on a CPU budget: 500 (of 1000), the
+    noisier half of the schedule. Why: the ε-objective values an improvement of the clean-latent
+    estimate by SNR(t) = ᾱ/(1 − ᾱ), small exactly at the noise levels where the EEG tells what the noisy
+    latent does not, so with uniform timesteps the EEG's share of the gradient is lost in the noise of a
+    few hundred steps. Measured on the simulator at demo size (notebook 06's ``mel-envelope`` song-ID,
+    90 test windows, chance 11 %): uniform timesteps, 200 steps: 17 % (p ≈ 0.05); timesteps ≥ 500:
+    see the issue note. The low-noise half is left to the backbone (:class:`~eeg2music.controlnet.EEGControlNet`
+    skips its residuals there), so nothing untrained acts.
+    """
+    return DEFAULT_CONTROL_MIN_TIMESTEPS.get(backbone_kind or "", DEFAULT_CONTROL_MIN_TIMESTEPS["audioldm2"])
 
 
 def default_run_name(model: str, subject_cond: bool) -> str:
@@ -622,15 +645,20 @@ class DiffusionObjective:
 
     The target follows the backbone scheduler's ``prediction_type`` (ε for the tiny backbone and
     AudioLDM2-music; v or the sample for backbones trained that way), so the ControlNet learns in
-    the parameterisation its UNet was trained in. Timesteps are uniform on ``0 … T-1``.
+    the parameterisation its UNet was trained in. Timesteps are uniform on ``min_timestep … T-1``
+    (the ControlNet's ``control_min_timestep``; 0, the paper's, draws from the whole schedule).
     """
 
     uses_noise = True
 
-    def __init__(self, backbone, conditioning_scale: float = 1.0):
+    def __init__(self, backbone, conditioning_scale: float = 1.0, min_timestep: int = 0):
         self.unet = backbone.unet
         self.scheduler = backbone.scheduler
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        if not 0 <= int(min_timestep) < self.num_train_timesteps:
+            raise ParameterError(f"parameter 'control_min_timestep': must be in [0, {self.num_train_timesteps - 1}] "
+                                 f"for this backbone's {self.num_train_timesteps}-step schedule, got {min_timestep}")
+        self.min_timestep = int(min_timestep)
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"backbone scheduler: unsupported prediction_type {self.prediction_type!r}")
@@ -640,7 +668,7 @@ class DiffusionObjective:
     def draw(self, shape: Sequence[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise ``(B, …)`` and timesteps ``(B,)`` from ``generator`` (on CPU, so draws do not depend on the device)."""
         noise = torch.randn(tuple(shape), generator=generator)
-        timesteps = torch.randint(0, self.num_train_timesteps, (shape[0],), generator=generator)
+        timesteps = torch.randint(self.min_timestep, self.num_train_timesteps, (shape[0],), generator=generator)
         return noise, timesteps
 
     def _target(self, z0, noise, timesteps):
@@ -1230,7 +1258,7 @@ def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
     if cfg.model == "controlnet":
         from .controlnet import EEGControlNet
 
-        model = EEGControlNet.from_unet(backbone.unet, **common)
+        model = EEGControlNet.from_unet(backbone.unet, control_min_timestep=max(cfg.control_min_timestep, 0), **common)
     else:
         from .convnet import EEGConvNet
 
@@ -1343,6 +1371,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     kind = cfg.model
     if cfg.lr == 0:
         cfg = dataclasses.replace(cfg, lr=default_learning_rate(getattr(backbone, "kind", None)))
+    if cfg.control_min_timestep < 0:
+        cfg = dataclasses.replace(cfg, control_min_timestep=default_control_min_timestep(getattr(backbone, "kind", None)))
     model = build_model(cfg, backbone, data)
     state: dict[str, Any] = {"step": 0, "log": [], "train_seconds": 0.0, "samples_seen": 0}
     if resume_from is not None:
@@ -1363,7 +1393,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         restore_training_state(resume_from, optimizer=optimizer, lr_scheduler=lr_scheduler, accelerator=accelerator)
     unwrapped = accelerator.unwrap_model(model)
 
-    objective = DiffusionObjective(backbone, cfg.conditioning_scale) if kind == "controlnet" else RegressionObjective()
+    objective = (DiffusionObjective(backbone, cfg.conditioning_scale, cfg.control_min_timestep) if kind == "controlnet"
+                 else RegressionObjective())
     if isinstance(objective, DiffusionObjective):
         objective.conditioning = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                                   for k, v in objective.conditioning.items()}

@@ -34,6 +34,7 @@ backbone = ""  # backbone folder (AudioLDM2-music or tiny); empty: the default t
 steps = 0  # optimiser steps; 0: the default for the size (demo: ControlNet 200, ConvNet 400; smoke: 6)
 batch_size = 0  # EEG windows per step; 0: the default for the size
 lr = 0.0  # AdamW learning rate; 0: the backbone's default (tiny 1e-3; AudioLDM2 1e-4, the paper's)
+control_min_timestep = -1  # ControlNet trains and acts at diffusion steps ≥ this; -1: backbone's default (tiny 500; AudioLDM2 0 = all, the paper's)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
 run_dir = ""  # notebook 02's output folder or a cache; empty: the default run folder's (built if missing)
 run_name = ""  # run folder name; empty: controlnet_subject, controlnet or convnet
@@ -73,7 +74,7 @@ from eeg2music.train import TrainConfig, load_training_data
 from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
-    "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "resume", "run_dir", "run_name",
+    "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "control_min_timestep", "resume", "run_dir", "run_name",
     "out_dir", "data_root", "seed", "device", "smoke")}).resolved()
 target = resolve_device(device)
 backbone_model = ensure_backbone(cfg.backbone, smoke=smoke, seed=seed, device=str(target))
@@ -103,6 +104,14 @@ display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": da
 # At a large $t$ the noisy latent says little about the clip, and the EEG is the only hint of what to
 # denoise towards; at a small $t$ the latent itself gives the answer away. The picture shows one
 # clip's latent (one channel) along the forward process.
+#
+# That asymmetry matters for a short run. Predicting $\epsilon$, the loss values a better guess of the
+# clean latent by the signal-to-noise ratio $\bar\alpha_t/(1-\bar\alpha_t)$, which is small exactly where the
+# EEG is informative; with $t$ drawn from the whole schedule, the EEG's share of the gradient drowns in
+# the noise of a few hundred steps. So on the tiny backbone the ControlNet trains — and later acts — only
+# at $t \ge$ `control_min_timestep` (500 of 1000): it shapes the clip while the latent is still mostly
+# noise, and the backbone alone refines the details. The paper's setting, every $t$, is
+# `control_min_timestep=0` (the default for AudioLDM2).
 #
 # **ConvNet baseline.** No noise, no backbone in the loop: a convolutional network $f_\psi$ regresses
 # the latent from the EEG, $\mathcal L(\psi) = \mathbb E\,\lVert z_0 - f_\psi(S_s\,x)\rVert_2^2$. Its

@@ -81,6 +81,12 @@ display(pd.DataFrame(record["models"]).T[["label", "kind", "scheduler", "steps",
 # brightness, loudness; z-scored with the true clips' statistics), and `vae-latent`, the backbone's
 # own VAE latent averaged over time. Neither is CLAP: their numbers compare the models of this run,
 # not the paper's values.
+#
+# All of these pool over time: they say what a clip sounds like, not *when* things happen in it. Yet
+# auditory EEG follows the time course of the music — onsets, beats, instruments entering — far more
+# than its timbre. So one more embedding is always computed, `mel-envelope`: the log-mel spectrogram
+# pooled into 8 band groups × 100 ms bins, each band's mean over the clip removed. It asks whether a
+# reconstruction is loud where, and when, its clip is.
 
 # %%
 from eeg2music.embedders import make_embedders

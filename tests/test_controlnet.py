@@ -665,3 +665,25 @@ def test_notebook_helpers_report_shapes_counts_and_zero_init(tmp_path, unet, con
     assert again["n_down_residuals"] == 4 and again["projector_plan"]["strides"] == [5, 1, 1, 1]
     assert again["shapes"][-1]["output_shape"] == [BATCH, 64, 12, 4]
     assert again["parameters"] == counts
+
+
+def test_control_min_timestep_leaves_the_low_noise_steps_to_the_backbone(unet):
+    controlnet = build(unet, control_min_timestep=400)
+    assert controlnet.config.control_min_timestep == 400
+    with torch.no_grad():  # non-zero zero-convs, as after training
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            conv.weight.normal_(std=0.1)
+    latents, eeg = inputs()
+    conditioning = text_conditioning()
+    kwargs = expand_conditioning(conditioning, BATCH)
+    with torch.no_grad():
+        for t, active in ((399, False), (400, True), (900, True)):
+            base = unet(latents, t, **kwargs, return_dict=False)[0]
+            eps = controlled_noise_prediction(unet, controlnet, latents, t, eeg, [0, 2], conditioning)
+            assert torch.equal(eps, base) != active, t
+        # a batch mixing both sides: each window is steered only where the ControlNet acts
+        mixed = torch.tensor([100, 700])
+        down, mid = controlnet(latents, mixed, eeg, [0, 2], 1.0, **conditioning)
+        assert all(float(r[0].abs().max()) == 0 and float(r[1].abs().max()) > 0 for r in (*down, mid))
+    with pytest.raises(ValueError, match="control_min_timestep"):
+        build(unet, control_min_timestep=-5)

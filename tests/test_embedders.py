@@ -232,14 +232,14 @@ def test_vae_latent_embedder(tiny_backbone):
 # --- the set and batching ---------------------------------------------------------------------------
 def test_make_embedders_offline_default_and_paths(tmp_path, laion_clap_checkpoint, tiny_backbone):
     offline = embedders.make_embedders()
-    assert [e.name for e in offline] == ["mel-stats"]
+    assert [e.name for e in offline] == ["mel-stats", "mel-envelope"]
     with_backbone = embedders.make_embedders(backbone=tiny_backbone)
-    assert [e.name for e in with_backbone] == ["mel-stats", "vae-latent"]
+    assert [e.name for e in with_backbone] == ["mel-stats", "mel-envelope", "vae-latent"]
     assert all(isinstance(e, embedders.Embedder) for e in with_backbone)
     assert all("clap" not in e.name and "encodec" not in e.name for e in with_backbone)
     path, _, _ = laion_clap_checkpoint
-    real = embedders.make_embedders(clap_checkpoint=path)
-    assert [e.name for e in real] == ["laion-clap"] and real[0]._model is None
+    real = embedders.make_embedders(clap_checkpoint=path, backbone=tiny_backbone)
+    assert [e.name for e in real] == ["laion-clap", "mel-envelope"] and real[0]._model is None
     with pytest.raises(FileNotFoundError, match="encodec_weights"):
         embedders.make_embedders(encodec_weights=tmp_path / "missing.th")
 
@@ -255,3 +255,29 @@ def test_embed_audio_batches_like_one_call():
         embedder.embed(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="NaN"):
         embedder.embed(np.full((1, CLIP), np.nan))
+
+
+def test_mel_envelope_is_the_band_time_course_without_the_clip_mean():
+    rng = np.random.default_rng(0)
+    sr, n = 16000, 56000
+    t = np.arange(n) / sr
+    # a 1 kHz tone gated on for the second half only, and the same tone with its gate moved: same timbre,
+    # different time course
+    tone = np.sin(2 * np.pi * 1000 * t)
+    early, late = tone * (t < 1.75), tone * (t >= 1.75)
+    noise = 1e-3 * rng.standard_normal((2, n))
+    embedder = embedders.MelEnvelopeEmbedder()
+    assert embedder.dim == 35 * 8 and len(embedder.feature_names) == embedder.dim
+    out = embedder.embed(np.stack([early, late]) + noise, sr)
+    assert out.shape == (2, 280) and out.dtype == np.float32
+    envelope = out.reshape(2, 35, 8)
+    np.testing.assert_allclose(envelope.mean(axis=1), 0, atol=1e-4)  # each band's clip mean removed
+    band = int(np.argmax(np.abs(envelope[0]).sum(axis=0)))  # the band group holding 1 kHz
+    assert envelope[0, :15, band].min() > 0 > envelope[0, 20:, band].max()  # loud early, quiet late
+    assert envelope[1, :15, band].max() < 0 < envelope[1, 20:, band].min()
+    # a louder copy has the same envelope (peak normalisation; the log turns gain into an offset)
+    np.testing.assert_allclose(embedder.embed(4 * (late + noise[1])[None], sr)[0], out[1], atol=1e-3)
+    with pytest.raises(ValueError, match="shorter"):
+        embedder.embed(tone[None, : sr], sr)
+    with pytest.raises(ValueError, match="band_groups"):
+        embedders.MelEnvelopeEmbedder(band_groups=7)

@@ -134,10 +134,13 @@ def test_smoke_run_writes_the_model_folder_contract(smoke_runs, kind, subject_co
     assert meta["data"]["window_spec"]["clip_seconds"] == 3.5
     assert meta["training"]["subject_cond"] is subject_cond
     assert meta["training"]["lr"] == T.DEFAULT_LEARNING_RATES["tiny"], "lr 0 resolves to the tiny backbone's rate"
+    assert meta["training"]["control_min_timestep"] == 500, "-1 resolves to the tiny backbone's default"
     assert (result.model_dir / kind / "diffusion_pytorch_model.safetensors").is_file()
 
     loaded = load_trained_model(result.run_dir, device="cpu")  # a run folder resolves to its model/
     assert loaded.kind == kind and loaded.subject_cond is subject_cond
+    if kind == "controlnet":  # the sampler applies the timestep range the ControlNet was trained on
+        assert loaded.module.config.control_min_timestep == 500
     assert (loaded.module.subject_layer is not None) is subject_cond
     assert not any(p.requires_grad for p in loaded.module.parameters()) and not loaded.module.training
     last_step, last_checkpoint = list_checkpoints(result.run_dir)[-1]
@@ -432,3 +435,16 @@ def test_convnet_rejects_bad_input():
     with pytest.raises(ValueError, match="subject is required"):
         net(torch.randn(2, 124, 438), None)
     assert EEGConvNet(subject_cond=False, hidden_channels=16).subject_layer is None
+
+
+def test_controlnet_timesteps_are_drawn_from_control_min_timestep_up(backbone):
+    objective = T.DiffusionObjective(backbone, min_timestep=700)
+    _, timesteps = objective.draw((4000, 8, 4, 4), torch.Generator().manual_seed(0))
+    assert int(timesteps.min()) == 700 and int(timesteps.max()) == objective.num_train_timesteps - 1
+    _, everywhere = T.DiffusionObjective(backbone).draw((4000, 8, 4, 4), torch.Generator().manual_seed(0))
+    assert int(everywhere.min()) == 0  # the paper's: the whole schedule
+    with pytest.raises(ParameterError, match="control_min_timestep"):
+        T.DiffusionObjective(backbone, min_timestep=objective.num_train_timesteps)
+    with pytest.raises(ParameterError, match="control_min_timestep"):
+        TrainConfig(control_min_timestep=-2)
+    assert T.default_control_min_timestep("audioldm2") == 0 and T.default_control_min_timestep("tiny") == 500
