@@ -956,7 +956,8 @@ def build_report(
     if offline and not real:
         report.paragraph(
             f"**Embeddings.** No CLAP or EnCodec weights were given, so the metrics use the offline embedding set "
-            f"({', '.join(f'`{n}`' for n in offline)}): stand-ins documented below, not the paper's CLAP/EnCodec. "
+            f"({', '.join(f'`{n}`' for n in offline)}): stand-ins (and one time-resolved check) documented below, not the "
+            f"paper's CLAP/EnCodec. "
             f"Numbers are comparable between the models of this report, not with the paper's."
         )
     report.bullets([f"`{e.name}`: {embedder_note(e)}" for e in embedders])
