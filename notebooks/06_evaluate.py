@@ -220,5 +220,7 @@ for name, path in written.items():
 # In this notebook we evaluated the reconstructions the way the paper does — FAD, CLAP score (cosine),
 # Pearson and MSE of paired embeddings — and went further: song and segment identification against
 # their chance levels, 95 % bootstrap intervals for every number, permutation tests against shuffled
-# pairings, and paired model differences. We read what the numbers say in plain words (generated from
-# them), and wrote `metrics.json`, `metrics.csv` and a self-contained report with figures and audio.
+# pairings, and paired model differences. We compared clips both by what they sound like overall and by
+# their time course (`mel-envelope`), which is what the EEG follows. We read what the numbers say in plain
+# words (generated from them), and wrote `metrics.json`, `metrics.csv` and a self-contained report with
+# figures and audio.
