@@ -513,7 +513,7 @@ def plain_words_reading(
             paragraphs.append("**The unseen song.** Song identification does not apply (one song). "
                               + "; ".join(sentences) + "." + tail)
 
-    agreement = _embedder_agreement(results, embedder)
+    agreement = _embedder_agreement(results, embedder, labels)
     if agreement:
         paragraphs.append(agreement)
 
@@ -549,7 +549,7 @@ def _criterion_by_other_embedders(results: Mapping[str, Any], models: Mapping[st
     return (" The same criterion " + "; ".join(parts) + ".") if parts else ""
 
 
-def _embedder_agreement(results: Mapping[str, Any], primary: str) -> str | None:
+def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mapping[str, str] | None = None) -> str | None:
     test = results.get("test", {})
     others = sorted({e for run in test.values() for e in run} - {primary})
     if not others:
@@ -565,7 +565,7 @@ def _embedder_agreement(results: Mapping[str, Any], primary: str) -> str | None:
         parts.append(f"`{'`, `'.join(o for o, _ in same)}` give{'s' if len(same) == 1 else ''} the same verdicts on "
                      f"song identification for every model")
     for other, runs in differ:
-        parts.append(f"`{other}` changes the verdict for {', '.join(runs)}")
+        parts.append(f"`{other}` changes the verdict for {', '.join((labels or {}).get(run, run) for run in runs)}")
     return "**Other embedders.** " + "; ".join(parts) + " (full tables below)."
 
 
