@@ -905,9 +905,10 @@ class _Prefetched:
     """Iterate ``iterable`` one item ahead in a background thread (h5py reads and numpy release the GIL).
 
     While the caller preprocesses recording k, the thread reads recording k + 1 from disk (and applies
-    ``transform`` to it, when given); at most one item waits, so memory holds one extra recording whatever the dataset size. Errors raised by the
-    iterable reach the caller at the item where they happened; :meth:`close` stops the thread and closes
-    the iterable (its open files) from the thread that used it.
+    ``transform`` to it, when given); at most one item waits, so memory holds one extra recording
+    whatever the dataset size. Errors raised by the iterable or the transform reach the caller at the
+    item where they happened; :meth:`close` stops the thread and closes the iterable (its open files)
+    from the thread that used it.
     """
 
     _DONE = object()

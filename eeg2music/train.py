@@ -1251,7 +1251,10 @@ def _freeze(backbone, device: torch.device, unet_dtype: torch.dtype) -> None:
 
 
 def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
-    """The network to train, initialised from the run's seed (the ControlNet copies the UNet's encoder)."""
+    """The network to train, initialised from the run's seed (the ControlNet copies the UNet's encoder).
+
+    ``cfg`` has its backbone defaults resolved (:func:`train` does it: ``lr``, ``control_min_timestep``).
+    """
     torch.manual_seed(_derived_seed(_INIT_STREAM, cfg.seed))
     frames, bins = int(backbone.latent_shape[1]), int(backbone.latent_shape[2])
     common = dict(eeg_channels=data.eeg_channels, eeg_sfreq=data.eeg_sfreq, clip_seconds=data.clip_seconds,
@@ -1260,7 +1263,7 @@ def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
     if cfg.model == "controlnet":
         from .controlnet import EEGControlNet
 
-        model = EEGControlNet.from_unet(backbone.unet, control_min_timestep=max(cfg.control_min_timestep, 0), **common)
+        model = EEGControlNet.from_unet(backbone.unet, control_min_timestep=cfg.control_min_timestep, **common)
     else:
         from .convnet import EEGConvNet
 
