@@ -37,7 +37,7 @@ import dataclasses
 import json
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -768,10 +768,50 @@ class _RawFile:
         data = self._dataset[start:stop, :].T if self._time_axis == 0 else self._dataset[:, start:stop]
         return np.asarray(data, dtype=np.float64)
 
+    def blocks(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The samples of :meth:`segment`, block by block: ``(offset from start, (channels, n) float64 µV)``.
+
+        Each block is read into one buffer, reused for the next block: a block is valid until the next
+        one is asked for, and must not be modified. Streaming avoids the fresh array of the whole
+        segment, whose first-touch page faults cost h5py's whole-segment read several times the copy
+        itself. HDF5 blocks follow the dataset's chunks (whole chunks, once each), about
+        :data:`STREAM_BLOCK_BYTES` at a time.
+        """
+        if self._array is not None:
+            for offset in range(0, stop - start, _STREAM_ARRAY_SAMPLES):
+                block = self._array[:, start + offset : min(stop, start + offset + _STREAM_ARRAY_SAMPLES)]
+                yield offset, np.asarray(block, dtype=np.float64)
+            return
+        time_axis = self._time_axis
+        chunk = self._dataset.chunks[time_axis] if self._dataset.chunks else 1
+        row_bytes = self.n_channels * 8
+        if chunk * row_bytes > 8 * STREAM_BLOCK_BYTES:  # huge chunks: a block per chunk would re-read it
+            yield 0, self.segment(start, stop)
+            return
+        samples = chunk * max(1, STREAM_BLOCK_BYTES // (chunk * row_bytes))
+        shape = (samples, self.n_channels) if time_axis == 0 else (self.n_channels, samples)
+        buffer = np.empty(shape, dtype=np.float64)
+        edge = start
+        while edge < stop:
+            end = min(stop, (edge // samples + 1) * samples)  # block edges on chunk edges
+            n = end - edge
+            if time_axis == 0:
+                self._dataset.read_direct(buffer, np.s_[edge:end, :], np.s_[0:n, :])
+                yield edge - start, buffer[:n].T
+            else:
+                self._dataset.read_direct(buffer, np.s_[:, edge:end], np.s_[:, 0:n])
+                yield edge - start, buffer[:, :n]
+            edge = end
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+#: About how many bytes :meth:`_RawFile.blocks` reads at a time (a multiple of the file's chunks).
+STREAM_BLOCK_BYTES = 8 * 2**20
+_STREAM_ARRAY_SAMPLES = 8192
 
 
 def _raw_shape(path: Path, shape: tuple[int, ...], hdf5: bool) -> tuple[int, int, int]:
@@ -992,7 +1032,7 @@ def _plan(folder: NMEDTFolder, layout: str, songs, subjects, warn: bool = True):
             warnings.warn(
                 f"{folder.root}: no cleaned file for song(s) {missing} "
                 f"({', '.join(cleaned_filename(s) for s in missing)}); reading the others",
-                stacklevel=3,
+                stacklevel=4,
             )
         return layout, [s for s in wanted if s in folder.cleaned], subject_ids
     return layout, song_ids, subject_ids
@@ -1028,15 +1068,62 @@ def iter_recordings(
     NMEDTError
         A file that cannot be read, naming it and what is wrong.
     """
+    for segment in _iter_segments(folder, layout, songs, subjects, check_finite=False):
+        data = segment.read()
+        _check_finite(data, segment.path, segment.what)
+        yield _make_raw(data, segment.fs, segment.info)
+
+
+@dataclass
+class _Segment:
+    """One participant × song in its file, before it is read and becomes an MNE object.
+
+    Valid while the iterator that yielded it waits for the next (its file is open until then).
+    """
+
+    fs: float
+    info: dict[str, Any]  # what recording_info returns
+    path: Path
+    what: str  # how an error message names the array within the file
+    n_channels: int
+    n_times: int
+    _read: Callable[[], np.ndarray]
+    _blocks: Callable[[], Iterator[tuple[int, np.ndarray]]]
+
+    def read(self) -> np.ndarray:
+        """(channels, samples) float64 µV: a fresh array the caller owns."""
+        return self._read()
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The same samples block by block (see :meth:`_RawFile.blocks`): read-only, each valid until the next."""
+        return self._blocks()
+
+
+def _iter_segments(
+    folder: NMEDTFolder | str | Path,
+    layout: str = "cleaned",
+    songs: Iterable[int] | int | None = None,
+    subjects: Iterable[int] | int | None = None,
+    check_finite: bool = True,
+) -> Iterator[_Segment]:
+    """What :func:`iter_recordings` yields, as arrays in µV: for a consumer that needs no MNE object.
+
+    ``check_finite=False`` leaves :func:`_check_finite` to the consumer (it costs a pass over the data;
+    :func:`eeg2music.preprocess.build_cache` folds it into a pass it makes anyway).
+    """
     folder = _as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects)
-    if layout == "cleaned":
-        yield from _iter_cleaned(folder, song_ids, subject_ids)
-    else:
-        yield from _iter_raw(folder, song_ids, subject_ids)
+    segments = _iter_cleaned(folder, song_ids, subject_ids) if layout == "cleaned" else _iter_raw(folder, song_ids, subject_ids)
+    try:
+        for segment in segments:
+            if check_finite:
+                _check_finite(segment.read(), segment.path, segment.what)
+            yield segment
+    finally:
+        segments.close()  # closes the file being read when the consumer stops early
 
 
-def _iter_cleaned(folder: NMEDTFolder, song_ids: list[int], subject_ids: list[int] | None) -> Iterator[Any]:
+def _iter_cleaned(folder: NMEDTFolder, song_ids: list[int], subject_ids: list[int] | None) -> Iterator[_Segment]:
     seen: set[int] = set()
     for song_id in song_ids:
         path = folder.cleaned[song_id]
@@ -1046,16 +1133,19 @@ def _iter_cleaned(folder: NMEDTFolder, song_ids: list[int], subject_ids: list[in
                 if subject_ids is not None and subject not in subject_ids:
                     continue
                 seen.add(subject)
-                data = song.subject_data(index)
-                _check_finite(data, path, f"data{song_id} of participant {subject}")
                 meta = {"subject": subject, "song": song_id, "layout": "cleaned", "source": str(path), "onset_sample": None}
-                yield _make_raw(data, song.fs, meta)
+                data = song.subject_data(index)  # a song at 125 Hz is small: read whole
+                yield _Segment(song.fs, meta, path, f"data{song_id} of participant {subject}", *data.shape,
+                               _read=lambda data=data: data,
+                               _blocks=lambda data=data: ((a, data[:, a : a + _STREAM_ARRAY_SAMPLES])
+                                                          for a in range(0, data.shape[1], _STREAM_ARRAY_SAMPLES)))
+                del data
         finally:
             song.close()
     if subject_ids is not None and song_ids:
         missing = sorted(set(subject_ids) - seen)
         if missing:
-            warnings.warn(f"{folder.root}: participant(s) {missing} are in no cleaned file read; reading the others", stacklevel=3)
+            warnings.warn(f"{folder.root}: participant(s) {missing} are in no cleaned file read; reading the others", stacklevel=4)
 
 
 def _raw_plan(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list[int] | None):
@@ -1074,7 +1164,7 @@ def _raw_plan(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list
     return plan, found_songs
 
 
-def _iter_raw(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list[int] | None) -> Iterator[Any]:
+def _iter_raw(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list[int] | None) -> Iterator[_Segment]:
     plan, found_songs = _raw_plan(folder, song_ids, subject_ids)
     _warn_raw_missing(folder, song_ids, subject_ids, plan, found_songs)
     current: _RawFile | None = None
@@ -1085,13 +1175,13 @@ def _iter_raw(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list
                     current.close()
                 current = _open_raw(path)
             length = int(round(folder.songs[song_id].duration_s * current.fs))
-            data = current.segment(onset, onset + length)
-            _check_finite(data, path, f"X during song {song_id}")
             meta = {
                 "subject": subject, "song": song_id, "layout": "raw", "source": str(path),
                 "onset_sample": onset, "recording": recording,
             }
-            yield _make_raw(data, current.fs, meta)
+            yield _Segment(current.fs, meta, path, f"X during song {song_id}", current.n_channels, length,
+                           _read=lambda f=current, a=onset, b=onset + length: f.segment(a, b),
+                           _blocks=lambda f=current, a=onset, b=onset + length: f.blocks(a, b))
     finally:
         if current is not None:
             current.close()
@@ -1101,11 +1191,11 @@ def _warn_raw_missing(folder, song_ids, subject_ids, plan, found_songs) -> None:
     if song_ids is not None:
         missing = sorted(set(song_ids) - found_songs)
         if missing:
-            warnings.warn(f"{folder.root}: song(s) {missing} are triggered in no raw recording read; reading the others", stacklevel=4)
+            warnings.warn(f"{folder.root}: song(s) {missing} are triggered in no raw recording read; reading the others", stacklevel=5)
     if subject_ids is not None:
         missing = sorted(set(subject_ids) - {subject for _, subject, *_ in plan})
         if missing:
-            warnings.warn(f"{folder.root}: no raw recording of participant(s) {missing}; reading the others", stacklevel=4)
+            warnings.warn(f"{folder.root}: no raw recording of participant(s) {missing}; reading the others", stacklevel=5)
 
 
 def count_recordings(

@@ -26,6 +26,7 @@ from eeg2music.preprocess import (
     preprocess_array,
     preprocess_raw,
     robust_scale,
+    trace_steps,
 )
 from fixtures_nmedt import make_nmedt_folder, write_cleaned_song
 
@@ -140,7 +141,7 @@ def test_subsampled_fit_is_close_to_the_exact_one():
     rng = np.random.default_rng(0)
     eeg = np.cumsum(rng.normal(size=(8, 300_000)), axis=1) * 0.01 + rng.normal(size=(8, 300_000))  # drifting, like EEG
     exact = robust_scale(eeg.copy())
-    approximate = robust_scale(eeg.copy(), fit_samples=50_000)  # every 6th sample
+    approximate = robust_scale(eeg.copy(), fit_samples=Preprocessing().scaler_fit_samples)  # every 8th sample
     assert np.percentile(np.abs(approximate - exact), 99) < 0.02
 
 
@@ -171,6 +172,36 @@ def test_pipeline_equals_the_formula():
     assert result.data.dtype == np.float32 and result.data.shape == (124, 2500)
     assert result.ch_names == [f"E{i}" for i in range(1, 125)] and result.dropped_channels == ["Cz"]
     np.testing.assert_allclose(result.data, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    Preprocessing(), Preprocessing(center_samples=0), Preprocessing(clamp=None), Preprocessing(clamp=0.5),
+    Preprocessing(scaler_fit_samples=None),
+])
+def test_fused_steps_equal_the_traced_steps_to_the_bit(cfg):
+    """Untraced, centre → scale → clamp run fused block by block; traced, one after the other: same bits."""
+    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=3 * pp.BLOCK_SAMPLES / 1000.0 + 0.5)  # blocks + a remainder
+    raw._data[7, 100:110] += 3e-3  # an artefact for the clamp
+    fused = preprocess_raw(raw.copy(), cfg)
+    traced = trace_steps(raw, cfg)[-1]
+    assert traced.name == ("clamp" if cfg.clamp is not None else "robust scale")
+    np.testing.assert_array_equal(fused.data, traced.data)
+
+
+def test_working_input_scales_casts_and_finds_each_channel_range():
+    rng = np.random.default_rng(3)
+    data_uv = np.asfortranarray(rng.normal(0.0, 20.0, size=(129, 2 * pp.BLOCK_SAMPLES + 7)))
+    data_uv[4, pp.BLOCK_SAMPLES + 3] = np.nan
+    working = pp._working_input(data_uv, RAW_NAMES, 1000.0, Preprocessing(), scale=1e-6)
+    expected = (data_uv[:124] * 1e-6).astype(np.float32)
+    assert working.data.flags.f_contiguous and working.data.dtype == np.float32 and working.ch_names == RAW_NAMES[:124]
+    np.testing.assert_array_equal(working.data, expected)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(working.low, expected.min(axis=1))
+        np.testing.assert_array_equal(working.high, expected.max(axis=1))
+    assert np.isnan(working.low[4]) and np.isnan(working.high[4]) and np.isfinite(np.delete(working.low, 4)).all()
+    with pytest.raises(ValueError, match="no samples"):
+        pp._working_input(data_uv[:, :0], RAW_NAMES, 1000.0, Preprocessing())
 
 
 def test_centring_is_absorbed_by_robust_scaling():
@@ -418,6 +449,26 @@ def test_flat_channel_is_reported_by_name_through_the_cache(flat_channel_folder,
     assert index.excluded_channels == ("E17",) and index.n_channels == 123 and "E17" not in index.channel_names
     assert index.recording(3, 22).bad_channels.keys() == {"E17"} and not index.recording(2, 22).bad_channels
     assert len(index.stored_channels) == 124 and np.all(np.asarray(index.load(3, 22))[16] == 0)
+
+
+def test_nan_in_a_file_is_named_through_the_cache(tmp_path):
+    """The cache's reader folds the reader's finiteness check into its own pass: same errors, same names."""
+    from eeg2music.nmedt import NMEDTError
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 10.0, size=(125, 2710, 2))
+    data[124] = 0.0
+    data[4, 100:103, 1] = np.nan  # scattered: a broken file
+    write_cleaned_song(tmp_path / "broken" / "song22_Imputed.mat", 22, data, [2, 3], fs=10.0)
+    with pytest.raises(NMEDTError, match=r"song22_Imputed.mat.*participant 3.*3 NaN/inf"):
+        build_cache(tmp_path / "broken", Preprocessing(), tmp_path / "cache", progress=False)
+    data[4, :, 1] = np.nan  # a whole channel: a bad channel, named by the preprocessing
+    write_cleaned_song(tmp_path / "dead" / "song22_Imputed.mat", 22, data, [2, 3], fs=10.0)
+    with pytest.raises(BadChannelError, match=r"participant 3, song 22.*E5: all samples NaN/inf"):
+        build_cache(tmp_path / "dead", Preprocessing(), tmp_path / "cache", progress=False)
+    index = build_cache(tmp_path / "dead", Preprocessing(bad_channels="exclude"), tmp_path / "cache", progress=False)
+    assert index.excluded_channels == ("E5",) and np.all(np.asarray(index.load(3, 22))[4] == 0)
+    assert not list((tmp_path / "cache").glob(".*"))  # the failed builds left nothing behind
 
 
 def test_open_cache_without_a_cache_says_what_to_run(tmp_path):
