@@ -1068,7 +1068,7 @@ def iter_recordings(
     NMEDTError
         A file that cannot be read, naming it and what is wrong.
     """
-    for segment in _iter_segments(folder, layout, songs, subjects, check_finite=False):
+    for segment in _iter_segments(folder, layout, songs, subjects):
         data = segment.read()
         _check_finite(data, segment.path, segment.what)
         yield _make_raw(data, segment.fs, segment.info)
@@ -1104,21 +1104,17 @@ def _iter_segments(
     layout: str = "cleaned",
     songs: Iterable[int] | int | None = None,
     subjects: Iterable[int] | int | None = None,
-    check_finite: bool = True,
 ) -> Iterator[_Segment]:
-    """What :func:`iter_recordings` yields, as arrays in µV: for a consumer that needs no MNE object.
+    """What :func:`iter_recordings` yields, before it is read: for a consumer that needs no MNE object.
 
-    ``check_finite=False`` leaves :func:`_check_finite` to the consumer (it costs a pass over the data;
-    :func:`eeg2music.preprocess.build_cache` folds it into a pass it makes anyway).
+    The segments' values are not checked: the consumer calls :func:`_check_finite` on what it reads
+    (a pass over the data, which :func:`eeg2music.preprocess.build_cache` folds into one it makes anyway).
     """
     folder = _as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects)
     segments = _iter_cleaned(folder, song_ids, subject_ids) if layout == "cleaned" else _iter_raw(folder, song_ids, subject_ids)
     try:
-        for segment in segments:
-            if check_finite:
-                _check_finite(segment.read(), segment.path, segment.what)
-            yield segment
+        yield from segments
     finally:
         segments.close()  # closes the file being read when the consumer stops early
 

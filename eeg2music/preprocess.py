@@ -38,7 +38,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,7 @@ FLAT_THRESHOLD_V = 1e-9
 CACHE_FORMAT_VERSION = 2
 
 #: Samples per block of the passes that run block by block over time (:func:`_working_input`,
-#: :func:`_centre_scale_clamp`): 124 channels × 4096 float32 samples are 2 MB, which stay in the CPU's
+#: :class:`_Scaling`): 124 channels × 4096 float32 samples are 2 MB, which stay in the CPU's
 #: cache across the steps fused on a block, where whole-recording steps (140 MB for a raw song) would
 #: each stream the recording through memory again.
 BLOCK_SAMPLES = 4096
@@ -642,7 +642,10 @@ def preprocess_array(
     working = _working_input(data, ch_names, sfreq, cfg)
     if working.dropped and trace is not None:
         trace("drop face & reference", working.data, working.ch_names, sfreq)
-    return _preprocess_working(working, cfg, where, trace)
+    result, scaling = _preprocess_working(working, cfg, where, trace)
+    if scaling is not None:
+        scaling.apply(result.data)
+    return result
 
 
 @dataclass
@@ -709,12 +712,15 @@ def _working_input_from_blocks(blocks: Iterable[tuple[int, np.ndarray]], shape: 
 
 def _preprocess_working(working: _WorkingInput, cfg: Preprocessing, where: str,
                         trace: Callable[[str, np.ndarray, list[str], float], None] | None = None
-                        ) -> PreprocessedRecording:
-    """The steps of :func:`preprocess_array` after :func:`_working_input`.
+                        ) -> tuple[PreprocessedRecording, _Scaling | None]:
+    """The steps of :func:`preprocess_array` after :func:`_working_input`, and what is left to apply.
 
-    Without ``trace``, centring, robust scaling and clamping run fused, block by block
-    (:func:`_centre_scale_clamp`); with it, one after the other, so that each can be reported. The two
-    give the same numbers to the bit (the blocks run the same float32 operations on the same values).
+    With ``trace``, every step runs one after the other, so that each can be reported, and nothing is
+    left. Without it, centring, robust scaling and clamping are fitted here and returned as a
+    :class:`_Scaling` still to apply to the result's data (None when the configuration has no robust
+    scaling): :func:`preprocess_array` applies it at once, :func:`build_cache` while it writes the
+    file. The two give the same numbers to the bit (the blocks run the same float32 operations on the
+    same values).
     """
     report = trace or (lambda *args: None)
     data, names, sfreq, dropped = working.data, working.ch_names, working.sfreq, working.dropped
@@ -729,10 +735,10 @@ def _preprocess_working(working: _WorkingInput, cfg: Preprocessing, where: str,
         data, sfreq = resample(data, sfreq, cfg.resample_sfreq), cfg.resample_sfreq
         report("resample", data, names, sfreq)
     data = _time_major(data, np.float32)
+    result = PreprocessedRecording(data=data, ch_names=names, sfreq=float(sfreq), bad_channels=bad,
+                                   dropped_channels=dropped)
     if trace is None and cfg.robust_scale:
-        _centre_scale_clamp(data, cfg, where)
-        return PreprocessedRecording(data=data, ch_names=names, sfreq=float(sfreq), bad_channels=bad,
-                                     dropped_channels=dropped)
+        return result, _Scaling.fit(data, cfg, where)
     if cfg.center_samples:
         try:
             center_on_first_samples(data, cfg.center_samples)
@@ -748,35 +754,54 @@ def _preprocess_working(working: _WorkingInput, cfg: Preprocessing, where: str,
     if cfg.clamp is not None:
         clamp(data, cfg.clamp)
         report("clamp", data, names, sfreq)
-    return PreprocessedRecording(data=data, ch_names=names, sfreq=float(sfreq), bad_channels=bad, dropped_channels=dropped)
+    return result, None
 
 
-def _centre_scale_clamp(data: np.ndarray, cfg: Preprocessing, where: str) -> None:
-    """Centre, robust-scale and clamp ``data`` (float32, time-major) in place, in one pass over it.
+@dataclass
+class _Scaling:
+    """Centring, robust scaling and clamping fitted to one recording, applied block by block.
 
     The same arithmetic as :func:`center_on_first_samples`, :func:`robust_scale` and :func:`clamp` run
     one after the other: the offsets come from the first samples, the scaler is fitted on the centred
-    (sub)samples, and each block of samples is then centred, transformed by the scaler and clipped
-    while it is in the CPU's cache.
+    (sub)samples, and each block of :data:`BLOCK_SAMPLES` samples is then centred, transformed by the
+    scaler and clipped while it is in the CPU's cache — and, in :func:`build_cache`, written to the
+    file before the next block is touched, so the recording streams through memory once.
     """
-    offsets = None
-    if cfg.center_samples:
-        if data.shape[1] < cfg.center_samples:
-            raise ValueError(f"{where}: center_on_first_samples: the recording has {data.shape[1]} samples, "
-                             f"fewer than {cfg.center_samples}")
-        offsets = data[:, : cfg.center_samples].mean(axis=1, keepdims=True)  # as center_on_first_samples
-    scaler = fit_robust_scaler(data, cfg.scaler_fit_samples, offsets)
-    import sklearn
 
-    # The bad-channel step has run: every value is finite, and the scaler need not check each block again.
-    with sklearn.config_context(assume_finite=True):
-        for start in range(0, data.shape[1], BLOCK_SAMPLES):
-            block = data[:, start : start + BLOCK_SAMPLES]
-            if offsets is not None:
-                block -= offsets
-            _scale_in_place(scaler, block)
-            if cfg.clamp is not None:
-                np.clip(block, -cfg.clamp, cfg.clamp, out=block)
+    offsets: np.ndarray | None  # (channels, 1) float32
+    scaler: Any  # sklearn.preprocessing.RobustScaler, fitted
+    clamp: float | None
+
+    @classmethod
+    def fit(cls, data: np.ndarray, cfg: Preprocessing, where: str) -> _Scaling:
+        offsets = None
+        if cfg.center_samples:
+            if data.shape[1] < cfg.center_samples:
+                raise ValueError(f"{where}: center_on_first_samples: the recording has {data.shape[1]} samples, "
+                                 f"fewer than {cfg.center_samples}")
+            offsets = data[:, : cfg.center_samples].mean(axis=1, keepdims=True)  # as center_on_first_samples
+        return cls(offsets, fit_robust_scaler(data, cfg.scaler_fit_samples, offsets), cfg.clamp)
+
+    def blocks(self, data: np.ndarray) -> Iterator[np.ndarray]:
+        """Apply to ``data`` (float32, time-major) in place, yielding each block as soon as it is done."""
+        import sklearn
+
+        # The bad-channel step has run: every value is finite, and the scaler need not check each block again.
+        with sklearn.config_context(assume_finite=True):
+            for start in range(0, data.shape[1], BLOCK_SAMPLES):
+                block = data[:, start : start + BLOCK_SAMPLES]
+                if self.offsets is not None:
+                    block -= self.offsets
+                _scale_in_place(self.scaler, block)
+                if self.clamp is not None:
+                    np.clip(block, -self.clamp, self.clamp, out=block)
+                yield block
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """Apply to ``data`` in place; returns it."""
+        for _ in self.blocks(data):
+            pass
+        return data
 
 
 def preprocess_raw(raw, cfg: Preprocessing | None = None, where: str = "recording") -> PreprocessedRecording:
@@ -1103,11 +1128,29 @@ class _Prefetched:
         self._thread.join()
 
 
-class _BackgroundWriter:
-    """Save arrays with :func:`numpy.save` in one background thread, at most one write pending.
+def _write_recording(path: Path, data: np.ndarray, scaling: _Scaling | None = None) -> None:
+    """Write ``data`` (time-major) as a ``.npy`` file, applying ``scaling`` block by block on the way.
 
-    Writing recording k overlaps preprocessing recording k + 1; waiting for the previous write before
-    queueing the next keeps at most one finished array in memory. :meth:`wait` re-raises a failed write.
+    The file is what :func:`numpy.save` writes for the finished array (a version 1.0 header, the values
+    in Fortran order); each block goes to the file while it is still in the CPU's cache.
+    """
+    if not data.flags.f_contiguous:
+        raise ValueError(f"{path.name}: the cache stores time-major (Fortran-ordered) arrays")
+    from numpy.lib import format as npy
+
+    blocks = scaling.blocks(data) if scaling is not None else (data,)
+    with open(path, "wb") as handle:
+        npy.write_array_header_1_0(handle, npy.header_data_from_array_1_0(data))
+        for block in blocks:
+            handle.write(memoryview(block.T))  # the transpose of a time-major block is C-contiguous: no copy
+
+
+class _BackgroundWriter:
+    """Run :func:`_write_recording` in one background thread, at most one write pending.
+
+    Finishing and writing recording k overlaps preprocessing recording k + 1; waiting for the previous
+    write before queueing the next keeps at most one array in memory. :meth:`wait` re-raises a failed
+    write.
     """
 
     def __init__(self):
@@ -1116,9 +1159,9 @@ class _BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eeg2music-writer")
         self._pending = None
 
-    def save(self, path: Path, array: np.ndarray) -> None:
+    def write(self, path: Path, array: np.ndarray, scaling: _Scaling | None) -> None:
         self.wait()
-        self._pending = self._pool.submit(np.save, path, array, allow_pickle=False)
+        self._pending = self._pool.submit(_write_recording, path, array, scaling)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -1210,6 +1253,7 @@ def build_cache(
     started = time.perf_counter()
     with atomic_directory(target) as tmp:
         write_json(tmp / _BUILDER_FILE, {"pid": os.getpid(), "started": time.time()})
+
         def first_pass(segment):
             # The reader thread's share: the file is streamed block by block through one pass that drops
             # channels, converts µV to volts, casts to the working array and finds each channel's range,
@@ -1220,7 +1264,7 @@ def build_cache(
                 _check_finite(segment.read(), segment.path, segment.what)  # scattered NaN/inf: a broken file
             return segment.info, working
 
-        recordings = _iter_segments(folder, layout, songs=songs, subjects=subjects, check_finite=False)
+        recordings = _iter_segments(folder, layout, songs=songs, subjects=subjects)
         if overlap_io:
             recordings = _Prefetched(recordings, transform=first_pass)
         else:
@@ -1236,7 +1280,8 @@ def build_cache(
                 if earlier is not None:
                     raise ValueError(f"{where}: participant {subject} heard song {song} in {earlier.source} already; "
                                      f"keep one of the two recordings (select subjects/songs, or move a file away)")
-                result = _preprocess_working(working, cfg, where)
+                # Centring, scaling and clamping are fitted here and applied by the writer while it writes.
+                result, scaling = _preprocess_working(working, cfg, where)
                 del working
                 if channels is None:
                     channels, sfreq, dropped = result.ch_names, result.sfreq, result.dropped_channels
@@ -1247,9 +1292,9 @@ def build_cache(
                     )
                 file = _recording_file(subject, song)
                 if writer is not None:
-                    writer.save(tmp / file, result.data)
+                    writer.write(tmp / file, result.data, scaling)
                 else:
-                    np.save(tmp / file, result.data, allow_pickle=False)
+                    _write_recording(tmp / file, result.data, scaling)
                 entries.append(CachedRecording(
                     subject=subject, song=song, file=file, n_samples=int(result.data.shape[1]),
                     source=str(info["source"]), onset_sample=info.get("onset_sample"),

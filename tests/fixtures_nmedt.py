@@ -122,6 +122,8 @@ def write_raw_recording(
     omit: Iterable[str] = (),
     dtype: str = "double",
     transpose: bool = True,
+    chunks: bool | tuple[int, int] | None = True,
+    compression: str | None = None,
 ) -> Path:
     """Write a raw NMED-T recording (``PP_R_raw.mat``) as MATLAB v7.3 lays it out.
 
@@ -142,6 +144,9 @@ def write_raw_recording(
         MATLAB class of ``X``.
     transpose : bool
         False writes ``X`` untransposed (as a careless non-MATLAB tool might).
+    chunks, compression
+        How HDF5 stores ``X`` (h5py's arguments): chunked by h5py's guess and uncompressed by default;
+        MATLAB's ``save -v7.3`` compresses (``compression="gzip"``); None chunks is a contiguous dataset.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +158,7 @@ def write_raw_recording(
         _matlab_class(empty, "double")
         empty.attrs.create("MATLAB_empty", np.uint8(1))
         if "X" not in omit:
-            x = handle.create_dataset("X", data=X.T if transpose else X, chunks=True)
+            x = handle.create_dataset("X", data=X.T if transpose else X, chunks=chunks, compression=compression)
             _matlab_class(x, dtype)
         if "fs" not in omit:
             f = handle.create_dataset("fs", data=np.array([[float(fs)]]))

@@ -140,6 +140,37 @@ def test_raw_reading_streams_only_the_song(both_layouts, monkeypatch):
     assert isinstance(rows, slice) and rows.stop - rows.start == song_samples
 
 
+@pytest.mark.parametrize("storage", [
+    {"chunks": (64, 129)},  # blocks of whole chunks, a partial chunk at each end of the song
+    {"chunks": (64, 129), "compression": "gzip"},  # MATLAB's save -v7.3 compresses
+    {"chunks": None},  # contiguous
+    {"chunks": (129, 50), "transpose": False},  # electrodes × time, as a non-MATLAB tool might store it
+    {"chunks": (64, 129), "dtype": "single"},
+])
+def test_raw_blocks_stream_exactly_the_segment(tmp_path, monkeypatch, storage):
+    """The cache's reader streams a song block by block: the blocks tile the segment, value for value."""
+    from fixtures_nmedt import song_triggers, write_raw_recording
+
+    monkeypatch.setattr(nmedt, "STREAM_BLOCK_BYTES", 3 * 64 * 129 * 8)  # several blocks in a short song
+    rng = np.random.default_rng(5)
+    X = rng.normal(0.0, 30.0, size=(129, 2000))
+    path = write_raw_recording(tmp_path / "02_1_raw.mat", X, 100.0, song_triggers({21: 150}, 100.0), **storage)
+    raw_file = nmedt._open_raw(path)
+    try:
+        start, stop = 101, 1937  # neither on a chunk edge
+        whole = raw_file.segment(start, stop)
+        pieces, expected_offset = [], 0
+        for offset, block in raw_file.blocks(start, stop):
+            assert offset == expected_offset and block.shape[0] == 129 and block.dtype == np.float64
+            pieces.append(block.copy())  # a block is valid until the next is asked for
+            expected_offset += block.shape[1]
+        assert len(pieces) > 1
+        np.testing.assert_array_equal(np.concatenate(pieces, axis=1), whole)
+        np.testing.assert_array_equal(whole, X[:, start:stop].astype(np.float32 if storage.get("dtype") else np.float64))
+    finally:
+        raw_file.close()
+
+
 def test_selection_by_song_and_subject_and_read_recording(both_layouts):
     folder = nmedt.scan_nmedt(both_layouts.root)
     for layout in ("cleaned", "raw"):

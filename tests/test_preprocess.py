@@ -188,6 +188,22 @@ def test_fused_steps_equal_the_traced_steps_to_the_bit(cfg):
     np.testing.assert_array_equal(fused.data, traced.data)
 
 
+def test_cache_files_are_what_numpy_saves_for_the_finished_array(tmp_path):
+    """The cache applies centre → scale → clamp while writing: the file is np.save's of the result, byte for byte."""
+    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=2 * pp.BLOCK_SAMPLES / 1000.0 + 0.3)
+    working = pp._working_input(raw.get_data(), RAW_NAMES, 1000.0, Preprocessing())
+    result, scaling = pp._preprocess_working(working, Preprocessing(), "test recording")
+    assert scaling is not None and result.data.flags.f_contiguous
+    finished = scaling.apply(result.data.copy(order="F"))
+    np.save(tmp_path / "numpy.npy", finished)
+    pp._write_recording(tmp_path / "cache.npy", result.data, scaling)
+    assert (tmp_path / "cache.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+    np.testing.assert_array_equal(result.data, finished)  # the writer scaled the array in place
+    np.testing.assert_array_equal(np.load(tmp_path / "cache.npy", mmap_mode="r"), preprocess_raw(raw).data)
+    with pytest.raises(ValueError, match="time-major"):
+        pp._write_recording(tmp_path / "c_order.npy", np.ascontiguousarray(finished))
+
+
 def test_working_input_scales_casts_and_finds_each_channel_range():
     rng = np.random.default_rng(3)
     data_uv = np.asfortranarray(rng.normal(0.0, 20.0, size=(129, 2 * pp.BLOCK_SAMPLES + 7)))
