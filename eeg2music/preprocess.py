@@ -288,14 +288,14 @@ def drop_face_channels(
 
 
 def _drop_named(data: np.ndarray, ch_names: Sequence[str], names: Iterable[str]) -> tuple[np.ndarray, list[str]]:
-    rows, kept_names = _kept_rows(data, ch_names, names)
+    rows, kept_names = _kept_rows(data.shape[0], ch_names, names)
     return data[rows], kept_names
 
 
-def _kept_rows(data: np.ndarray, ch_names: Sequence[str], names: Iterable[str]) -> tuple[slice | list[int], list[str]]:
+def _kept_rows(n_rows: int, ch_names: Sequence[str], names: Iterable[str]) -> tuple[slice | list[int], list[str]]:
     """The rows left after dropping ``names``: a slice when contiguous (indexing then gives a view), and their names."""
-    if data.shape[0] != len(ch_names):
-        raise ValueError(f"data has {data.shape[0]} rows but {len(ch_names)} channel names were given")
+    if n_rows != len(ch_names):
+        raise ValueError(f"data has {n_rows} rows but {len(ch_names)} channel names were given")
     names = set(names)
     keep = [i for i, name in enumerate(ch_names) if name not in names]
     if not keep:
@@ -683,7 +683,7 @@ def _working_input_from_blocks(blocks: Iterable[tuple[int, np.ndarray]], shape: 
     (e.g. :meth:`eeg2music.nmedt._RawFile.blocks`, streamed from the file); the blocks are only read."""
     n_channels, n_times = shape
     dropped = [name for name in ch_names if name in channels_to_drop(cfg.drop_face, cfg.drop_reference)]
-    rows, names = _kept_rows(np.empty((n_channels, 0)), ch_names, dropped)
+    rows, names = _kept_rows(n_channels, ch_names, dropped)
     if n_times == 0:
         raise ValueError("the recording has no samples")
     needs_float64 = cfg.filtering != "none" or cfg.resample_sfreq is not None or cfg.bad_channels == "interpolate"
