@@ -34,7 +34,7 @@ backbone = ""  # backbone folder (AudioLDM2-music or tiny); empty: the default t
 steps = 0  # optimiser steps; 0: the default for the size (demo: ControlNet 200, ConvNet 400; smoke: 6)
 batch_size = 0  # EEG windows per step; 0: the default for the size
 lr = 0.0  # AdamW learning rate; 0: the backbone's default (tiny 1e-3; AudioLDM2 1e-4, the paper's)
-control_min_timestep = -1  # ControlNet trains and acts at diffusion steps ≥ this; -1: backbone's default (tiny 500; AudioLDM2 0 = all, the paper's)
+control_min_timestep = -1  # ControlNet trains and acts at diffusion steps ≥ this; -1: backbone's default (tiny 500; AudioLDM2 0, every step, the paper's)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
 run_dir = ""  # notebook 02's output folder or a cache; empty: the default run folder's (built if missing)
 run_name = ""  # run folder name; empty: controlnet_subject, controlnet or convnet

@@ -138,3 +138,16 @@ def test_06_evaluate(tmp_path, session_outputs):
     out = session_outputs / "06_evaluate"
     assert (out / "metrics.json").is_file() and (out / "metrics.csv").is_file()
     assert (out / "report.md").is_file() or (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_sees_every_parameter_with_its_comment(name, tmp_path):
+    """`papermill --help-notebook` lists every parameter; a line with a second '=' (even in its comment) hides it."""
+    import papermill
+
+    path = tmp_path / f"{name}.ipynb"
+    jupytext.write(jupytext.read(NOTEBOOKS_DIR / f"{name}.py"), path)
+    seen = papermill.inspect_notebook(str(path))
+    specs = read_parameter_specs(name)
+    assert set(seen) == {s.name for s in specs}
+    assert all(seen[s.name]["help"] for s in specs)
