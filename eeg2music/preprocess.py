@@ -1257,7 +1257,8 @@ def build_cache(
         def first_pass(segment):
             # The reader thread's share: the file is streamed block by block through one pass that drops
             # channels, converts µV to volts, casts to the working array and finds each channel's range,
-            # which also tells whether every value is finite (iter_recordings checks that separately).
+            # which also tells whether every value kept is finite (iter_recordings checks every channel
+            # separately; a NaN in a dropped face or reference channel does not reach the cache).
             working = _working_input_from_blocks(segment.blocks(), (segment.n_channels, segment.n_times),
                                                  channel_names(segment.n_channels), segment.fs, cfg, scale=1e-6)
             if not (np.isfinite(working.low).all() and np.isfinite(working.high).all()):
