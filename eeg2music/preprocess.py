@@ -476,12 +476,17 @@ def center_on_first_samples(data: np.ndarray, n_samples: int = 1000) -> np.ndarr
     ValueError
         If the recording is shorter than ``n_samples``.
     """
+    data -= _first_samples_mean(data, n_samples)
+    return data
+
+
+def _first_samples_mean(data: np.ndarray, n_samples: int) -> np.ndarray:
+    """Each channel's mean over its first ``n_samples`` samples, (n_channels, 1): what centring subtracts."""
     if n_samples <= 0:
         raise ValueError(f"center_on_first_samples: n_samples must be positive, got {n_samples}")
     if data.shape[-1] < n_samples:
         raise ValueError(f"center_on_first_samples: the recording has {data.shape[-1]} samples, fewer than {n_samples}")
-    data -= data[:, :n_samples].mean(axis=1, keepdims=True)
-    return data
+    return data[:, :n_samples].mean(axis=1, keepdims=True)
 
 
 def robust_scale(data: np.ndarray, fit_samples: int | None = None) -> np.ndarray:
@@ -776,10 +781,10 @@ class _Scaling:
     def fit(cls, data: np.ndarray, cfg: Preprocessing, where: str) -> _Scaling:
         offsets = None
         if cfg.center_samples:
-            if data.shape[1] < cfg.center_samples:
-                raise ValueError(f"{where}: center_on_first_samples: the recording has {data.shape[1]} samples, "
-                                 f"fewer than {cfg.center_samples}")
-            offsets = data[:, : cfg.center_samples].mean(axis=1, keepdims=True)  # as center_on_first_samples
+            try:
+                offsets = _first_samples_mean(data, cfg.center_samples)  # what center_on_first_samples subtracts
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
         return cls(offsets, fit_robust_scaler(data, cfg.scaler_fit_samples, offsets), cfg.clamp)
 
     def blocks(self, data: np.ndarray) -> Iterator[np.ndarray]:
