@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 NOTEBOOK_SOURCES := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 NOTEBOOKS := $(NOTEBOOK_SOURCES:.py=.ipynb)
 
-.PHONY: help setup notebooks demo test test-fast bench bench-preprocess lab clean clean-outputs
+.PHONY: help setup notebooks demo test test-fast bench bench-preprocess bench-backbone lab clean clean-outputs
 
 help:
 	@echo "make demo   - set up .venv if needed, then run notebooks 00-06 on the embedded default into outputs/"
@@ -48,9 +48,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: bench-preprocess
+bench: bench-preprocess bench-backbone
 bench-preprocess: setup
 	$(BIN)/python benchmarks/bench_preprocess.py
+bench-backbone: setup
+	$(BIN)/python benchmarks/bench_backbone.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -51,6 +51,8 @@ from .audio import (
     padded_frames,
     waveform_to_mel,
 )
+from .metrics import frechet_distance
+from .paths import stage_dir
 from .utils import atomic_directory, count_parameters, read_json, write_json
 
 #: The file that marks a complete backbone folder (written last; eeg2music.pipeline checks it).
@@ -95,6 +97,28 @@ def audioldm2_scheduler_config() -> dict[str, Any]:
         steps_offset=1,
         prediction_type="epsilon",
     )
+
+
+def tiny_scheduler_config(prediction_type: str = "v_prediction", zero_terminal_snr: bool = True) -> dict[str, Any]:
+    """The tiny backbone's noise schedule: AudioLDM2's β's, by default with v-prediction and a zero-SNR last step.
+
+    With AudioLDM2's ε-prediction the last step keeps ᾱ_T ≈ 1.5e-4 of the signal, and the clean latent
+    a DDIM step implies, ``(z_t − √(1−ᾱ)·ε̂) / √ᾱ``, multiplies the UNet's ε-error by 1/√ᾱ_T ≈ 80. A
+    small UNet cannot make that error small enough: the shipped ε-backbone's implied z₀ at t = 999 had
+    std 4.3 (real latents: 1.0) and its samples came out twice as wide as real latents. Predicting
+    v = √ᾱ·ε − √(1−ᾱ)·z₀ (≈ −z₀ at high noise) removes the division; rescaling the β's to a zero
+    terminal SNR (Lin et al. 2024) makes the first sampling step start from pure noise, as at training
+    time, and "trailing" timestep spacing makes DDIM actually visit t = 999.
+    """
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon' or 'v_prediction'")
+    if zero_terminal_snr and prediction_type == "epsilon":
+        raise ValueError("zero_terminal_snr needs prediction_type='v_prediction' (ε is undefined at SNR 0)")
+    config = audioldm2_scheduler_config()
+    config.update(prediction_type=prediction_type, rescale_betas_zero_snr=bool(zero_terminal_snr),
+                  timestep_spacing="trailing" if zero_terminal_snr else "leading",
+                  steps_offset=0 if zero_terminal_snr else 1)
+    return config
 
 
 def audioldm2_music_config() -> dict[str, Any]:
@@ -202,7 +226,8 @@ TINY_CONTEXT_TOKENS = 8
 TINY_SIZES = ("default", "smoke")
 
 
-def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
+def tiny_backbone_config(size: str = "default", prediction_type: str = "v_prediction",
+                         zero_terminal_snr: bool = True) -> dict[str, Any]:
     """Architecture of the tiny backbone: AudioLDM2's classes and layout at widths two CPU cores can train.
 
     Parameters
@@ -215,7 +240,7 @@ def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
     Returns
     -------
     dict
-        ``vae`` and ``unet`` kwargs, ``scheduler`` (AudioLDM2's), ``conditioning`` shapes.
+        ``vae`` and ``unet`` kwargs, ``scheduler`` (:func:`tiny_scheduler_config`), ``conditioning`` shapes.
 
     Notes
     -----
@@ -256,7 +281,8 @@ def tiny_backbone_config(size: str = "default") -> dict[str, Any]:
         norm_num_groups=unet_widths[0] // 2 if smoke else 32,
     )
     conditioning = {"encoder_hidden_states": (1, TINY_CONTEXT_TOKENS, TINY_CONTEXT_DIM)}
-    return dict(vae=vae, unet=unet, scheduler=audioldm2_scheduler_config(), conditioning=conditioning)
+    scheduler = tiny_scheduler_config(prediction_type, zero_terminal_snr)
+    return dict(vae=vae, unet=unet, scheduler=scheduler, conditioning=conditioning)
 
 
 def tiny_conditioning(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -266,7 +292,8 @@ def tiny_conditioning(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"encoder_hidden_states": torch.randn(shape, generator=generator)}
 
 
-def build_tiny_backbone(seed: int = 0, size: str = "default") -> "Backbone":
+def build_tiny_backbone(seed: int = 0, size: str = "default", prediction_type: str = "v_prediction",
+                        zero_terminal_snr: bool = True) -> "Backbone":
     """A randomly initialised tiny backbone (seeded), ready to train or to stand in for tests.
 
     Parameters
@@ -275,10 +302,12 @@ def build_tiny_backbone(seed: int = 0, size: str = "default") -> "Backbone":
         Seeds the initial weights and the constant conditioning.
     size : {"default", "smoke"}
         See :func:`tiny_backbone_config`.
+    prediction_type, zero_terminal_snr
+        The noise schedule (:func:`tiny_scheduler_config`).
     """
     from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
 
-    config = tiny_backbone_config(size)
+    config = tiny_backbone_config(size, prediction_type, zero_terminal_snr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         vae = AutoencoderKL(**config["vae"])
@@ -623,8 +652,6 @@ class Backbone:
 
 def missing_backbone_message(path: str | os.PathLike) -> str:
     """What to download and where to put it, for a backbone folder that is not there."""
-    from .pipeline import default_backbone_dir
-
     return (
         f"no backbone folder at {str(path)!r}. For the real backbone, download the diffusers snapshot of "
         f"{AUDIOLDM2_MUSIC_REPO} on a machine with internet, e.g. `huggingface-cli download {AUDIOLDM2_MUSIC_REPO} "
@@ -632,7 +659,7 @@ def missing_backbone_message(path: str | os.PathLike) -> str:
         f".save_pretrained('/data/audioldm2-music')`), copy that folder here (it holds model_index.json, unet/, "
         f"vae/, vocoder/, scheduler/, text_encoder/, text_encoder_2/, projection_model/, language_model/, "
         f"tokenizer/, tokenizer_2/, feature_extractor/) and pass its path as `backbone`. For the tiny backbone, "
-        f"leave `backbone` empty or run notebook 00 (it writes {default_backbone_dir()})."
+        f"leave `backbone` empty or run notebook 00 (it writes {stage_dir('backbone') / 'backbone'})."
     )
 
 
@@ -721,8 +748,6 @@ def _load_saved_backbone(path: Path) -> Backbone:
 
 def default_conditioning_cache_dir() -> Path:
     """Where the real backbone's encoded prompt is cached by default (``<outputs>/00_backbone/conditioning_cache``)."""
-    from .paths import stage_dir
-
     return stage_dir("backbone") / "conditioning_cache"
 
 
@@ -923,6 +948,10 @@ class TinyTrainingSettings:
     warmup_steps : int
     kl_weight : float
         Weight of the VAE's KL term (summed over the latent, per mel element) next to the mel L1.
+    prediction_type : {"v_prediction", "epsilon"}
+        What the UNet predicts (:func:`tiny_scheduler_config` says why v).
+    zero_terminal_snr : bool
+        Rescale the β's to a zero-SNR last step (needs v-prediction).
     min_snr_gamma : float
         Min-SNR-γ loss weighting of the UNet (0 disables it).
     ema_decay : float
@@ -946,6 +975,8 @@ class TinyTrainingSettings:
     unet_lr: float = 1e-3
     warmup_steps: int = 50
     kl_weight: float = 1e-3
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     holdout_seconds: float = 7.0
@@ -960,7 +991,7 @@ class TinyTrainingSettings:
             "smoke": dict(size="smoke", vae_steps=30, unet_steps=30, batch_size=4, vae_crop_frames=64,
                           warmup_steps=5, holdout_seconds=3.5, steps_per_epoch=15, scaling_batches=2),
             "default": {},
-            "shipped": dict(vae_steps=2000, unet_steps=4000, warmup_steps=100, steps_per_epoch=200),
+            "shipped": dict(vae_steps=2000, unet_steps=8000, warmup_steps=100, steps_per_epoch=200),
         }
         if name not in presets:
             raise ValueError(f"unknown training preset {name!r}; known: {sorted(presets)}")
@@ -1071,9 +1102,42 @@ def _set_latent_scaling(backbone: Backbone, sampler: _ClipSampler, batches: int)
     return scaling
 
 
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict under the scheduler's ``prediction_type``: ε, v or the clean latent.
+
+    v = √ᾱ·ε − √(1−ᾱ)·z₀ (Salimans & Ho 2022): at high noise it is ≈ −z₀, so the model learns the clip
+    itself where ε-prediction only learns the (almost free) noise and leaves z₀ to an ill-conditioned
+    division by √ᾱ.
+    """
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if prediction_type == "sample":
+        return latents
+    raise ValueError(f"scheduler prediction_type {prediction_type!r}: expected epsilon, v_prediction or sample")
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023) for the scheduler's prediction type.
+
+    The weight on the x₀-error is min(SNR, γ); expressed on the ε-loss it is min(SNR, γ)/SNR, on the
+    v-loss min(SNR, γ)/(SNR + 1) — the latter stays finite at the zero-SNR last step.
+    """
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type == "v_prediction":
+        return snr.clamp(max=gamma) / (snr + 1.0)
+    if prediction_type == "sample":
+        return snr.clamp(max=gamma)
+    return snr.clamp(max=gamma) / snr
+
+
 def _train_unet(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
                 log: list[dict]) -> None:
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     unet, scheduler = backbone.unet.train().requires_grad_(True), backbone.scheduler
@@ -1092,11 +1156,9 @@ def _train_unet(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainin
                                   device=device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         prediction = unet(noisy, timesteps, **conditioning, return_dict=False)[0]
-        per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+        per_sample = (prediction - diffusion_target(scheduler, latents, noise, timesteps)).pow(2).mean(dim=(1, 2, 3))
         if settings.min_snr_gamma > 0:
-            # Min-SNR-γ weighting (Hang et al. 2023): ε-loss × min(SNR, γ) / SNR — faster convergence
-            snr = compute_snr(scheduler, timesteps)
-            per_sample = per_sample * snr.clamp(max=settings.min_snr_gamma) / snr
+            per_sample = per_sample * min_snr_weight(scheduler, timesteps, settings.min_snr_gamma)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -1179,7 +1241,8 @@ def _train_tiny_backbone(data_root, out_dir, *, settings: TinyTrainingSettings, 
     seed_everything(seed)
     audio = load_song_audio(data_root, songs)
     split = SongSplit.from_audio(audio, settings.holdout_seconds)
-    backbone = build_tiny_backbone(seed=seed, size=settings.size).to(torch_device)
+    backbone = build_tiny_backbone(seed=seed, size=settings.size, prediction_type=settings.prediction_type,
+                                   zero_terminal_snr=settings.zero_terminal_snr).to(torch_device)
     generator = torch.Generator(device=torch_device).manual_seed(int(seed))
     log: list[dict] = []
     print(f"[tiny backbone] training on {len(audio)} songs ({sum(map(len, split.train.values())) / SAMPLE_RATE:.0f} s "
@@ -1258,6 +1321,59 @@ def install_shipped_backbone(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+def _weights_digest(folder: Path) -> str:
+    """SHA-256 (16 hex digits) of every ``.safetensors`` file under a backbone folder, by relative path."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(str(path.relative_to(folder)).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def backbone_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """What a backbone folder holds and where it came from: the shipped tiny backbone, another one, or AudioLDM2.
+
+    Returns
+    -------
+    dict
+        ``path``, ``kind`` (``"tiny"`` / ``"audioldm2"``), ``weights_digest``, ``shipped`` (the weights equal
+        those shipped in ``eeg2music/assets/tiny_backbone``), ``recipe`` (the training settings' preset name
+        when they equal one, else ``"custom"``), ``command``, ``seed`` and ``data_fingerprint`` from
+        ``training.json`` when the folder has one.
+    """
+    folder = Path(path).expanduser().resolve()
+    record: dict[str, Any] = {"path": str(folder)}
+    if not (folder / BACKBONE_MARKER).is_file():
+        record.update(kind="audioldm2" if (folder / "model_index.json").is_file() else "unknown", shipped=False)
+        return record
+    record["kind"] = read_json(folder / BACKBONE_MARKER).get("kind", "tiny")
+    record["weights_digest"] = _weights_digest(folder)
+    shipped_marker = SHIPPED_BACKBONE_DIR / BACKBONE_MARKER
+    record["shipped"] = bool(shipped_marker.is_file() and record["weights_digest"] == _weights_digest(SHIPPED_BACKBONE_DIR))
+    training_file = folder / TRAINING_FILE
+    if training_file.is_file():
+        training = read_json(training_file)
+        settings = training.get("settings", {})
+        presets = [name for name in ("shipped", "default", "smoke")
+                   if asdict(TinyTrainingSettings.preset(name)) == settings]
+        record.update(recipe=presets[0] if presets else "custom", command=training.get("command"),
+                      seed=training.get("seed"), data_fingerprint=training.get("data", {}).get("fingerprint"))
+    return record
+
+
+def describe_provenance(record: Mapping[str, Any]) -> str:
+    """One line for notebooks and reports: which backbone a run uses (see :func:`backbone_provenance`)."""
+    if record.get("kind") != "tiny":
+        return f"backbone: {record.get('kind')} from {record['path']}"
+    if record.get("shipped"):
+        return f"backbone: the shipped tiny backbone (recipe 'shipped', weights {record['weights_digest']}) in {record['path']}"
+    return (f"backbone: a tiny backbone that is NOT the shipped one — {record['path']}: recipe "
+            f"{record.get('recipe', 'unknown')!r}, seed {record.get('seed')}, data fingerprint "
+            f"{record.get('data_fingerprint')}, weights {record.get('weights_digest')} (made by: {record.get('command')})")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Evaluation: reconstruction, unconditional samples, a distribution distance
 # ---------------------------------------------------------------------------------------------------
@@ -1318,22 +1434,33 @@ def mel_statistics(mel: torch.Tensor | np.ndarray, bands: int = 8) -> np.ndarray
     return torch.cat([grouped.mean(1), grouped.std(1)], dim=1).numpy().astype(np.float64)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (rows are clips).
+def latent_statistics(latents: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Per-clip features: mean and standard deviation of each latent channel over time and frequency.
 
-    ``||μ_a − μ_b||² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2})`` — the distance FAD and FID use.
+    A second view of a clip next to :func:`mel_statistics`: what the UNet itself produces, before the
+    VAE's decoder can smooth it. ``(N, C, T, F)`` → ``(N, 2C)``.
     """
-    from scipy import linalg
+    latents = torch.as_tensor(latents).float()
+    return torch.cat([latents.mean(dim=(2, 3)), latents.std(dim=(2, 3))], dim=1).numpy().astype(np.float64)
 
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    root = np.real(root)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root))
+
+def mel_level_db(mel: torch.Tensor | np.ndarray, bands: int = 8) -> tuple[float, np.ndarray]:
+    """Loudness and spectral balance of a set of clips: mean mel power and mean level per band, in dB.
+
+    Returns ``(level_db, band_db)``: 10·log10 of the mean squared mel magnitude over clips, frames and
+    bins, and 20·log10(e)·mean log-mel in each of ``bands`` equal mel bands (``(bands,)``).
+    """
+    mel = torch.as_tensor(mel).float()[:, 0, : n_frames(CLIP_SAMPLES)]
+    level = 10.0 * math.log10(float((2.0 * mel).exp().mean()))
+    band = mel.reshape(mel.shape[0], mel.shape[1], bands, N_MELS // bands).mean(dim=(0, 1, 3))
+    return level, (20.0 / math.log(10.0)) * band.numpy().astype(np.float64)
+
+
+def rms_dbfs(waves: torch.Tensor | np.ndarray) -> float:
+    """Mean over clips of each clip's RMS level in dB re full scale."""
+    waves = np.asarray(torch.as_tensor(waves).float().cpu().numpy(), np.float64)
+    rms = np.sqrt((waves**2).mean(axis=-1)).clip(1e-10)
+    return float(np.mean(20.0 * np.log10(rms)))
 
 
 @dataclass
@@ -1346,6 +1473,7 @@ class BackboneEvaluation:
     reconstructed_mels: torch.Tensor
     sample_mels: torch.Tensor
     sample_latents: torch.Tensor = field(repr=False)
+    reference_mels: torch.Tensor = field(repr=False, default=None)
 
 
 @torch.no_grad()
@@ -1353,38 +1481,49 @@ def evaluate_backbone(
     backbone: Backbone,
     split: SongSplit,
     *,
-    n_samples: int = 32,
+    n_samples: int = 128,
     num_inference_steps: int = 50,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 32,
+    n_vocoded: int = 32,
     progress: bool = True,
 ) -> BackboneEvaluation:
-    """Held-out reconstruction and unconditional samples compared with the real clips' mel statistics.
+    """Does the backbone generate the dataset's music? Unconditional samples against real clips, several ways.
 
     Parameters
     ----------
     backbone : Backbone
     split : SongSplit
-        The songs' audio; its held-out tails are reconstructed, its training heads give the reference.
+        The songs' audio; its held-out tails are reconstructed, its training heads give the real sets.
     n_samples : int
-        Unconditional samples to draw (and size of every compared set).
+        Unconditional samples to draw, and the size of every compared set (two independent sets of real
+        training crops, Gaussian latents, white noise).
     num_inference_steps : int
         DDIM steps for the samples.
     seed : int
-        Seeds the samples, the reference crops and the noise baseline.
+        Seeds the samples, the real crops and the baselines.
     batch_size : int
-        Samples per UNet batch.
+        Clips per UNet / VAE batch.
+    n_vocoded : int
+        Clips of each set vocoded to measure waveform loudness (the vocoder is the slow part).
     progress : bool
 
     Returns
     -------
     BackboneEvaluation
-        ``metrics``: ``reconstruction`` (held-out mel L1 / SNR), ``frechet`` — Fréchet distances on
-        :func:`mel_statistics` features from a reference set of ``n_samples`` real training crops to:
-        another real set (the floor at this sample size), the held-out clips, the samples, VAE decodes of
-        Gaussian latents (what the UNet adds), white noise, and the ratios to noise; ``song_classifier`` —
-        a logistic regression on real clips' per-bin mel statistics: its held-out accuracy and how
-        confidently it assigns the samples to a song.
+        ``metrics`` holds:
+
+        * ``reconstruction``: the held-out VAE round trip (:func:`reconstruction_metrics`);
+        * ``frechet``: per feature set (``mel_statistics``, ``latent_statistics``), the Fréchet distance
+          from a reference set of real crops to another real set (the floor at this size), the samples,
+          Gaussian latents decoded without the UNet, white noise (mel features only) and the held-out
+          clips, plus ``samples_over_real`` and ``gaussian_over_real`` (each distance / the floor);
+        * ``latents``: per-channel mean and std of real latents and of the samples, the std ratio and the
+          mean difference in units of the real channel's std;
+        * ``loudness``: mean mel power (dB), per-band level (spectral balance, dB) and vocoded RMS (dBFS)
+          of real clips and samples, and their differences;
+        * ``song_classifier``: a logistic regression on real clips' per-bin mel statistics — held-out
+          accuracy and how confidently it assigns the samples to one song.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -1393,45 +1532,79 @@ def evaluate_backbone(
     rng = np.random.default_rng(seed)
     heldout, heldout_songs = split.heldout_clips()
 
-    def mels_of(clips: np.ndarray) -> torch.Tensor:
-        return torch.cat([backbone.wave_to_mel(torch.from_numpy(clips[i : i + batch_size])).float().cpu()
-                          for i in range(0, len(clips), batch_size)])
+    def batched(function, items) -> torch.Tensor:
+        return torch.cat([function(items[i : i + batch_size]).float().cpu() for i in range(0, len(items), batch_size)])
 
+    def mels_of(clips: np.ndarray) -> torch.Tensor:
+        return batched(lambda chunk: backbone.wave_to_mel(torch.from_numpy(np.ascontiguousarray(chunk))), clips)
+
+    # 1. Real sets: a reference, a second independent set (the floor), the held-out tails.
+    reference_clips, _ = random_clips(split.train, n_samples, rng)
+    other_clips, _ = random_clips(split.train, n_samples, rng)
+    reference_mels, other_mels = mels_of(reference_clips), mels_of(other_clips)
+    reference_latents, other_latents = batched(backbone.encode, reference_mels), batched(backbone.encode, other_mels)
     heldout_mels = mels_of(heldout) if len(heldout) else torch.zeros(0, 1, CLIP_FRAMES_PADDED, N_MELS)
-    reconstructed = torch.cat([backbone.decode(backbone.encode(heldout_mels[i : i + batch_size])).float().cpu()
-                               for i in range(0, len(heldout_mels), batch_size)]) if len(heldout_mels) else heldout_mels
+    reconstructed = batched(lambda m: backbone.decode(backbone.encode(m)), heldout_mels) if len(heldout) else heldout_mels
     reconstruction = reconstruction_metrics(backbone, heldout, batch_size) if len(heldout) else {}
 
+    # 2. Unconditional samples, and what the VAE makes of Gaussian latents without the UNet.
     generator = torch.Generator().manual_seed(int(seed))
     latents = torch.cat([
         backbone.sample_latents(min(batch_size, n_samples - i), num_inference_steps, generator=generator,
                                 progress=progress).float().cpu()
         for i in range(0, n_samples, batch_size)
     ])
-    sample_mels = torch.cat([backbone.decode(latents[i : i + batch_size]).float().cpu()
-                             for i in range(0, len(latents), batch_size)])
+    sample_mels = batched(backbone.decode, latents)
     gaussian = torch.randn(latents.shape, generator=generator)
-    gaussian_mels = torch.cat([backbone.decode(gaussian[i : i + batch_size]).float().cpu()
-                               for i in range(0, len(gaussian), batch_size)])
+    gaussian_mels = batched(backbone.decode, gaussian)
     noise_mels = mels_of(rng.standard_normal((n_samples, CLIP_SAMPLES)).astype(np.float32))
-    reference, _ = random_clips(split.train, n_samples, rng)
-    other, _ = random_clips(split.train, n_samples, rng)
-    reference_features = mel_statistics(mels_of(reference))
 
-    def distance(mels: torch.Tensor) -> float:
-        return frechet_distance(mel_statistics(mels), reference_features)
+    # 3. Fréchet distances on two feature sets, each over the distance between two real sets.
+    def distances(features, sets: dict[str, Any]) -> dict[str, float]:
+        reference = features(sets.pop("reference"))
+        values = {name: (frechet_distance(features(x), reference) if len(x) > 2 else float("nan"))
+                  for name, x in sets.items()}
+        floor = max(values["real_vs_real"], 1e-12)
+        values.update(samples_over_real=values["samples"] / floor, gaussian_over_real=values["gaussian_latents"] / floor)
+        return values
 
     frechet = {
-        "real_vs_real": distance(mels_of(other)),
-        "heldout": distance(heldout_mels) if len(heldout_mels) > 2 else float("nan"),
-        "samples": distance(sample_mels),
-        "vae_of_gaussian_latents": distance(gaussian_mels),
-        "white_noise": distance(noise_mels),
+        "mel_statistics": distances(mel_statistics, {
+            "reference": reference_mels, "real_vs_real": other_mels, "samples": sample_mels,
+            "gaussian_latents": gaussian_mels, "white_noise": noise_mels, "heldout": heldout_mels}),
+        "latent_statistics": distances(latent_statistics, {
+            "reference": reference_latents, "real_vs_real": other_latents, "samples": latents,
+            "gaussian_latents": gaussian}),
     }
-    frechet["samples_over_noise"] = frechet["samples"] / frechet["white_noise"]
-    frechet["samples_over_real"] = frechet["samples"] / max(frechet["real_vs_real"], 1e-12)
 
-    # Does a simple song classifier, trained on real clips, recognise the samples as one of the songs?
+    # 4. The latents themselves, channel by channel.
+    real = torch.cat([reference_latents, other_latents])
+    real_mean, real_std = real.mean(dim=(0, 2, 3)), real.std(dim=(0, 2, 3))
+    sample_mean, sample_std = latents.mean(dim=(0, 2, 3)), latents.std(dim=(0, 2, 3))
+    latent_stats = {
+        "real_mean": real_mean.tolist(), "real_std": real_std.tolist(),
+        "sample_mean": sample_mean.tolist(), "sample_std": sample_std.tolist(),
+        "std_ratio": (sample_std / real_std).tolist(),
+        "mean_difference_in_real_std": ((sample_mean - real_mean) / real_std).tolist(),
+    }
+    latent_stats["max_std_error"] = float(np.max(np.abs(np.asarray(latent_stats["std_ratio"]) - 1.0)))
+    latent_stats["max_mean_error"] = float(np.max(np.abs(latent_stats["mean_difference_in_real_std"])))
+
+    # 5. Loudness and spectral balance: mel power, per-band level, and the vocoded waveform's RMS.
+    real_level, real_bands = mel_level_db(reference_mels)
+    sample_level, sample_bands = mel_level_db(sample_mels)
+    k = min(n_vocoded, n_samples)
+    real_rms, sample_rms = rms_dbfs(backbone.mel_to_wave(reference_mels[:k])), rms_dbfs(backbone.mel_to_wave(sample_mels[:k]))
+    loudness = {
+        "real_mel_level_db": real_level, "sample_mel_level_db": sample_level, "mel_level_difference_db": sample_level - real_level,
+        "real_band_db": real_bands.tolist(), "sample_band_db": sample_bands.tolist(),
+        "band_difference_db": (sample_bands - real_bands).tolist(),
+        "max_band_difference_db": float(np.max(np.abs(sample_bands - real_bands))),
+        "real_vocoded_rms_dbfs": real_rms, "sample_vocoded_rms_dbfs": sample_rms,
+        "vocoded_rms_difference_db": sample_rms - real_rms, "n_vocoded": int(k),
+    }
+
+    # 6. Does a song classifier trained on real clips recognise the samples as one of the songs?
     train_clips, train_songs = random_clips(split.train, max(20 * len(split.train), 200), rng)
 
     def bin_features(mels: torch.Tensor) -> np.ndarray:
@@ -1455,12 +1628,19 @@ def evaluate_backbone(
     metrics = {
         "reconstruction": reconstruction,
         "frechet": frechet,
-        "frechet_features": "per clip: mean and std over time of the log-mel in 8 mel bands (16 dims)",
+        "frechet_features": {
+            "mel_statistics": "per clip: mean and std over time of the log-mel in 8 mel bands (16 dims)",
+            "latent_statistics": "per clip: mean and std over time and frequency of each of the 8 latent channels (16 dims)",
+        },
+        "latents": latent_stats,
+        "loudness": loudness,
         "n_samples": int(n_samples),
         "num_inference_steps": int(num_inference_steps),
+        "scheduler": {"prediction_type": backbone.scheduler.config.get("prediction_type"),
+                      "rescale_betas_zero_snr": bool(backbone.scheduler.config.get("rescale_betas_zero_snr", False))},
         "song_classifier": song_classifier,
     }
-    return BackboneEvaluation(metrics, heldout_mels, heldout_songs, reconstructed, sample_mels, latents)
+    return BackboneEvaluation(metrics, heldout_mels, heldout_songs, reconstructed, sample_mels, latents, reference_mels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1526,6 +1706,27 @@ def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, ti
 
 
 @torch.no_grad()
+def plot_levels(metrics: Mapping[str, Any], *, path: str | os.PathLike | None = None):
+    """Real clips against samples (:func:`evaluate_backbone`'s metrics): level per mel band, spread per latent channel."""
+    import matplotlib.pyplot as plt
+
+    loudness, latents = metrics["loudness"], metrics["latents"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    bands = np.arange(len(loudness["real_band_db"]))
+    left.plot(bands, loudness["real_band_db"], "o-", label="real crops")
+    left.plot(bands, loudness["sample_band_db"], "s--", label="samples")
+    left.set(xlabel="mel band (8 bins each, low → high)", ylabel="mean log-mel (dB)", title="Spectral balance")
+    left.legend()
+    channels = np.arange(len(latents["real_std"]))
+    right.bar(channels - 0.2, latents["real_std"], width=0.4, label="real latents")
+    right.bar(channels + 0.2, latents["sample_std"], width=0.4, label="sampled latents")
+    right.set(xlabel="latent channel", ylabel="standard deviation", title="Spread of the latents")
+    right.legend()
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
 def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: Sequence[int] = (0, 100, 300, 600, 999),
                          *, seed: int = 0, path: str | os.PathLike | None = None):
     """The forward (noising) process on one clip's latent: ``z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε`` for a few t.
@@ -1541,7 +1742,7 @@ def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: S
     frames = n_frames(CLIP_SAMPLES)
     for column, t in enumerate(timesteps):
         zt = z0 if t == 0 else backbone.scheduler.add_noise(z0, noise, torch.tensor([int(t)]))
-        snr_db = 10 * math.log10(float(alphas[int(t)] / (1 - alphas[int(t)])))
+        snr_db = 10 * math.log10(max(float(alphas[int(t)] / (1 - alphas[int(t)])), 1e-12))
         axes[0, column].imshow(zt[0, 0].T.numpy(), origin="lower", aspect="auto", cmap="coolwarm", vmin=-3, vmax=3)
         axes[0, column].set_title(f"t = {int(t)}  (SNR {snr_db:+.0f} dB)", fontsize=9)
         mel = backbone.decode(zt.to(backbone.device)).float().cpu()

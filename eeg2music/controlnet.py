@@ -1157,6 +1157,39 @@ def controlled_noise_prediction(
         return unet(latents, timestep, **kwargs, return_dict=False)[0]
 
 
+def guided_noise_prediction(
+    unet: AudioLDM2UNet2DConditionModel,
+    controlnet: EEGControlNet,
+    latents: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    eeg: torch.Tensor,
+    subject: Any = None,
+    conditioning: Mapping[str, Any] | None = None,
+    conditioning_scale: float = 1.0,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """The UNet's prediction steered by the EEG, with guidance on the control: ``ε_base + w·(ε_EEG − ε_base)``.
+
+    The frozen backbone alone is the unconditional model, so classifier-free guidance on the EEG needs
+    no extra training (Ho & Salimans 2022 with the condition "the ControlNet's residuals"): ``w = 1``
+    is the paper's sampling (one UNet pass), ``w > 1`` pushes each step further from what the
+    backbone would do without the EEG (two UNet passes where the ControlNet acts).
+
+    Parameters
+    ----------
+    unet, controlnet, latents, timestep, eeg, subject, conditioning, conditioning_scale
+        As for :func:`controlled_noise_prediction`.
+    guidance_scale : float
+        ``w`` (≥ 0; 0 = the backbone alone, 1 = no guidance).
+    """
+    controlled = controlled_noise_prediction(unet, controlnet, latents, timestep, eeg, subject, conditioning,
+                                             conditioning_scale)
+    if guidance_scale == 1.0 or not bool(controlnet.active_at(timestep).any()):
+        return controlled
+    base = unet(latents, timestep, **expand_conditioning(conditioning, latents.shape[0]), return_dict=False)[0]
+    return base + guidance_scale * (controlled - base)
+
+
 @contextlib.contextmanager
 def attach_controlnet(
     unet: AudioLDM2UNet2DConditionModel,

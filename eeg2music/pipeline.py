@@ -15,12 +15,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .backbone import (
+    BACKBONE_MARKER,
+    backbone_provenance,
+    describe_provenance,
+    install_shipped_backbone,
+    train_tiny_backbone,
+)
 from .paths import outputs_dir, simulated_data_root, stage_dir
 
 #: The marker a complete simulated dataset carries (written last by the simulator).
 SIMULATION_MARKER = "simulation.json"
-#: The file a complete backbone folder carries.
-BACKBONE_MARKER = "backbone.json"
 
 
 def _smoke_suffix(smoke: bool) -> str:
@@ -73,7 +78,10 @@ def ensure_backbone_dir(
 ) -> Path:
     """A backbone folder: ``backbone`` as given (AudioLDM2-music or tiny), or the default tiny one.
 
-    The default tiny backbone is trained now (on the simulated dataset's music) when it is missing.
+    When the run folder has no tiny backbone yet, the one shipped with the package is installed there
+    (whichever stage runs first), so every order of commands uses the same default. Only smoke runs,
+    which need a backbone of the smoke size, train one (in seconds). Notebook 00 with
+    ``-p retrain true`` is the way to train a substitute.
     """
     if backbone not in ("", None):
         path = Path(backbone).expanduser().resolve()
@@ -83,15 +91,17 @@ def ensure_backbone_dir(
                 f"layout (e.g. a snapshot of cvssp/audioldm2-music with model_index.json), a tiny-backbone "
                 f"folder written by notebook 00, or leave it empty for the default tiny backbone."
             )
+        print(f"[eeg2music] {describe_provenance(backbone_provenance(path))}")
         return path
     path = default_backbone_dir(smoke)
     if (path / BACKBONE_MARKER).is_file():
-        print(f"[eeg2music] using the tiny backbone in {path}")
+        print(f"[eeg2music] {describe_provenance(backbone_provenance(path))}")
         return path
-    from .backbone import train_tiny_backbone
-
+    if not smoke:
+        print(f"[eeg2music] no tiny backbone in {path} yet: installing the shipped one")
+        return Path(install_shipped_backbone(path))
     data_root = ensure_dataset("", smoke=smoke, seed=seed)
-    print(f"[eeg2music] no tiny backbone in {path} yet: training it now on {data_root} (smoke={smoke})")
+    print(f"[eeg2music] no smoke-size tiny backbone in {path} yet: training one now on {data_root} (seconds)")
     return Path(train_tiny_backbone(data_root, path, smoke=smoke, seed=seed, device=device))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .backbone import describe_provenance
 from .sample import choose_examples, clip_order
 from .utils import atomic_write_text
 
@@ -953,6 +954,12 @@ def build_report(
                + ", ".join(f"{v.get('clips')} {SPLIT_LABELS.get(k, k)} clips" for k, v in splits.items())
                + f", compared with the true clips in the embedding space of {', '.join(f'`{n}`' for n in names)}.")
     report.paragraph(summary)
+    if record.get("backbone_provenance"):
+        report.paragraph(f"**Backbone.** {describe_provenance(record['backbone_provenance'])}.")
+    settings_of = {labels[run]: m["setting"] for run, m in record["models"].items() if m.get("setting")}
+    if settings_of:
+        report.paragraph("**How each model was trained and sampled.**")
+        report.bullets([f"{label}: {setting}" for label, setting in settings_of.items()])
     if offline and not real:
         report.paragraph(
             f"**Embeddings.** No CLAP or EnCodec weights were given, so the metrics use the offline embedding set "

@@ -135,6 +135,26 @@ def model_label(run: str, kind: str | None = None, subject_cond: bool | None = N
 # Seeds and schedulers
 # --------------------------------------------------------------------------------------------------
 
+def model_setting(trained, guidance_scale: float = 1.0) -> str:
+    """How a model was trained and is sampled, in a few words (the report's "setting" column).
+
+    The paper's setting is a ControlNet whose P is trained from scratch with it, at every diffusion
+    step, sampled without guidance; anything else is named.
+    """
+    if trained is None or trained.kind == "unconditional":
+        return "backbone alone"
+    training = trained.config.get("training", {})
+    if trained.kind == "convnet":
+        return f"regression, {training.get('steps')} steps"
+    parts = [f"{training.get('steps')} steps"]
+    align = int(training.get("align_steps") or 0)
+    parts.append(f"S and P aligned first ({align} contrastive steps)" if align else "P from scratch (paper)")
+    min_t = training.get("control_min_timestep")
+    parts.append("every t (paper)" if not min_t else f"t ≥ {min_t}")
+    parts.append("no guidance (paper)" if guidance_scale == 1.0 else f"EEG guidance w = {guidance_scale:g}")
+    return ", ".join(parts)
+
+
 def clip_seed(seed: int, song: int, chunk: int, subject: int) -> int:
     """The sampling seed of one clip: a well-mixed 63-bit function of ``(seed, song, chunk, subject)``.
 
@@ -309,8 +329,8 @@ class EEGMusicPipeline:
             raise ValueError(f"EEGMusicPipeline: latents must have shape {shape}, got {tuple(latents.shape)}")
         return latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
 
-    def _denoise(self, latents, scheduler, eeg, subject, conditioning_scale, show_progress) -> torch.Tensor:
-        from .controlnet import controlled_noise_prediction, expand_conditioning
+    def _denoise(self, latents, scheduler, eeg, subject, conditioning_scale, guidance_scale, show_progress) -> torch.Tensor:
+        from .controlnet import expand_conditioning, guided_noise_prediction
 
         unet = self.backbone.unet
         batch = latents.shape[0]
@@ -320,8 +340,8 @@ class EEGMusicPipeline:
         for t in (self.progress_bar(steps) if show_progress else steps):
             model_input = scheduler.scale_model_input(latents, t)
             if self.kind == "controlnet":
-                noise_pred = controlled_noise_prediction(
-                    unet, self.module, model_input, t, eeg, subject, conditioning, conditioning_scale
+                noise_pred = guided_noise_prediction(
+                    unet, self.module, model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale
                 )
             else:
                 noise_pred = unet(model_input, t, **expand_conditioning(conditioning, batch), return_dict=False)[0]
@@ -354,6 +374,7 @@ class EEGMusicPipeline:
         conditioning_scale: float = 1.0,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         *,
+        guidance_scale: float = 1.0,
         batch_size: int | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -377,6 +398,9 @@ class EEGMusicPipeline:
             The sampler, configured from the backbone's training schedule (:func:`make_scheduler`).
         conditioning_scale : float
             Multiplies the ControlNet's residuals (1 = as trained; 0 = the backbone alone).
+        guidance_scale : float
+            Guidance on the EEG, ``ε_base + w·(ε_EEG − ε_base)`` (:func:`~eeg2music.controlnet.guided_noise_prediction`):
+            1 = the paper's sampling; > 1 amplifies what the EEG changes. ControlNet only.
         generator : torch.Generator or list of torch.Generator, optional
             The initial noise's source; a list (one per clip, :func:`clip_generators`) makes every
             clip reproducible on its own, whatever the batch.
@@ -404,6 +428,8 @@ class EEGMusicPipeline:
             raise ValueError(f"parameter 'scheduler': {scheduler!r} is not one of {list(SCHEDULERS)}")
         if int(num_inference_steps) < 1:
             raise ValueError(f"parameter 'num_inference_steps': must be ≥ 1, got {num_inference_steps}")
+        if not float(guidance_scale) >= 0.0:
+            raise ValueError(f"parameter 'guidance_scale': must be ≥ 0, got {guidance_scale}")
         if eeg is not None:
             eeg = torch.as_tensor(eeg)
             if eeg.ndim == 2:
@@ -422,7 +448,8 @@ class EEGMusicPipeline:
             sampler = make_scheduler(scheduler, self.backbone.scheduler.config)
             sampler.set_timesteps(int(num_inference_steps), device=self.device)
             start = self.prepare_latents(batch, generator, sampler, latents)
-            result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), show_progress)
+            result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale),
+                                   show_progress)
 
         if output_type != "latent":
             result = self.decode(result)
@@ -585,6 +612,7 @@ def sample_clips(
     scheduler: str = "dpmsolver++",
     num_inference_steps: int = 20,
     conditioning_scale: float = 1.0,
+    guidance_scale: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
@@ -615,13 +643,14 @@ def sample_clips(
     with cpu_threads_for(pipeline.device, threads) as used:
         for start in range(0, len(clips), batch_size):
             seconds += _sample_batch(pipeline, dataset, clips[start : start + batch_size], waves, scheduler,
-                                     num_inference_steps, conditioning_scale, seed)
+                                     num_inference_steps, conditioning_scale, seed, guidance_scale)
             bar.update(min(batch_size, len(clips) - start))
     bar.close()
     return (np.concatenate(waves) if waves else np.zeros((0, CLIP_SAMPLES), np.float32)), seconds, used
 
 
-def _sample_batch(pipeline, dataset, batch, waves, scheduler, num_inference_steps, conditioning_scale, seed) -> float:
+def _sample_batch(pipeline, dataset, batch, waves, scheduler, num_inference_steps, conditioning_scale, seed,
+                  guidance_scale: float = 1.0) -> float:
     """Reconstruct one batch of clips into ``waves``; return the pipeline's wall time."""
     eeg = None
     if pipeline.kind != "unconditional":
@@ -634,6 +663,7 @@ def _sample_batch(pipeline, dataset, batch, waves, scheduler, num_inference_step
         num_inference_steps=num_inference_steps,
         scheduler=scheduler,
         conditioning_scale=conditioning_scale,
+        guidance_scale=guidance_scale,
         generator=generators,
         batch_size=len(batch),
         show_progress=False,
@@ -651,6 +681,7 @@ def sample_models(
     scheduler: str = "dpmsolver++",
     num_inference_steps: int = 20,
     conditioning_scale: float = 1.0,
+    guidance_scale: float = 1.0,
     seed: int = 0,
     max_clips: int | Mapping[str, int] = 0,
     subjects: Sequence[int] | None = None,
@@ -672,7 +703,7 @@ def sample_models(
         With audio attached (the true clips are written too).
     out_dir : path-like
         Notebook 05's folder.
-    scheduler, num_inference_steps, conditioning_scale
+    scheduler, num_inference_steps, conditioning_scale, guidance_scale
         As for :class:`EEGMusicPipeline`.
     seed : int
         Sampling seed (:func:`clip_seed`) and clip-selection seed.
@@ -732,8 +763,8 @@ def sample_models(
             for split, clips in selection.items():
                 waves, seconds, used_threads = sample_clips(
                     pipeline, datasets[split], clips, scheduler=scheduler, num_inference_steps=num_inference_steps,
-                    conditioning_scale=conditioning_scale, seed=seed, batch_size=batch_size, progress=progress,
-                    desc=f"{run} · {split}", threads=threads,
+                    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, seed=seed,
+                    batch_size=batch_size, progress=progress, desc=f"{run} · {split}", threads=threads,
                 )
                 per_clip = seconds / len(clips)
                 total_seconds += seconds
@@ -763,6 +794,7 @@ def sample_models(
                 "model_dir": None if trained is None else str(trained.path),
                 "scheduler": sampler,
                 "steps": steps,
+                "setting": model_setting(trained, guidance_scale),
                 "clips": total_clips,
                 "seconds": round(total_seconds, 3),
                 "seconds_per_clip": round(total_seconds / max(total_clips, 1), 4),
@@ -781,6 +813,7 @@ def sample_models(
         "scheduler": scheduler,
         "num_inference_steps": int(num_inference_steps),
         "conditioning_scale": float(conditioning_scale),
+        "guidance_scale": float(guidance_scale),
         "seed": int(seed),
         "max_clips": limits,
         "subjects": None if not subjects else [int(s) for s in subjects],

@@ -69,6 +69,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from safetensors.torch import load_file, save_file
+
+from .alignment import EEGAudioAligner, build_aligner_for, init_controlnet_from, train_alignment
 from .params import ParameterError, coerce_mapping
 from .paths import stage_dir
 from .utils import atomic_directory, atomic_write_text, count_parameters, read_json, resolve_device, write_json
@@ -127,6 +130,8 @@ class TrainConfig:
     conditioning_scale: float = 1.0  #: ControlNet residual scale during training
     control_min_timestep: int = -1  #: the ControlNet trains and acts at diffusion steps ≥ this; -1 = the backbone's default (:func:`default_control_min_timestep`)
     convnet_width: int = 0  #: ConvNet hidden channels (0 = default for the size)
+    align_steps: int = 0  #: ControlNet only: steps of contrastive EEG↔audio pre-training of S and P before the diffusion loss (0 = the paper's P trained from scratch with the ControlNet)
+    align_batch_size: int = 64  #: windows per contrastive step (larger batches hold more negatives)
     num_workers: int = 0  #: DataLoader workers (0 = load in the main process)
     mixed_precision: str = "auto"  #: "auto" (bf16 on CUDA, none on CPU), "no", "bf16", "fp16"
     seed: int = 0  #: seeds the model init, the data order and every noise draw
@@ -147,9 +152,14 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ParameterError(f"parameter 'betas': expected two numbers in [0, 1), got {self.betas}")
         for name in ("steps", "batch_size", "checkpoint_every", "val_every", "val_samples", "convnet_width",
-                     "num_workers", "lr_warmup_steps"):
+                     "num_workers", "lr_warmup_steps", "align_steps"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"parameter {name!r}: must be ≥ 0, got {getattr(self, name)}")
+        if self.align_batch_size < 2:
+            raise ParameterError(f"parameter 'align_batch_size': must be ≥ 2 (InfoNCE needs negatives), got {self.align_batch_size}")
+        if self.align_steps and self.model != "controlnet":
+            raise ParameterError(f"parameter 'align_steps': pre-trains the ControlNet's S and P; model {self.model!r} "
+                                 f"has none (use 0)")
         if self.keep_checkpoints < 1:
             raise ParameterError(f"parameter 'keep_checkpoints': must be ≥ 1, got {self.keep_checkpoints}")
         if self.lr < 0:
@@ -1379,6 +1389,9 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     if cfg.control_min_timestep < 0:
         cfg = dataclasses.replace(cfg, control_min_timestep=default_control_min_timestep(getattr(backbone, "kind", None)))
     model = build_model(cfg, backbone, data)
+    alignment = None
+    if kind == "controlnet" and cfg.align_steps and resume_from is None and main:
+        alignment = _pretrain_alignment(model, cfg, backbone, data, run, device, progress)
     state: dict[str, Any] = {"step": 0, "log": [], "train_seconds": 0.0, "samples_seen": 0}
     if resume_from is not None:
         _check_resume_config(resume_from, read_json(resume_from / CHECKPOINT_MARKER).get("config", {}), cfg)
@@ -1496,6 +1509,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             "latents": {"clips": len(data.latents.keys), "encoded_this_run": data.latents.encoded,
                         "cache": str(data.latents.path) if data.latents.path else None},
             "model_dir": str(run / MODEL_DIR_NAME), "config": cfg.to_dict(), "data": data.info,
+            "alignment": alignment if alignment is not None else _previous_alignment(run, resume_from),
         }
         write_json(run / SUMMARY_NAME, summary)
         evidence = summary["eeg_evidence"]
@@ -1505,6 +1519,61 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             + f"; model → {run / MODEL_DIR_NAME}")
     accelerator.wait_for_everyone()
     return TrainResult(run, run / MODEL_DIR_NAME, summary, log)
+
+
+ALIGNMENT_DIR_NAME = "aligner"
+
+
+def _pretrain_alignment(model, cfg: TrainConfig, backbone, data: TrainingData, run: Path, device, progress: bool):
+    """Contrastive pre-training of S and P (:mod:`eeg2music.alignment`), copied into the ControlNet.
+
+    The aligner (both encoders) is saved in ``<run>/aligner/`` so its encoder-only retrieval can be
+    measured on the test windows later; the returned record goes into ``train_summary.json``.
+    """
+    torch.manual_seed(_derived_seed(_INIT_STREAM, cfg.seed, 1))
+    aligner = build_aligner_for(model, int(backbone.latent_shape[0]), subject_cond=cfg.subject_cond,
+                                n_subjects=data.n_subjects)
+    result = train_alignment(aligner, data.train, data.val, data.latents, steps=cfg.align_steps,
+                             batch_size=cfg.align_batch_size, seed=cfg.seed, device=device,
+                             eval_every=max(cfg.align_steps // 4, 1), progress=progress)
+    copied = init_controlnet_from(model, aligner.to(next(model.parameters()).device))
+    with atomic_directory(run / ALIGNMENT_DIR_NAME) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in aligner.state_dict().items()},
+                  str(tmp / "aligner.safetensors"))
+        write_json(tmp / "aligner.json", {"dim": aligner.eeg_head[-1].out_channels, "subject_cond": cfg.subject_cond,
+                                          "n_subjects": data.n_subjects, "latent_channels": int(backbone.latent_shape[0]),
+                                          "plan": model.plan.to_dict(), "result": result.to_dict()})
+    if progress:
+        print(f"[train] aligned S and P in {result.seconds:.0f} s: validation segment top-1 "
+              f"{result.retrieval['segment_top1']:.0%} (chance {result.retrieval['segment_chance']:.0%}), song "
+              f"{result.retrieval['song_top1']:.0%} (chance {result.retrieval['song_chance']:.0%}); "
+              f"{len(copied)} tensors copied into the ControlNet", flush=True)
+    return {**result.to_dict(), "copied": len(copied), "folder": str(run / ALIGNMENT_DIR_NAME)}
+
+
+def _previous_alignment(run: Path, resume_from) -> dict[str, Any] | None:
+    """A resumed run's alignment record (written when the run started)."""
+    record = run / ALIGNMENT_DIR_NAME / "aligner.json"
+    if resume_from is None or not record.is_file():
+        return None
+    return {**read_json(record)["result"], "folder": str(record.parent)}
+
+
+def load_aligner(run: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The contrastive aligner a ControlNet run was initialised from (``<run>/aligner/``), or None."""
+    folder = Path(run) / ALIGNMENT_DIR_NAME
+    if not (folder / "aligner.json").is_file():
+        return None
+    meta = read_json(folder / "aligner.json")
+    plan = meta["plan"]
+    aligner = EEGAudioAligner(
+        eeg_channels=plan["eeg_channels"], eeg_sfreq=plan["eeg_sfreq"], eeg_samples=plan["eeg_samples"],
+        clip_seconds=plan["clip_seconds"], latent_channels=meta["latent_channels"], latent_frames=plan["latent_frames"],
+        latent_bins=plan["latent_bins"], first_block_channels=plan["first_block_channels"],
+        n_subjects=meta["n_subjects"], subject_cond=meta["subject_cond"], dim=meta["dim"],
+    )
+    aligner.load_state_dict(load_file(str(folder / "aligner.safetensors")))
+    return aligner.to(device).eval()
 
 
 def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:

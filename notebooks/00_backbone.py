@@ -43,7 +43,7 @@ retrain = False  # train the tiny backbone here instead of using the shipped (or
 preset = "default"  # training recipe when retraining: "default" (minutes) or "shipped" (the shipped backbone's)
 vae_steps = 0  # VAE training steps (0: the preset's)
 unet_steps = 0  # UNet training steps (0: the preset's)
-n_samples = 32  # unconditional samples drawn for the evaluation
+n_samples = 128  # unconditional samples drawn for the evaluation (and the size of every compared real set)
 sample_steps = 50  # DDIM steps for those samples
 timing_steps = [20, 200]  # DDIM step counts whose sampling time per clip is measured
 n_listen = 3  # clips rendered as audio players in each listening section
@@ -58,6 +58,7 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
@@ -118,7 +119,7 @@ display(player(example))
 # * a **UNet** (`AudioLDM2UNet2DConditionModel`) that predicts the noise in a noisy latent, with
 #   self-attention over the whole clip and cross-attention to a constant "text" embedding (the
 #   paper ignores text: one fixed conditioning, computed once);
-# * a **noise schedule** (`DDIMScheduler`, AudioLDM2's β's);
+# * a **noise schedule** (`DDIMScheduler`, AudioLDM2's β's; section 4 says what the tiny one changes);
 # * a **vocoder** from mel to waveform: AudioLDM2's HiFi-GAN, or Griffin-Lim for the tiny backbone.
 #
 # With `backbone` empty we use the tiny one. Unless `retrain` (or `smoke`) is set, the folder already
@@ -136,7 +137,7 @@ backbone_path, source = bb.prepare_backbone_folder(
 )
 model = bb.load_backbone(backbone_path, device=torch_device)
 training = read_json(backbone_path / bb.TRAINING_FILE) if (backbone_path / bb.TRAINING_FILE).is_file() else None
-print(f"{source} backbone from {backbone_path}\n{model}")
+print(f"{source}: {bb.describe_provenance(bb.backbone_provenance(backbone_path))}\n{model}")
 if training and training["data"]["fingerprint"] != bb.audio_fingerprint(songs):
     print("note: this backbone was trained on other audio than this dataset's; set retrain=True to train on it")
 
@@ -179,17 +180,38 @@ for i in range(min(n_listen, len(heldout_clips))):
         display(player(wave))
 
 # %% [markdown]
-# ## 4. The forward diffusion process
+# ## 4. The forward diffusion process, and what the UNet learns
 #
 # Training a diffusion model needs no labels: take a clean latent `z_0`, pick a step `t` out of 1000,
-# mix in Gaussian noise, `z_t = √ᾱ_t · z_0 + √(1 − ᾱ_t) · ε`, and ask the UNet to predict `ε`. The
-# schedule ᾱ_t (AudioLDM2's "scaled linear" β's) decides how fast the signal-to-noise ratio falls. At
-# sampling time the UNet walks this path backwards from pure noise; DDIM takes large strides along it
-# (20 to 200 steps instead of 1000).
+# mix in Gaussian noise, `z_t = √ᾱ_t · z_0 + √(1 − ᾱ_t) · ε`, and ask the UNet for a target it can
+# recover `z_0` from. The schedule ᾱ_t (AudioLDM2's "scaled linear" β's) decides how fast the
+# signal-to-noise ratio falls. At sampling time the UNet walks this path backwards from pure noise;
+# DDIM takes large strides along it (20 to 200 steps instead of 1000).
 
 # %%
 fig = bb.plot_forward_process(model, model.encode(evaluation.real_mels[:1]), seed=seed,
                               path=out_path / "forward_process.png")
+
+# %% [markdown]
+# AudioLDM2 predicts the noise `ε`. Then the clean latent a sampling step aims at is
+# `ẑ_0 = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t`: at the noisiest steps `√ᾱ_t` is about 0.01, so any error in
+# `ε̂` comes back a hundred times larger. A big UNet can afford that; a small one cannot — the
+# first tiny backbone, trained on `ε`, drew latents twice as wide as real ones. The tiny backbone
+# therefore predicts the **velocity** `v = √ᾱ_t·ε − √(1−ᾱ_t)·z_0` (≈ −`z_0` at high noise: the
+# model is asked for the music, not for the noise it was just given), with the β's rescaled so
+# that the last step is pure noise (zero terminal SNR), as at sampling time. This is its loss on
+# a batch of real latents, written out:
+
+# %%
+z0 = model.encode(evaluation.reference_mels[:8].to(model.device))
+noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
+t = torch.linspace(0, model.scheduler.config.num_train_timesteps - 1, len(z0)).long().to(z0.device)
+z_t = model.scheduler.add_noise(z0, noise, t)                      # the forward process
+target = bb.diffusion_target(model.scheduler, z0, noise, t)        # ε, or v for the tiny backbone
+prediction = model.unet(z_t, t, **model.unet_conditioning(len(z0)), return_dict=False)[0]
+per_step = (prediction - target).pow(2).mean(dim=(1, 2, 3))
+print(f"prediction type {model.scheduler.config.prediction_type!r}; loss per t:",
+      {int(step): round(float(loss), 4) for step, loss in zip(t, per_step)})
 
 # %% [markdown]
 # ## 5. Unconditional samples: is it music of the right kind?
@@ -199,28 +221,54 @@ fig = bb.plot_forward_process(model, model.encode(evaluation.real_mels[:1]), see
 # spectrogram should show its harmonic lines and drum onsets.
 
 # %%
-k = min(4, len(evaluation.sample_mels), len(evaluation.real_mels))
-fig = bb.plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.sample_mels[:k]]),
-                   [f"real (song {s})" for s in heldout_songs[:k]] + [f"sample {i}" for i in range(k)],
+k = min(4, len(evaluation.sample_mels), len(evaluation.reference_mels))
+fig = bb.plot_mels(torch.cat([evaluation.reference_mels[:k], evaluation.sample_mels[:k]]),
+                   [f"real crop {i}" for i in range(k)] + [f"sample {i}" for i in range(k)],
                    columns=k, path=out_path / "samples_vs_real.png")
 for i in range(min(n_listen, len(evaluation.sample_latents))):
     display(player(model.mel_to_wave(evaluation.sample_mels[i : i + 1])[0]))
 
 # %% [markdown]
-# ### A distribution distance
+# ### Distribution distances
 #
-# Listening convinces; a number compares. For every clip we summarise its mel by the mean and the
-# standard deviation over time in 8 mel bands (16 numbers: spectral balance and dynamics), fit a
-# Gaussian to each set of clips and compute the **Fréchet distance** to real training crops (the
-# distance FAD uses, on much simpler features). The floor is another set of real crops of the same
-# size; the ceiling white noise; "VAE of Gaussian latents" decodes noise without the UNet — what
-# the UNet adds is the gap between that and the samples. A song classifier (logistic regression on
-# real clips' per-bin mel statistics) then says whether the samples sound like *one* of the songs.
+# Listening convinces; a number compares. We fit a Gaussian to each set of clips and compute the
+# **Fréchet distance** to a set of real training crops (the distance FAD uses), on two feature sets
+# so that neither can be matched by accident: the mel's mean and spread over time in 8 mel bands
+# (spectral balance and dynamics, after the decoder), and each latent channel's mean and spread
+# (what the UNet itself makes). The floor is a second, independent set of real crops of the same
+# size: we report every distance **over that floor** (1 = as close as real clips are to each
+# other). "Gaussian latents" decodes noise without the UNet — what the UNet adds is the gap
+# between that row and the samples; white noise is the ceiling.
 
 # %%
 frechet = metrics["frechet"]
-display(Markdown("\n".join(["| compared with real training crops | Fréchet distance |", "|---|---|"]
-                           + [f"| {name.replace('_', ' ')} | {value:.2f} |" for name, value in frechet.items()])))
+rows = ["real_vs_real", "samples", "gaussian_latents", "white_noise", "heldout"]
+display(Markdown("\n".join(
+    ["| compared with real training crops | mel statistics | ÷ floor | latent statistics | ÷ floor |", "|---|---|---|---|---|"]
+    + [f"| {row.replace('_', ' ')} | " + " | ".join(
+        f"{frechet[f].get(row, float('nan')):.3f} | {frechet[f].get(row, float('nan')) / frechet[f]['real_vs_real']:.2f}"
+        for f in ("mel_statistics", "latent_statistics")) + " |" for row in rows])))
+
+# %% [markdown]
+# The same question channel by channel, and in decibels: are the sampled latents as wide as real
+# ones, and are the samples as loud, with the same balance from bass to treble?
+
+# %%
+latent_table = pd.DataFrame({k: metrics["latents"][k] for k in
+                             ("real_mean", "sample_mean", "real_std", "sample_std", "std_ratio")}).round(3)
+latent_table.index.name = "latent channel"
+display(latent_table.T)
+loud = metrics["loudness"]
+print(f"mel level: real {loud['real_mel_level_db']:.1f} dB, samples {loud['sample_mel_level_db']:.1f} dB; "
+      f"vocoded RMS: real {loud['real_vocoded_rms_dbfs']:.1f} dBFS, samples {loud['sample_vocoded_rms_dbfs']:.1f} dBFS; "
+      f"largest per-band difference {loud['max_band_difference_db']:.1f} dB")
+fig = bb.plot_levels(metrics, path=out_path / "levels.png")
+
+# %% [markdown]
+# Last, a song classifier (logistic regression on real clips' per-bin mel statistics) says whether
+# the samples sound like *one* of the songs.
+
+# %%
 classifier = metrics["song_classifier"]
 print(f"song classifier: held-out accuracy {classifier['heldout_accuracy']:.2f} (chance {classifier['chance']:.2f}); "
       f"samples assigned with p ≥ 0.5: {classifier['samples_confident_fraction']:.0%} "
@@ -251,6 +299,10 @@ summary = {
     "reconstruction_heldout": metrics["reconstruction"],
     "frechet": frechet,
     "frechet_features": metrics["frechet_features"],
+    "latents": metrics["latents"],
+    "loudness": metrics["loudness"],
+    "scheduler": metrics["scheduler"],
+    "provenance": bb.backbone_provenance(backbone_path),
     "song_classifier": classifier,
     "n_samples": n_samples,
     "sample_steps": sample_steps,
@@ -276,6 +328,8 @@ print(f"wrote {out_path / 'backbone_summary.json'}")
 # log-mel spectrogram (100 frames/s, 64 mel bands), the VAE compresses a 3.5 s clip into an
 # 8 × 88 × 16 latent, and the UNet turns Gaussian noise into such latents step by step, conditioned
 # on nothing but a constant embedding. We measured how much of a held-out clip survives the VAE, saw
-# the forward process that defines training, and checked — by ear, by eye and with a Fréchet
-# distance on mel statistics — that unconditional samples are music of the simulator's kind and not
-# noise. Notebook 03 builds the EEG ControlNet on this UNet; notebook 04 trains it.
+# the forward process that defines training and the loss the UNet learns (v-prediction for the tiny
+# backbone, because ε-prediction amplifies a small UNet's errors at high noise), and checked — by ear,
+# by eye, with Fréchet distances on mel and on latent statistics over the real-vs-real floor, and
+# with the latents' spread and the samples' loudness per band — that unconditional samples are
+# music of the simulator's kind and not noise. Notebook 03 builds the EEG ControlNet on this UNet; notebook 04 trains it.

@@ -35,6 +35,8 @@ steps = 0  # optimiser steps; 0: the default for the size (demo: ControlNet 200,
 batch_size = 0  # EEG windows per step; 0: the default for the size
 lr = 0.0  # AdamW learning rate; 0: the backbone's default (tiny 1e-3; AudioLDM2 1e-4, the paper's)
 control_min_timestep = -1  # ControlNet trains and acts at diffusion steps ≥ this; -1: backbone's default (tiny 500; AudioLDM2 0, every step, the paper's)
+align_steps = 0  # ControlNet: steps of contrastive EEG-audio pre-training of the subject layer and P first; 0: the paper's P trained from scratch
+align_batch_size = 64  # windows per contrastive step (more windows, more negatives)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
 run_dir = ""  # notebook 02's output folder or a cache; empty: the default run folder's (built if missing)
 run_name = ""  # run folder name; empty: controlnet_subject, controlnet or convnet
@@ -66,6 +68,7 @@ params = resolve_parameters("04_train", globals(), choices={"model": ("controlne
 # %%
 import json
 
+import numpy as np
 import pandas as pd
 from IPython.display import display
 
@@ -74,8 +77,8 @@ from eeg2music.train import TrainConfig, load_training_data
 from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
-    "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "control_min_timestep", "resume", "run_dir", "run_name",
-    "out_dir", "data_root", "seed", "device", "smoke")}).resolved()
+    "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "control_min_timestep", "align_steps",
+    "align_batch_size", "resume", "run_dir", "run_name", "out_dir", "data_root", "seed", "device", "smoke")}).resolved()
 target = resolve_device(device)
 backbone_model = ensure_backbone(cfg.backbone, smoke=smoke, seed=seed, device=str(target))
 data = load_training_data(cfg, backbone_model)
@@ -94,7 +97,9 @@ display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": da
 # $$z_t = \sqrt{\bar\alpha_t}\,z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon, \qquad \epsilon \sim \mathcal N(0, I).$$
 #
 # Its UNet $\epsilon_\theta(z_t, t, c)$ predicts the noise $\epsilon$ (here $c$ is the constant "text"
-# conditioning, which the paper ignores). The ControlNet reads the EEG $x$ of participant $s$ through
+# conditioning, which the paper ignores) — AudioLDM2 does; the tiny backbone predicts the velocity
+# $v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,z_0$ instead (notebook 00 says why), and the
+# loss below is the same with $v$ in place of $\epsilon$. The ControlNet reads the EEG $x$ of participant $s$ through
 # the subject layer $S_s$ and the projector $P$, and adds residuals to the frozen UNet's skip
 # connections. Only its parameters $\phi$ are trained, with the backbone's own loss:
 #
@@ -128,6 +133,59 @@ fig = plot_noised_latents(latent, backbone_model.scheduler, seed=seed)
 run_folder.mkdir(parents=True, exist_ok=True)
 fig.savefig(run_folder / "noised_latents.png", dpi=120)
 plt.show()
+
+# %% [markdown]
+# Here is that loss for one batch, written out with a freshly built ControlNet (its zero convolutions
+# make it exactly the backbone's loss): draw $t$ and $\epsilon$, noise the latents, run the frozen
+# UNet steered by the ControlNet, compare with the target.
+
+# %%
+import torch
+
+from eeg2music.backbone import diffusion_target
+from eeg2music.controlnet import controlled_noise_prediction
+from eeg2music.train import build_model
+
+batch = [data.train[i] for i in range(4)]
+eeg = torch.stack([item["eeg"] for item in batch]).float()
+subject = torch.tensor([item["subject"] for item in batch])
+z0 = data.latents.lookup([item["song"] for item in batch], [item["chunk"] for item in batch])
+if cfg.model == "controlnet":
+    fresh = build_model(cfg, backbone_model, data).cpu()
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, backbone_model.scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
+    noise = torch.randn(z0.shape, generator=generator)
+    z_t = backbone_model.scheduler.add_noise(z0, noise, t)
+    with torch.no_grad():
+        prediction = controlled_noise_prediction(backbone_model.unet.cpu(), fresh, z_t, t, eeg, subject,
+                                                 backbone_model.unet_conditioning(len(z0)))
+    loss = (prediction - diffusion_target(backbone_model.scheduler, z0, noise, t)).pow(2).mean()
+    print(f"t = {t.tolist()}: loss {loss:.4f} (the backbone alone, since the zero convolutions output 0)")
+
+# %% [markdown]
+# ### Aligning the EEG encoder to the audio first (optional)
+#
+# That loss tells $S$ and $P$ little at first: the zero convolutions must learn *that* the EEG
+# matters before $P$ can learn *what* in it matters. With `align_steps` > 0, $S$ and $P$ are first
+# trained on their own (`eeg2music.alignment`), with a small head each for the EEG and for the clip's
+# latent, so that an EEG window's embedding is closer (in cosine) to its own clip's than to the other
+# clips' of the batch — the contrastive InfoNCE loss of CLIP, as Défossez et al. (2023) use to decode
+# speech from MEG/EEG:
+#
+# $$\mathcal L_{\text{NCE}} = -\frac1B\sum_i \log \frac{\exp(\tau\,\langle e_i, a_i\rangle)}{\sum_j \exp(\tau\,\langle e_i, a_j\rangle)}$$
+#
+# (both directions; windows of the same clip heard by different participants count as positives of each
+# other). The trained $S$ and $P$ then start the ControlNet. `align_steps=0` keeps the paper's setting.
+
+# %%
+from eeg2music.alignment import build_aligner_for
+
+if cfg.model == "controlnet":
+    aligner = build_aligner_for(fresh, z0.shape[1], subject_cond=cfg.subject_cond, n_subjects=data.n_subjects)
+    clip_ids = torch.tensor([item["song"] * 1000 + item["chunk"] for item in batch])
+    with torch.no_grad():
+        print(f"InfoNCE of an untrained aligner on {len(batch)} windows: "
+              f"{aligner.loss(eeg, subject, z0, clip_ids):.3f} (log {len(batch)} = {np.log(len(batch)):.3f} is chance)")
 
 # %% [markdown]
 # ## 3. Training
@@ -166,6 +224,19 @@ print(json.dumps({"learning_rate": summary["config"]["lr"], **{k: summary[k] for
 # convolutions, that is exactly where training starts.
 
 # %%
+from eeg2music.alignment import plot_alignment
+
+if summary.get("alignment"):
+    retrieval = summary["alignment"]["retrieval"]
+    fig = plot_alignment(summary["alignment"]["log"], {"segment chance": retrieval["segment_chance"],
+                                                        "song chance": retrieval["song_chance"]})
+    fig.savefig(run_folder / "alignment.png", dpi=120)
+    plt.show()
+    print(f"encoder-only retrieval on the validation windows: segment top-1 {retrieval['segment_top1']:.0%} "
+          f"(chance {retrieval['segment_chance']:.0%}), song {retrieval['song_top1']:.0%} "
+          f"(chance {retrieval['song_chance']:.0%})")
+
+# %%
 from eeg2music.train import plot_training_curves
 
 fig = plot_training_curves(result.log_path, smooth=max(1, cfg.steps // 20),
@@ -181,7 +252,7 @@ plt.show()
 # and timesteps with
 #
 # * the **true EEG**;
-# * the **EEG zeroed** — the issue's test; zero EEG is unlike any real window, though, so a model can
+# * the **EEG zeroed** — zero EEG is unlike any real window, though, so a model can
 #   do worse with it merely because it is unusual;
 # * the **EEG of another clip** (and its participant) — the stricter control: a realistic input that
 #   carries the wrong information;

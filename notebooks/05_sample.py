@@ -33,6 +33,7 @@ run_dir = ""  # notebook 02 output folder or cache, "" → the cache the models 
 scheduler = "dpmsolver++"  # "dpmsolver++" (≈ 20 steps) or "ddim" (the paper's sampler, 200 steps)
 num_inference_steps = 20  # denoising steps of the diffusion models
 conditioning_scale = 1.0  # multiplies the ControlNet residuals (1: as trained, 0: the backbone alone)
+guidance_scale = 1.0  # guidance on the EEG, eps_base + w (eps_EEG - eps_base): 1 is the paper's sampling, above 1 amplifies the EEG
 max_clips = 0  # EEG windows per split (test, OOD) for every model, 0 → the default for the size
 subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] → all
 batch_size = 8  # clips per pipeline call
@@ -43,10 +44,12 @@ device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests: a few clips per split
 
 # %%
-from eeg2music.params import resolve_parameters
+from eeg2music.params import ParameterError, resolve_parameters
 from eeg2music.sample import SCHEDULERS
 
 params = resolve_parameters("05_sample", globals(), choices={"scheduler": SCHEDULERS})
+if guidance_scale < 0:
+    raise ParameterError(f"parameter 'guidance_scale': must be ≥ 0 (1 = no guidance), got {guidance_scale}")
 
 # %% [markdown]
 # ## 1. The models and what they were trained on
@@ -59,6 +62,7 @@ params = resolve_parameters("05_sample", globals(), choices={"scheduler": SCHEDU
 
 # %%
 import pandas as pd
+import torch
 from IPython.display import display
 
 from eeg2music.paths import stage_dir
@@ -105,21 +109,52 @@ print(", ".join(f"{split}: {len(ds)} windows, {len(ds.clips())} clips" for split
 # **Seeds.** Every clip draws its noise from its own generator, seeded by (seed, song, chunk,
 # participant) — not by the model. All models therefore start from the *same* noise for the same
 # clip, which pairs their comparison, and a clip's result does not depend on what else is in its batch.
+#
+# **Guidance on the EEG.** The frozen backbone *is* the unconditional model, so at each step we can
+# also ask it what it would predict without the EEG and move further along the difference:
+# $\hat\epsilon = \hat\epsilon_{\text{base}} + w\,(\hat\epsilon_{\text{EEG}} - \hat\epsilon_{\text{base}})$
+# (classifier-free guidance with the ControlNet as the condition; no extra training). $w = 1$ is the
+# paper's sampling; $w > 1$ costs a second UNet pass per step. Here is the whole loop for one clip,
+# written out with DDIM, before the package's batched sampler does the same for every clip:
 
 # %%
+from diffusers import DDIMScheduler
+
+from eeg2music.controlnet import controlled_noise_prediction
 from eeg2music.sample import EEGMusicPipeline, clip_generators, clip_seed, cpu_threads_for
 
+first_run = next((run for run, m in trained.items() if m.kind == "controlnet"), None)
+window = datasets["test"][0]
+if first_run is not None:
+    controlnet = trained[first_run].module.to(target)
+    eeg_window = torch.as_tensor(window["eeg"][None], device=target)
+    subject_window = torch.tensor([window["subject"]], device=target)
+    sampler = DDIMScheduler.from_config(backbone_model.scheduler.config)
+    sampler.set_timesteps(2 * num_inference_steps, device=target)
+    text = backbone_model.unet_conditioning(1)
+    z = torch.randn((1, *backbone_model.latent_shape), generator=torch.Generator().manual_seed(seed)).to(target)
+    with torch.no_grad():
+        for t in sampler.timesteps:
+            eps_eeg = controlled_noise_prediction(backbone_model.unet, controlnet, z, t, eeg_window,
+                                                  subject_window, text, conditioning_scale)
+            eps_base = backbone_model.unet(z, t, **text, return_dict=False)[0]        # the backbone alone
+            prediction = eps_base + guidance_scale * (eps_eeg - eps_base)             # guidance on the EEG
+            z = sampler.step(prediction, t, z).prev_sample                           # one DDIM step
+    print(f"{first_run}: one clip in {len(sampler.timesteps)} DDIM steps with w = {guidance_scale}; "
+          f"latent std {z.std():.2f}")
+
+# %%
 demo_clip = datasets["test"].windows[0]
 demo_seed = clip_seed(seed, demo_clip.song, demo_clip.chunk, demo_clip.subject)
 print(f"test window: participant {demo_clip.subject}, song {demo_clip.song}, chunk {demo_clip.chunk} → seed {demo_seed}")
-first_run = next(run for run, m in trained.items() if m.kind == "controlnet") if any(
-    m.kind == "controlnet" for m in trained.values()) else next(iter(trained))
+first_run = first_run or next(iter(trained))
 pipe = EEGMusicPipeline(backbone_model, trained[first_run])
 eeg = datasets["test"][0]["eeg"][None]
 subject_index = [datasets["test"][0]["subject"]]
 with cpu_threads_for(target):  # one thread when other processes keep the CPU busy (see sample.py)
     latents = {name: pipe(eeg, subject_index, num_inference_steps=n, scheduler=name, output_type="latent",
-                          generator=clip_generators([demo_seed]), conditioning_scale=conditioning_scale).audios
+                          generator=clip_generators([demo_seed]), conditioning_scale=conditioning_scale,
+                          guidance_scale=guidance_scale).audios
                for name, n in (("dpmsolver++", num_inference_steps), ("ddim", 2 * num_inference_steps))}
 gap = (latents["dpmsolver++"] - latents["ddim"]).norm() / latents["ddim"].norm()
 print(f"{first_run}: DPM-Solver++ ({num_inference_steps} steps) vs DDIM ({2 * num_inference_steps} steps) "
@@ -135,16 +170,41 @@ print(f"{first_run}: DPM-Solver++ ({num_inference_steps} steps) vs DDIM ({2 * nu
 # so an interrupted run never leaves a half-written sampling folder.
 
 # %%
+from eeg2music.backbone import backbone_provenance
 from eeg2music.sample import sample_models
 
 record = sample_models(
     trained, backbone_model, datasets, out_folder, scheduler=scheduler, num_inference_steps=num_inference_steps,
-    conditioning_scale=conditioning_scale, seed=seed, max_clips=limits, subjects=subjects or None,
-    batch_size=batch_size, info={"backbone": backbone_dir, "data": data_config, "smoke": smoke, "device": str(target)},
+    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, seed=seed, max_clips=limits, subjects=subjects or None,
+    batch_size=batch_size, info={"backbone": backbone_dir, "backbone_provenance": backbone_provenance(backbone_dir), "data": data_config, "smoke": smoke, "device": str(target)},
 )
 timing = pd.DataFrame(record["models"]).T[["label", "scheduler", "steps", "clips", "seconds_per_clip"]]
 display(timing)
 print(f"{len(record['clips'])} reconstructions → {out_folder / 'samples.json'}")
+
+# %% [markdown]
+# ### The encoder alone: how much of the song the EEG holds
+#
+# A ControlNet whose $S$ and $P$ were first aligned to the audio (notebook 04, `align_steps`) carries
+# an EEG encoder that decodes by itself: rank the test clips' audio embeddings by their similarity to
+# each test window's EEG embedding. That is the ceiling of what its generated audio can show; notebook
+# 06 compares the two. (Runs trained the paper's way, without alignment, have no such encoder.)
+
+# %%
+from eeg2music.alignment import encode_clip_latents, retrieval_accuracy
+from eeg2music.train import load_aligner
+from eeg2music.utils import write_json
+
+encoder_only = {}
+test_latents = None
+for run, trained_model in trained.items():
+    aligner = load_aligner(trained_model.path.parent) if trained_model.kind == "controlnet" else None
+    if aligner is None:
+        continue
+    test_latents = test_latents or encode_clip_latents(backbone_model, datasets["test"])
+    encoder_only[run] = retrieval_accuracy(aligner, datasets["test"].eeg_only(), test_latents)
+write_json(out_folder / "encoder_only.json", encoder_only)
+display(pd.DataFrame(encoder_only).T if encoder_only else "no aligned encoder among these models")
 
 # %% [markdown]
 # ## 4. Looking: true and generated mel spectrograms

@@ -65,7 +65,8 @@ out_folder = stage_dir("evaluate", out_dir)
 out_folder.mkdir(parents=True, exist_ok=True)
 labels = {run: entry["label"] for run, entry in record["models"].items()}
 display(pd.DataFrame(record["splits"]).T)
-display(pd.DataFrame(record["models"]).T[["label", "kind", "scheduler", "steps", "clips", "seconds_per_clip"]])
+columns = ["label", "kind", "setting", "scheduler", "steps", "clips", "seconds_per_clip"]
+display(pd.DataFrame(record["models"]).T[[c for c in columns if c in next(iter(record["models"].values()))]])
 
 # %% [markdown]
 # ## 2. Embeddings: comparing music the way a listener would
@@ -162,6 +163,28 @@ plot_identification(results, labels, [e.name for e in embedders], next(paths))
 plot_distributions(results, labels, primary, next(paths))
 plot_confusions(results, labels, primary, next(paths))
 plt.show()
+
+# %% [markdown]
+# ### Generation against the encoder alone
+#
+# For ControlNets whose EEG encoder was aligned to the audio first, notebook 05 measured the encoder's
+# own song identification on the test windows (`encoder_only.json`). The generated audio can show at
+# most what the encoder knows: the last column is the share of it that survives generation.
+
+# %%
+from eeg2music.utils import read_json
+
+encoder_file = stage_dir("sample", sample_dir) / "encoder_only.json"
+encoder_only = read_json(encoder_file) if encoder_file.is_file() else {}
+rows = {}
+for run, retrieval in encoder_only.items():
+    generated = {e.name: results["test"][run][e.name]["metrics"].get("song_id_top1", {}).get("value")
+                 for e in embedders if run in results.get("test", {})}
+    rows[labels.get(run, run)] = {"encoder song-ID": retrieval["song_top1"], "encoder segment top-1": retrieval["segment_top1"],
+                                  **{f"generated song-ID ({name})": value for name, value in generated.items()},
+                                  **{f"kept ({name})": (value / retrieval["song_top1"] if value is not None and retrieval["song_top1"] else None)
+                                     for name, value in generated.items()}}
+display(pd.DataFrame(rows).T.round(3) if rows else Markdown("No model with an aligned EEG encoder was sampled."))
 
 # %% [markdown]
 # ## 5. The permutation test

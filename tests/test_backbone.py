@@ -332,13 +332,60 @@ def test_evaluate_backbone_reports_reconstruction_and_distances(tiny):
     evaluation = B.evaluate_backbone(tiny, split, n_samples=4, num_inference_steps=2, batch_size=4, progress=False)
     metrics = evaluation.metrics
     assert metrics["reconstruction"]["n_clips"] == 4 and np.isfinite(metrics["reconstruction"]["snr_db"])
-    frechet = metrics["frechet"]
-    for key in ("real_vs_real", "heldout", "samples", "vae_of_gaussian_latents", "white_noise"):
+    frechet = metrics["frechet"]["mel_statistics"]
+    for key in ("real_vs_real", "heldout", "samples", "gaussian_latents", "white_noise"):
         assert np.isfinite(frechet[key]) and frechet[key] >= -1e-6
     # two synthetic songs are far closer to each other than white noise is to them
     assert frechet["real_vs_real"] < frechet["white_noise"]
+    assert frechet["samples_over_real"] == pytest.approx(frechet["samples"] / frechet["real_vs_real"])
+    latent = metrics["frechet"]["latent_statistics"]
+    for key in ("real_vs_real", "samples", "gaussian_latents", "samples_over_real", "gaussian_over_real"):
+        assert np.isfinite(latent[key]) and latent[key] >= -1e-6
+    stats = metrics["latents"]
+    assert len(stats["real_std"]) == 8 and len(stats["sample_std"]) == 8
+    np.testing.assert_allclose(stats["std_ratio"], np.asarray(stats["sample_std"]) / np.asarray(stats["real_std"]), rtol=1e-6)
+    np.testing.assert_allclose(stats["sample_std"], evaluation.sample_latents.std(dim=(0, 2, 3)).numpy(), rtol=1e-5)
+    loudness = metrics["loudness"]
+    assert len(loudness["band_difference_db"]) == 8 and loudness["n_vocoded"] == 4
+    assert loudness["mel_level_difference_db"] == pytest.approx(loudness["sample_mel_level_db"] - loudness["real_mel_level_db"])
     assert evaluation.sample_mels.shape == (4, 1, 352, 64) and evaluation.real_mels.shape == (4, 1, 352, 64)
     assert metrics["song_classifier"]["chance"] == 0.5
+
+
+def test_latent_statistics_and_levels():
+    latents = torch.randn(3, 8, 88, 16) * torch.arange(1, 9).view(1, 8, 1, 1) + 2.0
+    features = B.latent_statistics(latents)
+    assert features.shape == (3, 16)
+    np.testing.assert_allclose(features[:, :8], latents.mean(dim=(2, 3)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(features[:, 8:], latents.std(dim=(2, 3)).numpy(), rtol=1e-5)
+    # a mel 1 natural-log unit louder everywhere is 20·log10(e) ≈ 8.69 dB louder in every band and overall
+    mel = torch.randn(2, 1, 352, 64)
+    level, bands = B.mel_level_db(mel)
+    louder_level, louder_bands = B.mel_level_db(mel + 1.0)
+    assert louder_level - level == pytest.approx(8.6859, abs=1e-3)
+    np.testing.assert_allclose(louder_bands - bands, 8.6859, atol=1e-3)
+    assert B.rms_dbfs(np.full((2, 100), 0.1)) == pytest.approx(-20.0)
+
+
+def test_v_prediction_schedule_reaches_zero_snr_and_learns_the_clip():
+    scheduler_config = B.tiny_scheduler_config()
+    assert scheduler_config["prediction_type"] == "v_prediction" and scheduler_config["rescale_betas_zero_snr"]
+    tiny = B.build_tiny_backbone(seed=0, size="smoke")
+    scheduler = tiny.scheduler
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0  # the last training step is pure noise
+    z0, noise = torch.randn(2, 8, 88, 16), torch.randn(2, 8, 88, 16)
+    t = torch.tensor([999, 999])
+    # at zero SNR the v-target is −z0: the model is asked for the clip itself, not the (free) noise
+    torch.testing.assert_close(B.diffusion_target(scheduler, z0, noise, t), -z0)
+    assert torch.isfinite(B.min_snr_weight(scheduler, t, 5.0)).all()
+    epsilon = B.build_tiny_backbone(seed=0, size="smoke", prediction_type="epsilon", zero_terminal_snr=False)
+    torch.testing.assert_close(B.diffusion_target(epsilon.scheduler, z0, noise, t), noise)
+    with pytest.raises(ValueError, match="zero_terminal_snr"):
+        B.tiny_scheduler_config("epsilon", zero_terminal_snr=True)
+    # DDIM with trailing spacing starts where training's noise is pure
+    sampler = __import__("diffusers").DDIMScheduler.from_config(scheduler.config)
+    sampler.set_timesteps(20)
+    assert int(sampler.timesteps[0]) == 999
 
 
 def test_training_presets_and_unknown_settings():

@@ -151,3 +151,19 @@ def test_papermill_sees_every_parameter_with_its_comment(name, tmp_path):
     specs = read_parameter_specs(name)
     assert set(seen) == {s.name for s in specs}
     assert all(seen[s.name]["help"] for s in specs)
+
+
+@pytest.mark.slow
+def test_04_train_first_on_a_fresh_run_folder_installs_the_shipped_backbone(tmp_path, monkeypatch):
+    """The README's first command on a fresh clone: no stage has run, notebook 04 must not train a substitute."""
+    from eeg2music.backbone import SHIPPED_BACKBONE_DIR, _weights_digest, backbone_provenance
+
+    fresh = tmp_path / "outputs"
+    monkeypatch.setenv("EEG2MUSIC_OUTPUTS", str(fresh))
+    executed = run_notebook("04_train", tmp_path / "nb", model="convnet", steps=1, batch_size=2)
+    installed = fresh / "00_backbone" / "backbone"
+    assert backbone_provenance(installed)["shipped"], "the run folder holds a backbone other than the shipped one"
+    assert _weights_digest(installed) == _weights_digest(SHIPPED_BACKBONE_DIR)
+    assert "installing the shipped one" in executed.read_text()
+    config = json.loads((fresh / "04_train" / "convnet" / "model" / "eeg2music_model.json").read_text())
+    assert Path(config["backbone"]).resolve() == installed.resolve()
