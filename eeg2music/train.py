@@ -1260,6 +1260,16 @@ def _freeze(backbone, device: torch.device, unet_dtype: torch.dtype) -> None:
         module.eval().requires_grad_(False)
 
 
+def with_backbone_defaults(cfg: TrainConfig, backbone) -> TrainConfig:
+    """``cfg`` with ``lr`` (0) and ``control_min_timestep`` (-1) set to the backbone's defaults."""
+    kind = getattr(backbone, "kind", None)
+    if cfg.lr == 0:
+        cfg = dataclasses.replace(cfg, lr=default_learning_rate(kind))
+    if cfg.control_min_timestep < 0:
+        cfg = dataclasses.replace(cfg, control_min_timestep=default_control_min_timestep(kind))
+    return cfg
+
+
 def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
     """The network to train, initialised from the run's seed (the ControlNet copies the UNet's encoder).
 
@@ -1384,10 +1394,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             data = load_training_data(cfg, backbone, progress=progress and main)
     latents = data.latents.to(device)
     kind = cfg.model
-    if cfg.lr == 0:
-        cfg = dataclasses.replace(cfg, lr=default_learning_rate(getattr(backbone, "kind", None)))
-    if cfg.control_min_timestep < 0:
-        cfg = dataclasses.replace(cfg, control_min_timestep=default_control_min_timestep(getattr(backbone, "kind", None)))
+    cfg = with_backbone_defaults(cfg, backbone)
     model = build_model(cfg, backbone, data)
     alignment = None
     if kind == "controlnet" and cfg.align_steps and resume_from is None and main:

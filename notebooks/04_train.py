@@ -144,14 +144,14 @@ import torch
 
 from eeg2music.backbone import diffusion_target
 from eeg2music.controlnet import controlled_noise_prediction
-from eeg2music.train import build_model
+from eeg2music.train import build_model, with_backbone_defaults
 
 batch = [data.train[i] for i in range(4)]
 eeg = torch.stack([item["eeg"] for item in batch]).float()
 subject = torch.tensor([item["subject"] for item in batch])
 z0 = data.latents.lookup([item["song"] for item in batch], [item["chunk"] for item in batch])
 if cfg.model == "controlnet":
-    fresh = build_model(cfg, backbone_model, data).cpu()
+    fresh = build_model(with_backbone_defaults(cfg, backbone_model), backbone_model, data).cpu()
     generator = torch.Generator().manual_seed(seed)
     t = torch.randint(0, backbone_model.scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
     noise = torch.randn(z0.shape, generator=generator)
