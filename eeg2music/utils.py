@@ -341,8 +341,8 @@ def load_pretrained(cls, folder: str | os.PathLike, what: str, **kwargs):
             pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
             detail = text.splitlines()[0] if text else type(err).__name__
             if pickles and not any(folder.glob("*.safetensors")):
-                detail = (f"no safetensors weights; {pickles} are pickle files, which are never loaded "
-                          f"(they can run code). Convert them to safetensors where you trust them")
+                detail = (f"no safetensors weights; {pickles} are pickle files (they can run code when read), "
+                          f"which are never unpickled here. Convert them to safetensors where you trust them")
         raise ModelFolderError(f"{folder}: cannot load the {what} ({cls.__name__}): {detail}") from err
 
 
