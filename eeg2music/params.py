@@ -21,7 +21,9 @@ None           anything (the parameter is untyped)
 =============  =====================================================================
 
 A value that cannot be read stops the run *before any work* with a :class:`ParameterError` naming the
-parameter, the value and what it accepts. The resolved parameters are written back into the
+parameter, the value and what it accepts; so does a ``-p`` name the notebook does not have (read from
+papermill's injected cell; the message lists the notebook's parameters, the closest first), and, through
+``checks`` (:mod:`eeg2music.checks`), a value of the right type the notebook cannot use. The resolved parameters are written back into the
 notebook's namespace and printed as one JSON object, so an executed notebook shows what it ran with.
 """
 
