@@ -262,7 +262,9 @@ def resolve_parameters(
     resolved: dict[str, Any] = {}
     specs = read_parameter_specs(notebook)
     known = [spec.name for spec in specs]
-    unknown = [name for name in injected_parameter_names(namespace) if name not in known]
+    # (PAPERMILL_INPUT_PATH and friends are papermill's own, injected with --inject-paths)
+    unknown = [name for name in injected_parameter_names(namespace)
+               if name not in known and not name.startswith("PAPERMILL_")]
     if unknown:
         raise ParameterError(unknown_parameter_message(notebook, unknown, known))
     for spec in specs:

@@ -233,6 +233,11 @@ def test_good_values_pass_and_are_normalised(tmp_path):
     assert run_validation_cell("02_preprocess", val_fraction=0.2, test_fraction=0.2)["val_fraction"] == 0.2
 
 
+def test_papermills_own_injected_paths_are_not_unknown_parameters():
+    namespace = run_validation_cell("06_evaluate", PAPERMILL_INPUT_PATH="in.ipynb", PAPERMILL_OUTPUT_PATH="out.ipynb")
+    assert namespace["n_boot"] == 1000
+
+
 def test_names_a_user_defines_interactively_are_not_parameters():
     """Only papermill's injected cell is read for names: a kernel's own variables never count."""
     from eeg2music.params import resolve_parameters
