@@ -30,7 +30,10 @@ The batch at step ``s`` and the noise and timesteps drawn for it are functions o
 learning-rate schedule and the RNG states. A run killed at any moment and resumed from its last
 complete checkpoint therefore reaches the same weights, bit for bit on CPU, as an uninterrupted run.
 Checkpoints are written into a temporary folder and renamed into place, so a folder named
-``checkpoint-NNNNNN`` is always complete; temporary ones are ignored on resume. Nothing read back is
+``checkpoint-NNNNNN`` is always complete; temporary ones are ignored on resume and removed when the
+run folder is next used. A run started afresh in a folder holding an earlier run's checkpoints removes
+them only once it has written its first own, and every input is checked before any work
+(:func:`check_inputs`), so a run that fails early loses nothing. Nothing read back is
 unpickled: weights and tensor state are safetensors, the rest JSON.
 
 Audio latents are the same for every subject: they are encoded once per ``(song, chunk)`` and kept in
