@@ -53,7 +53,7 @@ from .audio import (
 )
 from .metrics import frechet_distance
 from .paths import stage_dir
-from .utils import atomic_directory, count_parameters, read_json, write_json
+from .utils import atomic_directory, check_safetensors, count_parameters, load_pretrained, read_json, write_json
 
 #: The file that marks a complete backbone folder (written last; eeg2music.pipeline checks it).
 BACKBONE_MARKER = "backbone.json"
@@ -728,18 +728,20 @@ def _load_saved_backbone(path: Path) -> Backbone:
     kind = info.get("kind")
     if info.get("format") != "eeg2music-backbone" or kind not in KINDS:
         raise ValueError(f"{path / BACKBONE_MARKER}: not an eeg2music backbone description (kind={kind!r})")
-    vae = AutoencoderKL.from_pretrained(_require_dir(path / "vae", "vae"), local_files_only=True)
-    unet = AudioLDM2UNet2DConditionModel.from_pretrained(_require_dir(path / "unet", "unet"), local_files_only=True)
+    vae = load_pretrained(AutoencoderKL, _require_dir(path / "vae", "vae"), "backbone's vae", local_files_only=True)
+    unet = load_pretrained(AudioLDM2UNet2DConditionModel, _require_dir(path / "unet", "unet"), "backbone's unet",
+                           local_files_only=True)
     scheduler = DDIMScheduler.from_pretrained(_require_dir(path / "scheduler", "scheduler"), local_files_only=True)
     vocoder = None
     if (path / "vocoder").is_dir():
         from transformers import SpeechT5HifiGan
 
-        vocoder = SpeechT5HifiGan.from_pretrained(_require_dir(path / "vocoder", "vocoder"), local_files_only=True)
+        vocoder = load_pretrained(SpeechT5HifiGan, _require_dir(path / "vocoder", "vocoder"), "backbone's vocoder",
+                                  local_files_only=True)
     conditioning_path = path / CONDITIONING_FILE
     if not conditioning_path.is_file():
         raise FileNotFoundError(f"{conditioning_path}: missing (the constant UNet conditioning of this backbone)")
-    conditioning = load_file(str(conditioning_path))
+    conditioning = load_file(str(check_safetensors(conditioning_path)))
     metadata = dict(info.get("metadata") or {})
     metadata["path"] = str(path)
     return Backbone(kind, vae=vae, unet=unet, scheduler=scheduler, vocoder=vocoder, conditioning=conditioning,
@@ -804,10 +806,10 @@ def _load_audioldm2_folder(path: Path, *, prompt: str, cache_dir, device) -> Bac
     for component in ("vae", "unet", "scheduler", "vocoder"):
         if not (path / component).is_dir():
             raise FileNotFoundError(f"{path}: the AudioLDM2 folder lacks {component}/ (incomplete download?)")
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-    unet = AudioLDM2UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+    vae = load_pretrained(AutoencoderKL, path / "vae", "AudioLDM2's vae", local_files_only=True)
+    unet = load_pretrained(AudioLDM2UNet2DConditionModel, path / "unet", "AudioLDM2's unet", local_files_only=True)
     scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    vocoder = SpeechT5HifiGan.from_pretrained(path, subfolder="vocoder", local_files_only=True)
+    vocoder = load_pretrained(SpeechT5HifiGan, path / "vocoder", "AudioLDM2's vocoder", local_files_only=True)
 
     cache_file = _conditioning_cache_file(path, prompt, cache_dir)
     if cache_file.is_file():

@@ -142,6 +142,12 @@ MONTAGE_NAME = "GSN-HydroCel-129"
 #: lengths of a simulated dataset.
 SIMULATION_FILE = "simulation.json"
 
+#: How far (s) the EEG of a song and its stimulus WAV may differ in length (rounding, silence at the ends of
+#: an audio file). Beyond it, notebook 02 refuses to pair them unless told to (``allow_stimulus_mismatch``).
+STIMULUS_TOLERANCE_S = 1.0
+#: How far (s) a stimulus WAV may differ from the songs table before the reader says so.
+CATALOGUE_TOLERANCE_S = 2.0
+
 _CLEANED_RE = re.compile(r"^song(\d+)_imputed\.mat$", re.IGNORECASE)
 _RAW_RE = re.compile(r"^[ps]?(\d{1,3})_(\d+)_raw\.mat$", re.IGNORECASE)
 _STIMULI_SUBDIRS = ("stimuli", "Stimuli", "audio", "wav")
@@ -251,6 +257,11 @@ class NMEDTFolder:
         The stimulus WAV found for each song (songs without a WAV are absent).
     simulated : bool
         True when the folder was written by :func:`eeg2music.simulate.simulate_nmedt`.
+    stimulus_seconds : dict[int, float]
+        The length of each readable stimulus WAV (from its header): where a WAV exists, its length is the
+        song's (:meth:`song_seconds`), the songs table is the fallback.
+    stimulus_problems : dict[int, str]
+        Songs whose WAV was found but cannot be used (unreadable, or no samples), with the reason.
     """
 
     root: Path
@@ -262,6 +273,17 @@ class NMEDTFolder:
     stimuli: dict[int, Path]
     simulated: bool = False
     simulation: dict[str, Any] = field(default_factory=dict, repr=False)
+    stimulus_seconds: dict[int, float] = field(default_factory=dict)
+    stimulus_problems: dict[int, str] = field(default_factory=dict)
+
+    def song_seconds(self, song_id: int) -> float:
+        """A song's length (s): its stimulus WAV's where the folder has one, else the songs table's."""
+        song_id = int(song_id)
+        return self.stimulus_seconds.get(song_id, self.songs[song_id].duration_s)
+
+    def length_table(self) -> dict[int, Song]:
+        """:attr:`songs` with every length from :meth:`song_seconds` (how raw recordings are cut)."""
+        return {song_id: dataclasses.replace(song, duration_s=self.song_seconds(song_id)) for song_id, song in self.songs.items()}
 
     @property
     def stimuli_dir(self) -> Path | None:
@@ -330,6 +352,39 @@ def _find_stimuli(directories: Sequence[Path], songs: dict[int, Song]) -> dict[i
                 found[song.id] = hit
                 break
     return found
+
+
+def _stimulus_lengths(stimuli: dict[int, Path]) -> tuple[dict[int, float], dict[int, str]]:
+    """The length (s) of each stimulus WAV from its header; unusable WAVs go to the second dict, with why."""
+    import soundfile as sf
+
+    seconds: dict[int, float] = {}
+    problems: dict[int, str] = {}
+    for song_id, path in stimuli.items():
+        try:
+            info = sf.info(str(path))
+        except Exception as err:  # libsndfile's errors for empty, truncated or non-audio files
+            problems[song_id] = f"{path}: cannot read the WAV of song {song_id} ({type(err).__name__}: {err})"
+            continue
+        if info.frames <= 0 or info.samplerate <= 0:
+            problems[song_id] = f"{path}: the WAV of song {song_id} holds no samples (0 frames)"
+            continue
+        seconds[song_id] = info.frames / info.samplerate
+    return seconds, problems
+
+
+def _warn_other_lengths(songs: dict[int, Song], seconds: dict[int, float], stimuli: dict[int, Path], simulated: bool) -> None:
+    """Say which stimulus WAVs do not last as long as the songs table says (another study's songs, excerpts)."""
+    table = "the simulation's" if simulated else "NMED-T's"
+    for song_id, length in sorted(seconds.items()):
+        listed = songs[song_id].duration_s
+        if abs(length - listed) > CATALOGUE_TOLERANCE_S:
+            warnings.warn(
+                f"{stimuli[song_id]}: this WAV of song {song_id} lasts {length:.1f} s, but {table} song {song_id} "
+                f"({songs[song_id].title}) lasts {listed:g} s. Read as this folder's song (another study's stimulus, "
+                f"or an excerpt): raw recordings are cut at the WAV's length, and notebook 02 checks it against the EEG",
+                stacklevel=3,
+            )
 
 
 def _simulated_songs(root: Path) -> tuple[dict[int, Song], dict[str, Any]]:
@@ -406,6 +461,9 @@ def scan_nmedt(root: str | Path, stimuli_dir: str | Path | None = None) -> NMEDT
     songs, simulation = _simulated_songs(root)
     directories = _stimulus_search_dirs(root, stimuli_dir)
     layouts = tuple(name for name, files in (("cleaned", cleaned), ("raw", raw)) if files)
+    stimuli = _find_stimuli(directories, songs)
+    lengths, problems = _stimulus_lengths(stimuli)
+    _warn_other_lengths(songs, lengths, stimuli, bool(simulation))
     return NMEDTFolder(
         root=root,
         layouts=layouts,
@@ -413,9 +471,11 @@ def scan_nmedt(root: str | Path, stimuli_dir: str | Path | None = None) -> NMEDT
         raw=dict(sorted(raw.items())),
         songs=songs,
         stimuli_dirs=tuple(directories),
-        stimuli=_find_stimuli(directories, songs),
+        stimuli=stimuli,
         simulated=bool(simulation),
         simulation=simulation,
+        stimulus_seconds=lengths,
+        stimulus_problems=problems,
     )
 
 
@@ -631,7 +691,7 @@ def _check_cleaned_shape(path: Path, name: str, shape: tuple[int, ...], n_subjec
     return shape[0], shape[1]
 
 
-def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song]) -> _CleanedSong:
+def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song], stimulus: tuple[Path, float] | None = None) -> _CleanedSong:
     data_name, subs_name = _expected_cleaned(song_id)
     wanted = (data_name, subs_name, "fs")
     if _is_hdf5(path):
@@ -676,18 +736,48 @@ def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song]) -> _CleanedS
     if len(set(song.subjects)) != len(song.subjects):
         song.close()
         raise NMEDTError(f"{path}: {subs_name} lists a participant twice: {song.subjects}")
-    _check_duration(path, song.n_times, song.fs, songs[song_id])
+    try:
+        _check_duration(path, song.n_times, song.fs, songs[song_id], stimulus)
+    except BaseException:
+        song.close()
+        raise
     return song
 
 
-def _check_duration(path: Path, n_times: int, fs: float, song: Song) -> None:
-    """The cleaned EEG of a song lasts the song: a sampling rate that disagrees shows here."""
+def _check_duration(path: Path, n_times: int, fs: float, song: Song, stimulus: tuple[Path, float] | None = None) -> None:
+    """The cleaned EEG of a song lasts the song: a sampling rate that disagrees shows here.
+
+    Where the song's stimulus WAV exists, its length is the song's: EEG and WAV agreeing within
+    :data:`STIMULUS_TOLERANCE_S` is a self-consistent file, whatever the songs table says (another
+    study's songs, an excerpt). Otherwise the table (NMED-T's catalogue) is the reference, within
+    max(2 s, 5 %); an EEG that fits the table but not its WAV is read, with a warning (notebook 02
+    refuses to pair them unless told to).
+    """
     seconds = n_times / fs
     tolerance = max(2.0, 0.05 * song.duration_s)
-    if abs(seconds - song.duration_s) > tolerance:
+    fits_table = abs(seconds - song.duration_s) <= tolerance
+    if stimulus is not None:
+        wav, wav_seconds = stimulus
+        if abs(seconds - wav_seconds) <= STIMULUS_TOLERANCE_S:
+            return
+        if fits_table:
+            warnings.warn(
+                f"{path}: the EEG of song {song.id} lasts {seconds:.1f} s ({n_times} samples at fs = {fs:g} Hz), its "
+                f"stimulus {wav} {wav_seconds:.1f} s: they differ by more than {STIMULUS_TOLERANCE_S:g} s",
+                stacklevel=4,
+            )
+            return
+        raise NMEDTError(
+            f"{path}: fs = {fs:g} Hz makes the {n_times} samples last {seconds:.1f} s, but song {song.id}'s stimulus "
+            f"{wav} lasts {wav_seconds:.1f} s (and the song table says {song.duration_s:g} s): fs disagrees with the "
+            f"data, the data is cut, or the WAV is another song's"
+        )
+    if not fits_table:
         raise NMEDTError(
             f"{path}: fs = {fs:g} Hz makes the {n_times} samples last {seconds:.1f} s, but song {song.id} "
-            f"lasts {song.duration_s:g} s: fs disagrees with the data (or the data is cut)"
+            f"lasts {song.duration_s:g} s: fs disagrees with the data (or the data is cut). If this folder holds "
+            f"other songs or excerpts, add their stimulus WAVs (in <data_root>/stimuli, or name the folder with "
+            f"stimuli_dir): each song's length is then its WAV's"
         )
 
 
@@ -1123,7 +1213,8 @@ def _iter_cleaned(folder: NMEDTFolder, song_ids: list[int], subject_ids: list[in
     seen: set[int] = set()
     for song_id in song_ids:
         path = folder.cleaned[song_id]
-        song = _open_cleaned(path, song_id, folder.songs)
+        stimulus = (folder.stimuli[song_id], folder.stimulus_seconds[song_id]) if song_id in folder.stimulus_seconds else None
+        song = _open_cleaned(path, song_id, folder.songs, stimulus)
         try:
             for index, subject in enumerate(song.subjects):
                 if subject_ids is not None and subject not in subject_ids:
@@ -1151,7 +1242,7 @@ def _raw_plan(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list
     for (subject, recording), path in folder.raw.items():
         if subject_ids is not None and subject not in subject_ids:
             continue
-        onsets = song_onsets(path, folder.songs)
+        onsets = song_onsets(path, folder.length_table())
         for song_id, onset in sorted(onsets.items(), key=lambda item: item[1]):
             if song_ids is not None and song_id not in song_ids:
                 continue
@@ -1170,7 +1261,7 @@ def _iter_raw(folder: NMEDTFolder, song_ids: list[int] | None, subject_ids: list
                 if current is not None:
                     current.close()
                 current = _open_raw(path)
-            length = int(round(folder.songs[song_id].duration_s * current.fs))
+            length = int(round(folder.song_seconds(song_id) * current.fs))
             meta = {
                 "subject": subject, "song": song_id, "layout": "raw", "source": str(path),
                 "onset_sample": onset, "recording": recording,
@@ -1265,7 +1356,8 @@ def stimulus_path(folder: NMEDTFolder | str | Path, song_id: int, stimuli_dir: s
     raise FileNotFoundError(
         f"no stimulus WAV for song {song_id} ({folder.songs[song_id].title}): looked for "
         f"{_stimulus_candidates(folder.songs[song_id])} in {searched}. The NMED-T release does not include "
-        f"the audio: put the 44.1 kHz WAVs in {folder.root / 'stimuli'} or pass stimuli_dir."
+        f"the audio: put the 44.1 kHz WAVs in {folder.root / 'stimuli'}, or name their folder with the parameter "
+        f"stimuli_dir (-p stimuli_dir in notebooks 01, 02, 04 and 05; --stimuli_dir for python -m eeg2music.train)."
     )
 
 
@@ -1298,6 +1390,8 @@ def read_stimulus(folder: NMEDTFolder | str | Path, song_id: int, sr: int = 1600
         audio, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:
         raise NMEDTError(f"{path}: cannot read the WAV ({err})") from None
+    if audio.shape[0] == 0:
+        raise NMEDTError(f"{path}: the WAV of song {int(song_id)} holds no samples (0 frames); replace it with the song's audio")
     mono = audio.mean(axis=1)
     if int(native_sr) != int(sr):
         mono = soxr.resample(mono, int(native_sr), int(sr), quality="HQ")
@@ -1384,7 +1478,7 @@ def dataset_summary(folder: NMEDTFolder | str | Path, layout: str = "auto") -> d
         subjects = sorted({s for d in described for s in d["subjects"]})
         n_recordings = sum(len(d["subjects"]) for d in described)
     else:
-        described = [describe_raw(path, folder.songs) for path in folder.raw.values()]
+        described = [describe_raw(path, folder.length_table()) for path in folder.raw.values()]
         song_ids = sorted({s for d in described for s in d["onset_samples"]})
         subjects = sorted({d["subject"] for d in described})
         n_recordings = sum(len(d["onset_samples"]) for d in described)

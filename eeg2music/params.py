@@ -21,21 +21,27 @@ None           anything (the parameter is untyped)
 =============  =====================================================================
 
 A value that cannot be read stops the run *before any work* with a :class:`ParameterError` naming the
-parameter, the value and what it accepts. The resolved parameters are written back into the
+parameter, the value and what it accepts; so does a ``-p`` name the notebook does not have (read from
+papermill's injected cell; the message lists the notebook's parameters, the closest first), and, through
+``checks`` (:mod:`eeg2music.checks`), a value of the right type the notebook cannot use. The resolved parameters are written back into the
 notebook's namespace and printed as one JSON object, so an executed notebook shows what it ran with.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .paths import NOTEBOOKS_DIR
+
+#: The first line of the cell papermill injects with the ``-p`` values (its Python translator's comment).
+INJECTED_HEADER = "# Parameters"
 
 _TRUE = {"true", "yes", "1", "on", "y", "t"}
 _FALSE = {"false", "no", "0", "off", "n", "f"}
@@ -184,11 +190,50 @@ def read_parameter_specs(notebook: str) -> list[ParameterSpec]:
     return specs
 
 
+def injected_parameter_names(namespace: Mapping[str, Any]) -> list[str]:
+    """The names papermill assigned in its injected-parameters cell, from the kernel's input history.
+
+    papermill runs the ``-p`` values as a cell of its own (``# Parameters`` then one assignment per
+    value) right after the ``parameters`` cell, and IPython keeps every executed cell's source in
+    ``In``. Names a user defines while working interactively are not in that cell, so they are never
+    mistaken for parameters.
+    """
+    history = namespace.get("In", namespace.get("_ih", ()))
+    if not isinstance(history, (list, tuple)):
+        return []
+    names: list[str] = []
+    for source in history:
+        if not (isinstance(source, str) and source.lstrip().startswith(INJECTED_HEADER)):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            names += [t.id for t in targets if isinstance(t, ast.Name) and t.id not in names]
+    return names
+
+
+def unknown_parameter_message(notebook: str, unknown: Sequence[str], known: Sequence[str]) -> str:
+    """Names the unknown parameter(s) and lists the notebook's parameters, the closest names first."""
+    first = unknown[0]
+    close = difflib.get_close_matches(first, known, n=3, cutoff=0.5)
+    listing = close + [name for name in known if name not in close]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    which = f"parameter {first!r}" if len(unknown) == 1 else f"parameters {list(unknown)}"
+    return (
+        f"unknown {which}{hint}: notebook {Path(notebook).stem} has no such parameter, so its value would be ignored. "
+        f"Its parameters, closest first: {', '.join(listing)}"
+    )
+
+
 def resolve_parameters(
     notebook: str,
     namespace: MutableMapping[str, Any],
     choices: Mapping[str, Sequence[Any]] | None = None,
     quiet: bool = False,
+    checks: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Validate and coerce a notebook's parameters in place; return them as a dict.
 
@@ -203,15 +248,26 @@ def resolve_parameters(
         Allowed values per parameter (after coercion), e.g. ``{"model": ("controlnet", "convnet")}``.
     quiet : bool
         If False, print the resolved parameters as one JSON object.
+    checks : callable, optional
+        ``checks(resolved)`` raises :class:`ParameterError` for values of the right type that the
+        notebook cannot use (ranges, combinations, missing folders); see :mod:`eeg2music.checks`.
 
     Raises
     ------
     ParameterError
-        Naming the first parameter that cannot be read and what it accepts.
+        Naming the first parameter that cannot be read and what it accepts; or a parameter passed
+        with ``-p`` that the notebook does not have (listing its parameters, the closest first).
     """
     choices = dict(choices or {})
     resolved: dict[str, Any] = {}
-    for spec in read_parameter_specs(notebook):
+    specs = read_parameter_specs(notebook)
+    known = [spec.name for spec in specs]
+    # (PAPERMILL_INPUT_PATH and friends are papermill's own, injected with --inject-paths)
+    unknown = [name for name in injected_parameter_names(namespace)
+               if name not in known and not name.startswith("PAPERMILL_")]
+    if unknown:
+        raise ParameterError(unknown_parameter_message(notebook, unknown, known))
+    for spec in specs:
         value = namespace.get(spec.name, spec.default)
         value = coerce_like(spec.name, value, spec.default)
         if spec.name in choices:
@@ -222,6 +278,8 @@ def resolve_parameters(
     unknown = sorted(set(choices) - set(resolved))
     if unknown:
         raise ParameterError(f"choices given for parameters the notebook does not have: {unknown}")
+    if checks is not None:
+        checks(resolved)
     namespace.update(resolved)
     if not quiet:
         print(json.dumps(resolved, default=str))
@@ -235,7 +293,9 @@ def coerce_mapping(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     """
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise ParameterError(f"unknown parameter(s) {unknown}; known: {sorted(defaults)}")
+        close = difflib.get_close_matches(unknown[0], list(defaults), n=1, cutoff=0.5)
+        raise ParameterError(f"unknown parameter(s) {unknown}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; known: {sorted(defaults)}")
     merged = dict(defaults)
     for key, value in overrides.items():
         merged[key] = coerce_like(key, value, defaults[key])

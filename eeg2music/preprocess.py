@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .nmedt import recording_info
 from .utils import atomic_directory, read_json, write_json
 
 __all__ = [
@@ -380,8 +381,9 @@ def handle_bad_channels(
     listing = "; ".join(f"{name}: {reason}" for name, reason in bad.items())
     if mode == "error":
         raise BadChannelError(
-            f"{where}: {len(bad)} unusable channel(s): {listing}. Use Preprocessing(bad_channels='exclude') to leave "
-            f"them out of every recording, or bad_channels='interpolate' to rebuild them from their neighbours."
+            f"{where}: {len(bad)} unusable channel(s): {listing}. To leave them out of every recording, run notebook "
+            f"02 with -p bad_channels exclude (in Python: Preprocessing(bad_channels='exclude')); to rebuild them from "
+            f"their neighbours, -p bad_channels interpolate."
         )
     if mode not in BAD_CHANNEL_MODES:
         raise ValueError(f"bad channel mode {mode!r} is not one of {list(BAD_CHANNEL_MODES)}")
@@ -999,7 +1001,9 @@ def _data_fingerprint(folder, layout: str, songs, subjects) -> str:
     """A hash of the files a build reads (names, sizes, modification times) and the selection."""
     files = sorted(folder.cleaned.values()) if layout == "cleaned" else sorted(folder.raw.values())
     stats = [(str(p.relative_to(folder.root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    songs_table = {str(k): v.duration_s for k, v in sorted(folder.songs.items())}
+    # Raw recordings are cut at each song's length, which a stimulus WAV sets where there is one.
+    table = folder.length_table() if layout == "raw" and hasattr(folder, "length_table") else folder.songs
+    songs_table = {str(k): v.duration_s for k, v in sorted(table.items())}
     text = json.dumps([str(folder.root), layout, _selection(songs), _selection(subjects), stats, songs_table])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
@@ -1382,8 +1386,17 @@ def trace_steps(raw, cfg: Preprocessing | None = None) -> list[TracedStep]:
         units = "IQR" if name in scaled else ("uV" if name == "convert to µV" else "V")
         steps.append(TracedStep(name, np.array(data, dtype=np.float32), list(names), float(sfreq), units))
 
-    preprocess_array(raw.get_data(), raw.ch_names, raw.info["sfreq"], cfg, where="traced recording", trace=keep)
+    preprocess_array(raw.get_data(), raw.ch_names, raw.info["sfreq"], cfg, where=_recording_name(raw), trace=keep)
     return steps
+
+
+def _recording_name(raw) -> str:
+    """How messages name a recording: its file, participant and song when eeg2music read it."""
+    try:
+        info = recording_info(raw)
+    except ValueError:
+        return "traced recording"
+    return f"{info['source']} (participant {info['subject']}, song {info['song']})"
 
 
 def _before_after(steps: Sequence[TracedStep]) -> tuple[TracedStep, TracedStep]:

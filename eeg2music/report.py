@@ -33,6 +33,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .backbone import describe_provenance
+from .params import ParameterError
 from .sample import choose_examples, clip_order
 from .utils import atomic_write_text
 
@@ -161,9 +162,18 @@ def evaluate_samples(
     -------
     dict
         ``results[split][run][embedder]``; splits and runs in the record's order.
+
+    Raises
+    ------
+    ParameterError
+        ``n_boot`` or ``n_perm`` below 1: the report's intervals and p-values could not be computed.
     """
     from .metrics import evaluate_embeddings
 
+    for name, value in (("n_boot", n_boot), ("n_perm", n_perm)):
+        if value < 1:
+            raise ParameterError(f"parameter {name!r}: {value!r} is below 1; the report's 95 % intervals and "
+                                 f"permutation p-values need at least one resample each (e.g. 1000)")
     standardize = dict(standardize or {})
     splits = [s for s in ("test", "ood") if any(r["split"] == s for r in record["clips"])]
     splits += sorted({r["split"] for r in record["clips"]} - set(splits))

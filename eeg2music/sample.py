@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .audio import CLIP_SAMPLES, SAMPLE_RATE
-from .utils import atomic_directory, cpu_threads_for, read_json, write_json
+from .utils import atomic_directory, cpu_threads_for, disk_full_error, free_bytes, is_disk_full, read_json, write_json
 
 __all__ = [
     "SCHEDULERS",
@@ -522,7 +522,10 @@ def select_clips(
         raise ValueError(f"parameter 'max_clips': must be ≥ 0, got {max_clips}")
     clips = _clips_of(dataset, split)
     if subjects:
-        wanted = {int(s) for s in subjects}
+        try:
+            wanted = {int(s) for s in subjects}
+        except (TypeError, ValueError):
+            raise ValueError(f"parameter 'subjects': {list(subjects)} are not all participant numbers (e.g. [2, 3])") from None
         unknown = wanted - {c.subject for c in clips}
         if unknown:
             raise ValueError(
@@ -568,9 +571,14 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMP
     try:
         soundfile.write(tmp, wave, int(sample_rate), subtype=subtype, format="WAV")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        # libsndfile reports a full disk as "System error."; the free space tells it apart.
+        free = free_bytes(path.parent)
+        if is_disk_full(err) or (isinstance(err, soundfile.LibsndfileError) and free is not None
+                                 and free < wave.nbytes + 2**20):
+            raise disk_full_error(path, err) from err
         raise
     return path
 
@@ -1038,6 +1046,7 @@ def sampling_datasets(
     seed: int = 0,
     splits: Sequence[str] = ("test", "ood"),
     progress: bool = True,
+    stimuli_dir: str | os.PathLike = "",
 ) -> dict[str, Any]:
     """The windows to reconstruct, with their audio: the splits the models were trained with.
 
@@ -1058,6 +1067,9 @@ def sampling_datasets(
         Splits to return.
     progress : bool
         Print what is used.
+    stimuli_dir : path-like
+        Folder holding the stimulus WAVs (``""`` = the one notebook 02 paired the EEG with, else the
+        NMED-T folder's own).
 
     Returns
     -------
@@ -1083,9 +1095,10 @@ def sampling_datasets(
 
         folder = stage or stage_dir("preprocess")
         if (folder / SUMMARY_FILE).is_file():
-            datasets = load_stage_windows(folder, stimuli=stimuli, verbose=progress)
+            datasets = load_stage_windows(folder, stimuli=stimuli, verbose=progress, stimuli_dir=stimuli_dir or None)
         else:
-            config = TrainConfig(run_dir=str(stage or ""), data_root=str(data_root or ""), smoke=smoke, seed=seed)
+            config = TrainConfig(run_dir=str(stage or ""), data_root=str(data_root or ""), smoke=smoke, seed=seed,
+                                 stimuli_dir=str(stimuli_dir or ""))
             datasets, _ = training_windows(config, progress=progress)
     else:
         try:
@@ -1097,7 +1110,8 @@ def sampling_datasets(
             ) from None
         song_seconds = {int(k): float(v) for k, v in (data.get("song_seconds") or {}).items()} or None
         datasets = load_windows(index, WindowSpec.from_dict(data["window_spec"]), loso_subject=data.get("loso_subject"),
-                                stimuli=stimuli, song_seconds=song_seconds, verbose=progress)
+                                stimuli=stimuli, song_seconds=song_seconds, verbose=progress,
+                                stimuli_dir=stimuli_dir or data.get("stimuli_dir") or None)
     some = next(iter(datasets.values()))
     if data.get("subjects") and list(some.index.subjects) != list(data["subjects"]):
         raise ValueError(

@@ -30,7 +30,10 @@ The batch at step ``s`` and the noise and timesteps drawn for it are functions o
 learning-rate schedule and the RNG states. A run killed at any moment and resumed from its last
 complete checkpoint therefore reaches the same weights, bit for bit on CPU, as an uninterrupted run.
 Checkpoints are written into a temporary folder and renamed into place, so a folder named
-``checkpoint-NNNNNN`` is always complete; temporary ones are ignored on resume. Nothing read back is
+``checkpoint-NNNNNN`` is always complete; temporary ones are ignored on resume and removed when the
+run folder is next used. A run started afresh in a folder holding an earlier run's checkpoints removes
+them only once it has written its first own, and every input is checked before any work
+(:func:`check_inputs`), so a run that fails early loses nothing. Nothing read back is
 unpickled: weights and tensor state are safetensors, the rest JSON.
 
 Audio latents are the same for every subject: they are encoded once per ``(song, chunk)`` and kept in
@@ -72,9 +75,22 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 
 from .alignment import EEGAudioAligner, build_aligner_for, init_controlnet_from, train_alignment
+from .nmedt import NMEDTError
 from .params import ParameterError, coerce_mapping
 from .paths import stage_dir
-from .utils import atomic_directory, atomic_write_text, count_parameters, read_json, resolve_device, write_json
+from .utils import (
+    DiskFullError,
+    ModelFolderError,
+    WeightsFileError,
+    atomic_directory,
+    atomic_write_text,
+    check_safetensors,
+    count_parameters,
+    load_pretrained,
+    read_json,
+    resolve_device,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from .preprocess import CacheIndex
@@ -113,6 +129,7 @@ class TrainConfig:
     backbone: str = ""  #: backbone folder; "" = the default tiny backbone (trained if missing)
     run_dir: str = ""  #: notebook 02's output folder or its cache; "" = the default run folder's
     data_root: str = ""  #: NMED-T folder used when the cache must be built; "" = the simulator
+    stimuli_dir: str = ""  #: folder of the stimulus WAVs; "" = the one notebook 02 used, else data_root's own
     out_dir: str = ""  #: folder holding the run folders; "" = outputs/04_train
     run_name: str = ""  #: run folder name; "" = derived from model and subject_cond
     steps: int = 0  #: optimiser steps (0 = default for the size)
@@ -449,7 +466,7 @@ def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[s
         same_size = default_cache_dir(cfg.smoke) in Path(summary["cache"]).parents
         same_data = not cfg.data_root or Path(summary["data_root"]) == Path(cfg.data_root).expanduser().resolve()
         if cfg.run_dir or (same_size and same_data):
-            splits = load_stage_windows(stage, stimuli=True, verbose=progress)
+            splits = load_stage_windows(stage, stimuli=True, verbose=progress, stimuli_dir=cfg.stimuli_dir or None)
             return splits, f"notebook 02's splits ({stage / SUMMARY_FILE})"
     if cfg.run_dir and not any((stage / name).exists() for name in ("index.json", "latest.json")):
         raise FileNotFoundError(
@@ -458,8 +475,19 @@ def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[s
         )
     index = ensure_cache(cfg.run_dir, data_root=cfg.data_root, smoke=cfg.smoke, seed=cfg.seed, progress=progress)
     # The stimuli bound the chunks (make_splits cuts within the audio's length), so they are always read.
-    splits = load_windows(index, default_window_spec(cfg.smoke), stimuli=True, verbose=progress)
+    splits = load_windows(index, default_window_spec(cfg.smoke), stimuli=True, verbose=progress,
+                          stimuli_dir=cfg.stimuli_dir or None)
     return splits, f"the cache {index.path} with the default window spec"
+
+
+def _stimuli_dir_of(cfg: TrainConfig) -> str:
+    """The folder a run's audio comes from, to record: the parameter, else the one notebook 02 recorded."""
+    from .windows import SUMMARY_FILE
+
+    if cfg.stimuli_dir:
+        return str(Path(cfg.stimuli_dir).expanduser().resolve())
+    summary = (Path(cfg.run_dir).expanduser().resolve() if cfg.run_dir else stage_dir("preprocess")) / SUMMARY_FILE
+    return str(read_json(summary).get("stimuli_dir") or "") if summary.is_file() else ""
 
 
 def _audio_digest(audio: Mapping[int, np.ndarray], clips: Sequence[tuple[int, int]], clip_samples: int) -> str:
@@ -501,6 +529,7 @@ def load_training_data(cfg: TrainConfig, backbone, *, progress: bool = True) -> 
         "cache_key": index.key,
         "data_root": index.data_root,
         "layout": index.layout,
+        "stimuli_dir": _stimuli_dir_of(cfg),
         "sfreq": index.sfreq,
         "units": index.units,
         "channels": index.channel_names,
@@ -943,7 +972,7 @@ def load_trained_model(model_dir: str | os.PathLike, device: str | torch.device 
     if not (weights / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: the {kind} weights are missing (expected {weights}/config.json + safetensors)")
     target = resolve_device(device) if isinstance(device, str) else device
-    module = _module_class(kind).from_pretrained(weights, local_files_only=True, use_safetensors=True)
+    module = load_pretrained(_module_class(kind), weights, f"{kind} weights", local_files_only=True, use_safetensors=True)
     module = module.to(target).eval().requires_grad_(False)
     return TrainedModel(kind, module, config, folder)
 
@@ -1168,6 +1197,7 @@ def load_checkpoint_state(folder: Path, *, model: nn.Module, kind: str) -> dict[
     weights = folder / kind / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{folder}: no {kind} weights ({weights}); is it a checkpoint of a {kind} run?")
+    check_safetensors(weights)
     missing, unexpected = model.load_state_dict(safetensors.torch.load_file(weights), strict=False)
     if missing or unexpected:
         raise ValueError(f"{weights}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -1178,6 +1208,8 @@ def restore_training_state(folder: Path, *, optimizer, lr_scheduler, accelerator
     """Restore the optimizer, learning-rate schedule, RNG and grad-scaler states of a checkpoint."""
     import safetensors.torch
 
+    for name in ("optimizer.safetensors", "rng_state.safetensors"):
+        check_safetensors(folder / name)
     tensors = safetensors.torch.load_file(folder / "optimizer.safetensors")
     optimizer.load_state_dict(optimizer_state_from_safetensors(tensors, read_json(folder / "optimizer.json")))
     lr_scheduler.load_state_dict(read_json(folder / "lr_scheduler.json"))
@@ -1190,6 +1222,53 @@ def restore_training_state(folder: Path, *, optimizer, lr_scheduler, accelerator
 def _prune_checkpoints(run: Path, keep: int) -> None:
     for _, path in list_checkpoints(run)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_interrupted_writes(run: Path, say=print) -> None:
+    """Delete what a run killed while writing left behind: ``.checkpoint-….partial`` (and ``.old``) folders.
+
+    Such folders are never read (:func:`list_checkpoints` skips them); removing them when the run folder
+    is next used keeps killed runs from filling the disk. One run folder is written by one run at a time.
+    """
+    leftovers = [*(run / CHECKPOINTS_DIR_NAME).glob(f".{CHECKPOINT_PREFIX}*.partial"),
+                 *(run / CHECKPOINTS_DIR_NAME).glob(f".{CHECKPOINT_PREFIX}*.old"),
+                 *run.glob(f".{MODEL_DIR_NAME}.*.partial"), *run.glob(f".{MODEL_DIR_NAME}.old")]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    if leftovers:
+        say(f"[train] removed {len(leftovers)} unfinished write(s) left by an interrupted run: "
+            f"{sorted(p.name for p in leftovers)}")
+
+
+def check_inputs(cfg: TrainConfig, *, backbone_given: bool = False) -> None:
+    """Refuse, before any work, paths that do not exist and a device that cannot be used.
+
+    Each error names the parameter (``backbone``, ``run_dir``, ``data_root``, ``stimuli_dir``, ``resume``,
+    ``out_dir``, ``latent_cache_dir``, ``device``) and what it expects. ``backbone_given``: the caller
+    passes a loaded backbone, so ``cfg.backbone`` is not read.
+    """
+    folders = {"run_dir": "notebook 02's out_dir or a preprocessed cache", "data_root": "an NMED-T folder",
+               "stimuli_dir": "a folder holding the stimulus WAVs"}
+    if not backbone_given:
+        folders["backbone"] = ("a local AudioLDM2-music folder (diffusers layout) or a backbone folder written by "
+                               "notebook 00 (or \"\" for the default tiny backbone)")
+    for name, expected in folders.items():
+        value = getattr(cfg, name)
+        if value and not Path(value).expanduser().is_dir():
+            state = "is a file" if Path(value).expanduser().exists() else "does not exist"
+            raise ParameterError(f"parameter {name!r}: {value!r} {state}; expected {expected}")
+    for name in ("out_dir", "latent_cache_dir"):
+        value = getattr(cfg, name)
+        if value and Path(value).expanduser().is_file():
+            raise ParameterError(f"parameter {name!r}: {value!r} is a file; expected a folder to write into")
+    if cfg.resume not in ("", "latest") and not Path(cfg.resume).expanduser().exists():
+        raise ParameterError(f"parameter 'resume': {cfg.resume!r} does not exist; expected true/false, a checkpoint "
+                             f"folder or a run folder")
+    try:
+        resolve_device(cfg.device)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1369,15 +1448,21 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     if overrides:
         config = TrainConfig(**coerce_mapping(dataclasses.asdict(config or TrainConfig()), overrides))
     cfg = (config or TrainConfig()).resolved()
+    check_inputs(cfg, backbone_given=backbone is not None)
     wall_start = time.perf_counter()
     accelerator = make_accelerator(cfg)
     device, main = accelerator.device, accelerator.is_main_process
     say = print if (progress and main) else (lambda *args, **kwargs: None)
     run = cfg.run_folder()
+    if main:
+        _remove_interrupted_writes(run, say)
     resume_from = resolve_resume(cfg.resume, run)
-    if main and resume_from is None and list_checkpoints(run):
-        say(f"[train] starting afresh (resume=false): removing the old checkpoints of {run}")
-        shutil.rmtree(run / CHECKPOINTS_DIR_NAME, ignore_errors=True)
+    # Starting afresh, an earlier run's checkpoints stay until this run has written a complete one of its own:
+    # a run that fails before (a bad backbone, the data) loses nothing.
+    stale = [path for _, path in list_checkpoints(run)] if main and resume_from is None else []
+    if stale:
+        say(f"[train] starting afresh (resume=false): the {len(stale)} earlier checkpoint(s) of {run} are removed "
+            f"once this run has written its first")
     accelerator.wait_for_everyone()
 
     # --- the frozen backbone, the data, the model, the optimiser ---------------------------------
@@ -1469,11 +1554,17 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if main and checkpoint:
-            save_checkpoint(run / CHECKPOINTS_DIR_NAME / checkpoint_name(done), model=unwrapped, optimizer=optimizer,
-                            lr_scheduler=lr_scheduler, accelerator=accelerator, kind=kind, model_config=model_config,
-                            state={"step": done, "log": log, "train_seconds": train_seconds, "samples_seen": seen,
-                                   "config": cfg.to_dict(), "data": data.info,
-                                   "num_processes": accelerator.num_processes, "format_version": FORMAT_VERSION})
+            written = save_checkpoint(run / CHECKPOINTS_DIR_NAME / checkpoint_name(done), model=unwrapped,
+                                      optimizer=optimizer, lr_scheduler=lr_scheduler, accelerator=accelerator, kind=kind,
+                                      model_config=model_config,
+                                      state={"step": done, "log": log, "train_seconds": train_seconds,
+                                             "samples_seen": seen, "config": cfg.to_dict(), "data": data.info,
+                                             "num_processes": accelerator.num_processes,
+                                             "format_version": FORMAT_VERSION})
+            for path in stale:  # (one of the same name was replaced by the new one)
+                if path != written:
+                    shutil.rmtree(path, ignore_errors=True)
+            stale = []
             _prune_checkpoints(run, cfg.keep_checkpoints)
             write_log(run / LOG_NAME, log)
         if validate or checkpoint:
@@ -1743,6 +1834,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors about the inputs (parameters, files, folders, disk space), reported by the CLI as one line.
+_USER_ERRORS = (ParameterError, NMEDTError, FileNotFoundError, NotADirectoryError, DiskFullError, ModelFolderError,
+                WeightsFileError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     unconditional = args.pop("register_unconditional")
@@ -1756,7 +1852,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = register_unconditional(cfg.out_dir, cfg.backbone, smoke=cfg.smoke)
         print(f"[train] registered the unconditional baseline → {folder}")
         return 0
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except _USER_ERRORS as err:  # what the user can fix: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if result.summary:
         print(json.dumps({k: result.summary[k] for k in ("run", "steps", "final_train_loss", "final_val_loss",
                                                           "train_seconds", "samples_per_second", "model_dir")}))

@@ -7,9 +7,11 @@ leaves a half-written file or folder that a later stage would read as complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -111,6 +113,60 @@ def to_json(data: Any, indent: int = 2) -> str:
     return json.dumps(data, indent=indent, default=_jsonable, allow_nan=True)
 
 
+class DiskFullError(OSError):
+    """A write that failed because its disk is full; the message names the path being written."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read (empty, truncated, not safetensors); the message names it."""
+
+
+class ModelFolderError(ValueError):
+    """A model folder whose files do not make the model asked for; the message names the folder."""
+
+
+#: How a full disk shows in messages that carry no errno (Rust's safetensors writer, libsndfile via the OS).
+_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os error (28|122)\b|StorageFull", re.I)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free space on the disk holding ``path`` (its nearest existing parent), or None if unknown."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return int(shutil.disk_usage(candidate).free)
+            except OSError:
+                return None
+    return None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` (or an exception it was raised from) says the disk is full."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if _DISK_FULL_TEXT.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(path: str | os.PathLike, error: BaseException | None = None) -> DiskFullError:
+    """A :class:`DiskFullError` naming ``path``, the disk's free space and what to do."""
+    path = Path(path)
+    free = free_bytes(path)
+    shown = "unknown" if free is None else (f"{free / 2**20:.1f} MiB" if free >= 2**20 else f"{free} bytes")
+    detail = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})" if error is not None else ""
+    return DiskFullError(
+        errno.ENOSPC,
+        f"{path}: not written, the disk is full ({shown} free there){detail}. Nothing half-written was left; "
+        f"free some space, or write to another disk (out_dir)",
+    )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -132,9 +188,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full_error(path, err) from err
         raise
     return path
 
@@ -168,8 +226,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the finished folder should be like any other
     try:
         yield tmp
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(err):  # named by the folder being made (the temporary one is gone)
+            raise disk_full_error(path, err) from err
         raise
     if path.exists():
         if not overwrite:
@@ -187,3 +247,104 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
 def count_parameters(module: "torch.nn.Module", trainable_only: bool = False) -> int:  # noqa: F821
     """Number of parameters of a module (all, or only those with ``requires_grad``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_safetensors(path: str | os.PathLike) -> Path:
+    """Refuse an empty, truncated or non-safetensors weights file before a loader reads it.
+
+    A safetensors file is an 8-byte header length, a JSON header giving every tensor's byte range, then
+    the data: the file must hold all the bytes its header describes. Nothing is unpickled.
+
+    Raises
+    ------
+    WeightsFileError
+        Naming the file and what is wrong with it (first line of the message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    size = path.stat().st_size
+    advice = "copy it again, or re-create it (an interrupted copy or write leaves such files)"
+    if size == 0:
+        raise WeightsFileError(f"{path}: the weights file is empty (0 bytes); {advice}")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise WeightsFileError(f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header); {advice}")
+        header_length = int.from_bytes(head, "little")
+        if 8 + header_length > size:
+            raise WeightsFileError(
+                f"{path}: truncated safetensors file, or not one: {size} bytes, but its header alone would take "
+                f"{8 + header_length}; {advice}"
+            )
+        try:
+            header = json.loads(handle.read(header_length))
+            ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise WeightsFileError(f"{path}: not a safetensors file (its header is not safetensors JSON); {advice}") from None
+    expected = 8 + header_length + max(ends, default=0)
+    if size < expected:
+        raise WeightsFileError(
+            f"{path}: truncated safetensors file: {size} bytes, its header describes {expected} "
+            f"({expected - size} missing); {advice}"
+        )
+    return path
+
+
+_SHAPE_MISMATCH = re.compile(r"(\S+) expected shape (torch\.Size\(\[[^\]]*\]\)), but got (torch\.Size\(\[[^\]]*\]\))")
+_SHAPE_MISMATCH_SLICE = re.compile(r"Cannot load (\S+) because it has shape (\([^)]*\)) in the checkpoint but shape (\([^)]*\))")
+
+
+def load_pretrained(cls, folder: str | os.PathLike, what: str, **kwargs):
+    """``cls.from_pretrained(folder, **kwargs)``, with errors that name the folder and what did not fit.
+
+    Before loading: a ``config.json`` written for another class (its ``_class_name``) and empty or
+    truncated ``*.safetensors`` files are refused by name. A load that fails all the same (weights of
+    another shape than the config's, missing files) is re-raised as :class:`ModelFolderError` whose
+    first line says which folder, what was expected and what was found.
+
+    Parameters
+    ----------
+    cls : type
+        A diffusers ``ModelMixin`` (or transformers ``PreTrainedModel``) class.
+    folder : path-like
+        The folder holding ``config.json`` and the weights.
+    what : str
+        How to name the model in messages (e.g. ``"controlnet weights"``, ``"backbone's vae"``).
+    **kwargs
+        Passed to ``from_pretrained``.
+    """
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        found = read_json(config).get("_class_name")
+        if found is not None and found != cls.__name__:
+            raise ModelFolderError(
+                f"{folder}: its config.json describes a {found}, but the {what} must be a {cls.__name__}; "
+                f"this folder holds another model's files (copied into the wrong place?)"
+            )
+    for weights in sorted(folder.glob("*.safetensors")):
+        check_safetensors(weights)
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except (ValueError, TypeError, RuntimeError, OSError, KeyError) as err:
+        text = str(err)
+        mismatch = _SHAPE_MISMATCH.search(text)
+        other = _SHAPE_MISMATCH_SLICE.search(text)
+        if mismatch or other:
+            name, expected, got = mismatch.groups() if mismatch else (other[1], other[3], other[2])
+            detail = (f"weight {name!r}: its config.json expects shape {list(_size(expected))}, its safetensors "
+                      f"file holds {list(_size(got))}; the config and the weights come from different models")
+        elif isinstance(err, TypeError):
+            detail = f"its config.json does not fit {cls.__name__} ({text})"
+        else:
+            pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+            detail = text.splitlines()[0] if text else type(err).__name__
+            if pickles and not any(folder.glob("*.safetensors")):
+                detail = (f"no safetensors weights; {pickles} are pickle files (they can run code when read), "
+                          f"which are never unpickled here. Convert them to safetensors where you trust them")
+        raise ModelFolderError(f"{folder}: cannot load the {what} ({cls.__name__}): {detail}") from err
+
+
+def _size(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text))

@@ -38,15 +38,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .preprocess import CacheIndex, open_cache
+from .nmedt import STIMULUS_TOLERANCE_S, NMEDTError, dataset_summary
+from .params import ParameterError
+from .preprocess import CacheIndex, CachedRecording, open_cache
 
 __all__ = [
     "SPLITS",
@@ -61,6 +66,8 @@ __all__ = [
     "windows_from_splits",
     "load_windows",
     "stimulus_seconds",
+    "Pairing",
+    "pair_eeg_and_audio",
     "SUMMARY_FILE",
     "write_preprocess_summary",
     "read_preprocess_summary",
@@ -183,20 +190,29 @@ class Splits(dict):
     n_chunks : dict
         Song → number of whole chunks in the song.
     dropped : dict
-        Split name → windows dropped because their EEG ran past the end of the recording.
+        Split name → windows dropped because their EEG lies outside the recording (both reasons).
+    dropped_before_start : dict
+        Split name → those of them whose EEG would start before the recording (a negative lag); the
+        others run past its end.
     loso_subject : int or None
     """
 
-    def __init__(self, windows, chunk_ranges, n_chunks, dropped, loso_subject, spec):
+    def __init__(self, windows, chunk_ranges, n_chunks, dropped, loso_subject, spec, dropped_before_start=None):
         super().__init__(windows)
         self.chunk_ranges: dict[int, dict[str, range]] = chunk_ranges
         self.n_chunks: dict[int, int] = n_chunks
         self.dropped: dict[str, int] = dropped
+        self.dropped_before_start: dict[str, int] = dict(dropped_before_start or {name: 0 for name in dropped})
         self.loso_subject: int | None = loso_subject
         self.spec: WindowSpec = spec
 
     def __reduce__(self):
-        return (Splits, (dict(self), self.chunk_ranges, self.n_chunks, self.dropped, self.loso_subject, self.spec))
+        return (Splits, (dict(self), self.chunk_ranges, self.n_chunks, self.dropped, self.loso_subject, self.spec,
+                         self.dropped_before_start))
+
+    def dropped_past_end(self) -> dict[str, int]:
+        """Split name → windows dropped because their EEG would run past the end of the recording."""
+        return {name: self.dropped[name] - self.dropped_before_start.get(name, 0) for name in self.dropped}
 
     def counts(self) -> dict[str, int]:
         """Windows per split."""
@@ -214,6 +230,7 @@ class Splits(dict):
         return {
             "counts": self.counts(),
             "dropped": dict(self.dropped),
+            "dropped_before_start": dict(self.dropped_before_start),
             "loso_subject": self.loso_subject,
             "n_chunks": {str(song): n for song, n in self.n_chunks.items()},
             "chunk_ranges": {
@@ -308,6 +325,7 @@ def make_splits(
     names = [name for name in SPLITS if any(name in ranges for ranges in chunk_ranges.values())]
     windows: dict[str, list[WindowRef]] = {name: [] for name in names}
     dropped = {name: 0 for name in names}
+    early = {name: 0 for name in names}
     length = window_samples(index.sfreq, spec.clip_seconds)
     for entry in sorted(index.recordings, key=lambda e: (e.song, e.subject)):
         for name, chunks in chunk_ranges[entry.song].items():
@@ -317,24 +335,39 @@ def make_splits(
                 start = chunk_start_sample(chunk, index.sfreq, spec)
                 if start < 0 or start + length > entry.n_samples:
                     dropped[name] += 1
+                    early[name] += start < 0
                 else:
                     windows[name].append(WindowRef(entry.subject, entry.song, chunk, start))
 
+    late = {name: dropped[name] - early[name] for name in names}
     for name in names:
         if not windows[name]:
             songs = sorted(song for song, ranges in chunk_ranges.items() if name in ranges)
             raise ValueError(
                 f"split {name!r} has no window: songs {songs} give it "
-                f"{[len(chunk_ranges[s][name]) for s in songs]} chunk(s) each, {dropped[name]} window(s) ran past the "
-                f"end of their recording (lag {spec.lag_seconds:g} s, {length} samples at {index.sfreq:g} Hz)"
+                f"{[len(chunk_ranges[s][name]) for s in songs]} chunk(s) each, and of their windows "
+                + _dropped_words(early[name], late[name], spec.lag_seconds)
+                + f" ({length} samples at {index.sfreq:g} Hz)"
                 + (f", and only participant {loso_subject} is tested" if loso_subject is not None else "")
             )
     if verbose and any(dropped.values()):
         print(
-            f"[windows] dropped {sum(dropped.values())} window(s) whose EEG runs past the end of its recording "
-            f"(lag {spec.lag_seconds:g} s): {', '.join(f'{k} {v}' for k, v in dropped.items() if v)}"
+            f"[windows] dropped {sum(dropped.values())} window(s): "
+            + _dropped_words(sum(early.values()), sum(late.values()), spec.lag_seconds)
+            + f"; per split: {', '.join(f'{k} {v}' for k, v in dropped.items() if v)}"
         )
-    return Splits(windows, chunk_ranges, n_chunks, dropped, loso_subject, spec)
+    return Splits(windows, chunk_ranges, n_chunks, dropped, loso_subject, spec, early)
+
+
+def _dropped_words(early: int, late: int, lag: float) -> str:
+    """Why windows were dropped, in words: the true reason of each (before the start, past the end)."""
+    parts = []
+    if early:
+        parts.append(f"{early} would start before their recording (lag {lag:g} s takes the EEG {abs(lag):g} s "
+                     f"before the music of the first chunk(s))")
+    if late or not parts:
+        parts.append(f"{late} window(s) ran past the end of their recording (lag {lag:g} s)")
+    return " and ".join(parts)
 
 
 class EEGMusicWindows(Dataset):
@@ -487,15 +520,16 @@ class EEGMusicWindows(Dataset):
                 f"eeg {self.n_channels}×{self.n_times} at {self.sfreq:g} Hz, {target})")
 
 
-def load_stimuli(folder, songs: Sequence[int], sr: int = 16000) -> dict[int, np.ndarray]:
+def load_stimuli(folder, songs: Sequence[int], sr: int = 16000, stimuli_dir=None) -> dict[int, np.ndarray]:
     """Song → float32 mono waveform at ``sr`` (each song read and resampled once).
 
     ``folder`` is an NMED-T folder (path or :class:`~eeg2music.nmedt.NMEDTFolder`); a missing WAV is
     an error naming the files looked for and where (:func:`eeg2music.nmedt.read_stimulus`).
+    ``stimuli_dir`` is a folder of WAVs searched first when ``folder`` is a path.
     """
     from .nmedt import read_stimulus, scan_nmedt
 
-    folder = folder if hasattr(folder, "stimuli_dirs") else scan_nmedt(folder)
+    folder = folder if hasattr(folder, "stimuli_dirs") else scan_nmedt(folder, stimuli_dir or None)
     return {int(song): read_stimulus(folder, int(song), sr=sr) for song in songs}
 
 
@@ -521,6 +555,7 @@ def load_windows(
     latents: Mapping[tuple[int, int], Any] | None = None,
     song_seconds: Mapping[int, float] | None = None,
     verbose: bool = True,
+    stimuli_dir=None,
 ) -> dict[str, EEGMusicWindows]:
     """The datasets of every split, from a preprocessed cache, in one call.
 
@@ -542,6 +577,8 @@ def load_windows(
         splits are the same with and without audio attached.
     verbose : bool
         Print dropped-window counts and a one-line summary.
+    stimuli_dir : path-like, optional
+        A folder holding the stimulus WAVs, searched first (when ``stimuli`` is True or a path).
 
     Returns
     -------
@@ -553,7 +590,8 @@ def load_windows(
     audio = None
     bounds = {int(song): float(seconds) for song, seconds in (song_seconds or {}).items()}
     if stimuli is not None and stimuli is not False:
-        audio = load_stimuli(index.data_root if stimuli is True else stimuli, index.songs, sr=spec.audio_sr)
+        audio = load_stimuli(index.data_root if stimuli is True else stimuli, index.songs, sr=spec.audio_sr,
+                             stimuli_dir=stimuli_dir)
         for song, wave in audio.items():
             bounds[song] = min(bounds.get(song, np.inf), len(wave) / spec.audio_sr)
     splits = make_splits(index, spec, loso_subject=loso_subject, song_seconds=bounds or None, verbose=verbose)
@@ -572,6 +610,193 @@ def stimulus_seconds(folder) -> dict[int, float]:
 
     folder = folder if hasattr(folder, "stimuli_dirs") else scan_nmedt(folder)
     return {int(song): float(sf.info(str(path)).duration) for song, path in folder.stimuli.items()}
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """What :func:`pair_eeg_and_audio` checked: the EEG and audio notebook 02 will cut into windows.
+
+    Attributes
+    ----------
+    layout : str
+        The NMED-T layout read.
+    songs, subjects : tuple of int
+        The songs with EEG in that layout, and the participants.
+    eeg_seconds, audio_seconds : dict
+        Song → length (s) of its EEG and of its stimulus WAV.
+    lost_windows : dict
+        Song → windows a length mismatch between the two costs (only when it was allowed).
+    splits : Splits
+        The splits as the cache will give them (counts and dropped windows are known before any work).
+    """
+
+    layout: str
+    songs: tuple[int, ...]
+    subjects: tuple[int, ...]
+    eeg_seconds: dict[int, float]
+    audio_seconds: dict[int, float]
+    lost_windows: dict[int, int]
+    splits: Splits
+
+    @property
+    def song_seconds(self) -> dict[int, float]:
+        """Song → audio length: what bounds each song's chunks (:func:`make_splits`'s ``song_seconds``)."""
+        return dict(self.audio_seconds)
+
+
+def pair_eeg_and_audio(
+    folder,
+    layout: str = "auto",
+    spec: WindowSpec | None = None,
+    *,
+    loso_subject: int | None = None,
+    allow_length_mismatch: bool = False,
+    tolerance_s: float = STIMULUS_TOLERANCE_S,
+    sfreq: float | None = None,
+) -> Pairing:
+    """Check, from file headers only, that an NMED-T folder's EEG can be paired with its music.
+
+    Notebook 02 calls it right after scanning the folder, before any EEG is read or anything written:
+
+    * ``spec.ood_song`` must be one of the folder's songs, and not the only one;
+    * ``loso_subject`` must be one of its participants (and not the only one);
+    * every song must have its stimulus WAV, readable and with samples (the later stages need the audio);
+    * each WAV must last as long as its EEG, within ``tolerance_s``: a WAV cut short (or a wrong ``fs``
+      in an EEG file, which makes the EEG's length wrong) would silently shorten the song's chunks.
+      With ``allow_length_mismatch`` the songs are cut within the shorter of the two, with a warning;
+    * the split sizes must fit every song, and the lag must leave every split some windows: the splits
+      are made here on the recordings' lengths, exactly as :func:`make_splits` will make them from the
+      cache, so what fails later fails now.
+
+    Parameters
+    ----------
+    folder : NMEDTFolder
+        From :func:`eeg2music.nmedt.scan_nmedt` (with its ``stimuli_dir``).
+    layout : str
+        ``"auto"``, ``"cleaned"`` or ``"raw"``.
+    spec : WindowSpec, optional
+        The window spec notebook 02 will use.
+    loso_subject : int, optional
+        The participant to hold out.
+    allow_length_mismatch : bool
+        Pair a WAV and an EEG of different lengths anyway (notebook 02's ``allow_stimulus_mismatch``).
+    tolerance_s : float
+        How far the two lengths may differ.
+    sfreq : float, optional
+        The cache's sampling rate when preprocessing resamples (default: the EEG's).
+
+    Returns
+    -------
+    Pairing
+
+    Raises
+    ------
+    ParameterError
+        ``ood_song``, ``loso_subject`` or the split sizes do not fit this folder (naming the parameter).
+    FileNotFoundError
+        Songs without a stimulus WAV: naming the WAVs, the folders searched and ``stimuli_dir``.
+    NMEDTError
+        A WAV that cannot be read or holds no samples, or one whose length differs from its EEG's
+        (naming the WAV, both lengths and the windows that would be lost).
+    """
+    spec = spec or WindowSpec()
+    layout = folder.resolve_layout(layout)
+    summary = dataset_summary(folder, layout)
+    where = f"{folder.root} ({layout} files)"
+    eeg_seconds: dict[int, float] = {}
+    subjects_of: dict[int, list[int]] = {}
+    sources: dict[int, str] = {}
+    if layout == "cleaned":
+        for described in summary["files"]:
+            song = int(described["song"])
+            eeg_seconds[song] = described["n_times"] / described["fs"]
+            subjects_of[song] = list(described["subjects"])
+            sources[song] = f"{described['file']}: {described['n_times']} samples at fs = {described['fs']:g} Hz"
+    else:
+        for recording in summary["recordings"]:
+            for song in recording["onset_samples"]:
+                song = int(song)
+                eeg_seconds[song] = folder.song_seconds(song)
+                subjects_of.setdefault(song, []).append(int(recording["subject"]))
+                sources.setdefault(song, f"cut from {recording['file']} at the song's length")
+    songs = sorted(eeg_seconds)
+    subjects = sorted({subject for members in subjects_of.values() for subject in members})
+
+    if spec.ood_song is not None and spec.ood_song not in eeg_seconds:
+        raise ParameterError(
+            f"parameter 'ood_song': song {spec.ood_song} has no EEG in {where}, whose songs are {songs}; "
+            f"choose one of them, or 0 for no out-of-distribution song"
+        )
+    if spec.ood_song is not None and len(songs) == 1:
+        raise ParameterError(
+            f"parameter 'ood_song': song {spec.ood_song} is the only song with EEG in {where}: holding it out "
+            f"leaves no song to train on. Add songs, or pass -p ood_song 0 to split its chunks into train/val/test"
+        )
+    if loso_subject is not None:
+        if loso_subject not in subjects:
+            raise ParameterError(f"parameter 'loso_subject': participant {loso_subject} has no EEG in {where}; its "
+                                 f"participants are {subjects} (or 0 for none)")
+        if len(subjects) < 2:
+            raise ParameterError(f"parameter 'loso_subject': participant {loso_subject} is the only one in {where}: "
+                                 f"holding them out leaves nobody to train on")
+
+    problems = [folder.stimulus_problems[song] for song in songs if song in folder.stimulus_problems]
+    if problems:
+        raise NMEDTError(f"{problems[0]}; replace it with the song's audio" + (f" (and {problems[1:]})" if problems[1:] else ""))
+    missing = [song for song in songs if song not in folder.stimulus_seconds]
+    if missing:
+        searched = [str(d) for d in folder.stimuli_dirs] or [str(folder.root)]
+        raise FileNotFoundError(
+            f"no stimulus WAV for song(s) {missing} "
+            f"({', '.join(f'{folder.songs[s].wav_name} or song{s}.wav' for s in missing)}): the EEG of {where} is "
+            f"paired with the music heard, so every song needs its WAV. Looked in {searched}. Put the WAVs in "
+            f"{folder.root / 'stimuli'}, or name their folder with -p stimuli_dir (notebooks 02, 04, 05)"
+        )
+
+    lost: dict[int, int] = {}
+    lines: list[str] = []
+    for song in songs:
+        eeg, audio = eeg_seconds[song], folder.stimulus_seconds[song]
+        if abs(eeg - audio) <= tolerance_s:
+            continue
+        n_eeg, n_audio = (int(math.floor(x / spec.clip_seconds + 1e-9)) for x in (eeg, audio))
+        chunks_lost = max(n_eeg, n_audio) - min(n_eeg, n_audio)
+        lost[song] = chunks_lost * len(subjects_of[song])
+        lines.append(
+            f"{folder.stimuli[song]}: the stimulus of song {song} lasts {audio:.1f} s, its EEG {eeg:.1f} s "
+            f"({sources[song]}); pairing them loses {chunks_lost} of the song's {max(n_eeg, n_audio)} chunks of "
+            f"{spec.clip_seconds:g} s, {lost[song]} window(s) of {len(subjects_of[song])} participant(s)"
+        )
+    if lines:
+        why = ("A WAV cut short (or another edit of the song), EEG cut short, or a wrong fs in an EEG file (it sets "
+               "the EEG's length) all show this way.")
+        if not allow_length_mismatch:
+            raise NMEDTError(
+                "\n".join(lines) + f"\nStopping before any work: a stimulus and its EEG must last as long as each other "
+                f"(within {tolerance_s:g} s). {why} Give the right WAVs (-p stimuli_dir), or pass "
+                f"-p allow_stimulus_mismatch true to cut each song within the shorter of the two"
+            )
+        warnings.warn("\n".join(lines) + f"\nPaired anyway (allow_stimulus_mismatch): each song is cut within the "
+                      f"shorter of the two. {why}", stacklevel=2)
+
+    # The splits as make_splits will cut them from the cache: every recording's length is known now.
+    fs = float(sfreq or summary["fs"])
+    recordings = tuple(
+        CachedRecording(subject, song, "", int(round(eeg_seconds[song] * fs)))
+        for song in songs for subject in subjects_of[song]
+    )
+    planned = SimpleNamespace(path=Path(folder.root), songs=tuple(songs), subjects=tuple(subjects), sfreq=fs,
+                              recordings=recordings)
+    try:
+        splits = make_splits(planned, spec, loso_subject=loso_subject, song_seconds=folder.stimulus_seconds,
+                             verbose=False)
+    except ValueError as err:
+        raise ParameterError(
+            f"parameters val_fraction/test_fraction/gap_chunks ({spec.val_fraction:g}/{spec.test_fraction:g}/"
+            f"{spec.gap_chunks}) and lag_seconds ({spec.lag_seconds:g}) do not fit {where}: {err}"
+        ) from None
+    return Pairing(layout, tuple(songs), tuple(subjects), eeg_seconds,
+                   {song: folder.stimulus_seconds[song] for song in songs}, lost, splits)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -652,6 +877,7 @@ def load_stage_windows(
     stimuli=None,
     latents: Mapping[tuple[int, int], Any] | None = None,
     verbose: bool = True,
+    stimuli_dir=None,
 ) -> dict[str, EEGMusicWindows]:
     """The splits exactly as notebook 02 made them, in one call (what notebooks 03–06 use).
 
@@ -666,6 +892,8 @@ def load_stage_windows(
     latents : mapping (song, chunk) → array, optional
         Encoded clips to return instead of audio.
     verbose : bool
+    stimuli_dir : path-like, optional
+        A folder holding the stimulus WAVs; default: the one notebook 02 paired the EEG with.
 
     Returns
     -------
@@ -676,7 +904,8 @@ def load_stage_windows(
     spec = WindowSpec.from_dict(summary["windows"])
     song_seconds = {int(song): float(seconds) for song, seconds in summary.get("song_seconds", {}).items()}
     return load_windows(summary["cache"], spec, loso_subject=summary.get("loso_subject"), stimuli=stimuli,
-                        latents=latents, song_seconds=song_seconds or None, verbose=verbose)
+                        latents=latents, song_seconds=song_seconds or None, verbose=verbose,
+                        stimuli_dir=stimuli_dir or summary.get("stimuli_dir") or None)
 
 
 # --------------------------------------------------------------------------------------------------

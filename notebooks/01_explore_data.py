@@ -44,9 +44,11 @@ device = "auto"  # unused: exploring runs on the CPU (kept for a uniform interfa
 smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 15 s)
 
 # %%
+from eeg2music import checks
 from eeg2music.params import resolve_parameters
 
-params = resolve_parameters("01_explore_data", globals(), choices={"layout": ("auto", "cleaned", "raw")})
+params = resolve_parameters("01_explore_data", globals(), choices={"layout": ("auto", "cleaned", "raw")},
+                            checks=checks.explore_data_parameters)
 
 # %%
 import time
@@ -64,12 +66,12 @@ from eeg2music.utils import seed_everything, write_json
 mne.set_log_level("error")
 seed_everything(seed)
 started = time.perf_counter()
-out = stage_dir("data", out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = stage_dir("data", out_dir)  # made when the first figure is saved, once the data has been read
 
 
 def save(fig, name):
     """Keep a figure as a PNG in out_dir and show that PNG (rendered once)."""
+    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -129,6 +131,8 @@ if layout == "raw":
 
 subject = example_subject or summary["subjects"][0]
 song = example_song or next((s["id"] for s in summary["songs"] if s["id"] in folder.stimuli), summary["songs"][0]["id"])
+checks.among("example_subject", subject, summary["subjects"], folder.root)
+checks.among("example_song", song, [s["id"] for s in summary["songs"]], folder.root)
 raw = nmedt.read_recording(folder, subject, song, layout)
 print(raw)
 print("metadata:", nmedt.recording_info(raw))

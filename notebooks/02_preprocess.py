@@ -30,6 +30,7 @@
 
 # %% tags=["parameters"]
 data_root = ""  # NMED-T folder (cleaned and/or raw files); empty: the simulated default dataset
+stimuli_dir = ""  # folder with the stimulus WAVs if not in data_root or data_root/stimuli; empty: look there only
 layout = "auto"  # which NMED-T files to read: "auto" (cleaned when present), "cleaned" or "raw"
 filtering = "none"  # "none" (the paper) or "cleaned_release" (0.3 Hz high-pass, 59–61 Hz notch, 50 Hz low-pass)
 resample_sfreq = 0.0  # resample the EEG to this rate in Hz, e.g. 125 for raw 1 kHz files; 0 keeps its rate
@@ -40,12 +41,14 @@ loso_subject = 0  # participant number held out entirely (leave-one-subject-out)
 val_fraction = 0.1  # share of each training song's chunks used for validation
 test_fraction = 0.1  # share of each training song's chunks used for testing
 gap_chunks = 1  # unused 3.5 s chunks between train, val and test within a song
+allow_stimulus_mismatch = False  # pair a WAV with EEG that lasts over 1 s longer or shorter, cutting the song within the shorter; False stops
 out_dir = ""  # where the cache, summary and figures go; empty: outputs/02_preprocess
 seed = 0  # seed of the simulated dataset (used only when data_root is "")
 device = "auto"  # unused: preprocessing runs on the CPU (kept for a uniform interface)
 smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 15 s)
 
 # %%
+from eeg2music import checks
 from eeg2music.params import resolve_parameters
 from eeg2music.preprocess import BAD_CHANNEL_MODES, FILTERINGS
 
@@ -53,6 +56,7 @@ params = resolve_parameters(
     "02_preprocess",
     globals(),
     choices={"layout": ("auto", "cleaned", "raw"), "filtering": FILTERINGS, "bad_channels": BAD_CHANNEL_MODES},
+    checks=checks.preprocess_parameters,
 )
 
 # %%
@@ -70,8 +74,7 @@ from eeg2music.utils import seed_everything
 
 seed_everything(seed)
 started = time.perf_counter()
-out = stage_dir("preprocess", out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = stage_dir("preprocess", out_dir)  # made below, once the data is known to fit the parameters
 cache_dir = pipeline.default_cache_dir(smoke) if out_dir == "" else out / "cache"
 
 
@@ -83,10 +86,21 @@ def save(fig, name):
     display(Image(filename=str(path)))
 
 
-folder = nmedt.scan_nmedt(pipeline.ensure_dataset(data_root, smoke=smoke, seed=seed))
+folder = nmedt.scan_nmedt(pipeline.ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
 layout = folder.resolve_layout(layout)
 cfg = pp.Preprocessing(filtering=filtering, resample_sfreq=resample_sfreq or None, bad_channels=bad_channels)
-print(f"{folder.root}: layouts {list(folder.layouts)}, reading {layout!r}; configuration key {cfg.key()}")
+if smoke:
+    gap_chunks = 0  # smoke songs last 15 s = 4 chunks: no room for gaps next to 1 train, 1 val, 1 test chunk
+    print("smoke run: gap_chunks = 0")
+spec = win.WindowSpec(lag_seconds=lag_seconds, ood_song=ood_song or None, val_fraction=val_fraction,
+                      test_fraction=test_fraction, gap_chunks=gap_chunks)
+# Before any work, from the files' headers: the held-out song and participant are in this folder, every
+# song has its WAV and lasts as long as its EEG, and the splits fit the songs.
+pairing = win.pair_eeg_and_audio(folder, layout, spec, loso_subject=loso_subject or None,
+                                 allow_length_mismatch=allow_stimulus_mismatch, sfreq=resample_sfreq or None)
+out.mkdir(parents=True, exist_ok=True)
+print(f"{folder.root}: layouts {list(folder.layouts)}, reading {layout!r}; songs {list(pairing.songs)} paired with "
+      f"their WAVs in {folder.stimuli_dir}; windows per split {pairing.splits.counts()}; configuration key {cfg.key()}")
 for number, step in enumerate(cfg.steps(), start=1):
     print(f"  {number}. {step}")
 
@@ -111,7 +125,7 @@ for number, step in enumerate(cfg.steps(), start=1):
 # matters in an ablation without scaling. We keep it for fidelity to the paper.
 
 # %%
-candidates = [song for song in sorted(folder.cleaned if layout == "cleaned" else folder.songs) if song != ood_song]
+candidates = [song for song in pairing.songs if song != ood_song]  # at least one: pair_eeg_and_audio checked it
 example = next(raw for song in candidates for raw in nmedt.iter_recordings(folder, layout, songs=[song]))
 info = nmedt.recording_info(example)
 example_song = info["song"]
@@ -167,7 +181,9 @@ print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, 
 # A song is cut into consecutive **chunks** of 3.5 s. Chunk *c* pairs the audio from *c*·3.5 s to
 # (*c*+1)·3.5 s (56 000 samples at 16 kHz) with the EEG of the same span, shifted by `lag_seconds`
 # (the brain answers the sound after a delay); at 125 Hz an EEG window has 438 samples. A window whose
-# EEG would run past the end of its recording is dropped, and counted.
+# EEG would start before its recording (a negative lag) or run past its end is dropped, and counted by
+# reason. Each song's audio and EEG were checked to last as long as each other before any work (a WAV
+# cut short would otherwise silently remove the song's later chunks).
 #
 # The splits follow the paper. Within each training song, the first chunks are for **training**, then
 # come **validation** and **test** chunks, separated by unused *gap* chunks so that no window — nor the
@@ -177,20 +193,16 @@ print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, 
 # altogether and used only for testing.
 
 # %%
-song_seconds = win.stimulus_seconds(folder)  # chunks must fit in the audio too (when the WAVs are there)
-if smoke:
-    gap_chunks = 0  # smoke songs last 15 s = 4 chunks: no room for gaps next to 1 train, 1 val, 1 test chunk
-    print("smoke run: gap_chunks = 0")
-spec = win.WindowSpec(lag_seconds=lag_seconds, ood_song=ood_song or None, val_fraction=val_fraction,
-                      test_fraction=test_fraction, gap_chunks=gap_chunks)
-splits = win.make_splits(index, spec, loso_subject=loso_subject or None, song_seconds=song_seconds or None)
+song_seconds = pairing.song_seconds  # chunks must fit in the audio too
+splits = win.make_splits(index, spec, loso_subject=loso_subject or None, song_seconds=song_seconds)
 save(win.plot_split_layout(splits), "split_layout")
 
 # %%
 counts = pd.DataFrame(
     {name: {"windows": len(refs), "clips (song, chunk)": len({(r.song, r.chunk) for r in refs}),
             "participants": len({r.subject for r in refs}), "songs": len({r.song for r in refs}),
-            "dropped at the end": splits.dropped[name]}
+            "dropped: EEG before the start": splits.dropped_before_start[name],
+            "dropped: EEG past the end": splits.dropped_past_end()[name]}
      for name, refs in splits.items()}
 ).T
 display(counts)
@@ -224,7 +236,8 @@ else:
 # %%
 summary_path = win.write_preprocess_summary(
     out, index, splits, song_seconds=song_seconds, parameters=params,
-    extra={"elapsed_s": round(time.perf_counter() - started, 1), "example": {"subject": info["subject"], "song": example_song}},
+    extra={"elapsed_s": round(time.perf_counter() - started, 1), "example": {"subject": info["subject"], "song": example_song},
+           "stimuli_dir": str(folder.stimuli_dirs[0]) if stimuli_dir else "", "lost_windows": pairing.lost_windows},
 )
 check = win.load_stage_windows(out, verbose=False)
 assert {name: len(ds) for name, ds in check.items()} == splits.counts()

@@ -41,9 +41,10 @@ device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests (the smoke backbone, a batch of one)
 
 # %%
+from eeg2music import checks
 from eeg2music.params import resolve_parameters
 
-params = resolve_parameters("03_controlnet", globals())
+params = resolve_parameters("03_controlnet", globals(), checks=checks.controlnet_parameters)
 
 # %% [markdown]
 # ## 1. The backbone we steer

@@ -42,14 +42,17 @@ run_dir = ""  # notebook 02's output folder or a cache; empty: the default run f
 run_name = ""  # run folder name; empty: controlnet_subject, controlnet or convnet
 out_dir = ""  # folder holding the run folders; empty: outputs/04_train
 data_root = ""  # NMED-T folder, read only to build a missing cache; empty: the simulator
+stimuli_dir = ""  # folder with the stimulus WAVs; empty: the one notebook 02 used, else data_root or data_root/stimuli
 seed = 0  # seeds the initialisation, the data order and every noise draw
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests: a few steps on the smoke dataset
 
 # %%
+from eeg2music import checks
 from eeg2music.params import resolve_parameters
 
-params = resolve_parameters("04_train", globals(), choices={"model": ("controlnet", "convnet")})
+params = resolve_parameters("04_train", globals(), choices={"model": ("controlnet", "convnet")},
+                            checks=checks.train_parameters)
 
 # %% [markdown]
 # ## 1. The training examples
@@ -78,7 +81,8 @@ from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
     "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "control_min_timestep", "align_steps",
-    "align_batch_size", "resume", "run_dir", "run_name", "out_dir", "data_root", "seed", "device", "smoke")}).resolved()
+    "align_batch_size", "resume", "run_dir", "run_name", "out_dir", "data_root", "stimuli_dir", "seed", "device",
+    "smoke")}).resolved()
 target = resolve_device(device)
 backbone_model = ensure_backbone(cfg.backbone, smoke=smoke, seed=seed, device=str(target))
 data = load_training_data(cfg, backbone_model)

@@ -39,17 +39,17 @@ subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] → al
 batch_size = 8  # clips per pipeline call
 out_dir = ""  # where WAVs and samples.json go, "" → outputs/05_sample
 data_root = ""  # NMED-T folder holding the stimuli WAVs, "" → the folder the cache was built from
+stimuli_dir = ""  # folder with the stimulus WAVs, "" → the one notebook 02 used, else data_root or data_root/stimuli
 seed = 0  # seeds every clip's initial noise and the choice of clips
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests: a few clips per split
 
 # %%
-from eeg2music.params import ParameterError, resolve_parameters
+from eeg2music import checks
+from eeg2music.params import resolve_parameters
 from eeg2music.sample import SCHEDULERS
 
-params = resolve_parameters("05_sample", globals(), choices={"scheduler": SCHEDULERS})
-if guidance_scale < 0:
-    raise ParameterError(f"parameter 'guidance_scale': must be ≥ 0 (1 = no guidance), got {guidance_scale}")
+params = resolve_parameters("05_sample", globals(), choices={"scheduler": SCHEDULERS}, checks=checks.sample_parameters)
 
 # %% [markdown]
 # ## 1. The models and what they were trained on
@@ -76,8 +76,11 @@ out_folder = stage_dir("sample", out_dir)
 trained = ensure_models(models, train_dir, backbone=backbone, smoke=smoke, seed=seed, device=str(target))
 backbone_dir, data_config = check_models_agree(trained, backbone)
 backbone_model = ensure_backbone(backbone_dir, smoke=smoke, seed=seed, device=str(target))
-datasets = sampling_datasets(data_config, run_dir=run_dir, data_root=data_root, smoke=smoke, seed=seed)
+datasets = sampling_datasets(data_config, run_dir=run_dir, data_root=data_root, stimuli_dir=stimuli_dir, smoke=smoke,
+                             seed=seed)
 limits = default_max_clips(smoke) if max_clips == 0 else {split: max_clips for split in datasets}
+for participant in subjects:  # read as numbers by the validation cell; each must be in the models' cache
+    checks.among("subjects", participant, list(datasets["test"].subjects), datasets["test"].index.path)
 display(pd.DataFrame({
     run: {"kind": m.kind, "subject_cond": m.subject_cond, "folder": str(m.path)} for run, m in trained.items()
 }).T)
@@ -198,7 +201,8 @@ from eeg2music.utils import write_json
 encoder_only = {}
 test_latents = None
 for run, trained_model in trained.items():
-    aligner = load_aligner(trained_model.path.parent) if trained_model.kind == "controlnet" else None
+    aligned = trained_model.kind == "controlnet" and trained_model.config["training"].get("align_steps")
+    aligner = load_aligner(trained_model.path.parent) if aligned else None
     if aligner is None:
         continue
     test_latents = test_latents or encode_clip_latents(backbone_model, datasets["test"])

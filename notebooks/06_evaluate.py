@@ -41,9 +41,10 @@ device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps" (for the network emb
 smoke = False  # tiny sizes for tests: fewer resamples
 
 # %%
+from eeg2music import checks
 from eeg2music.params import resolve_parameters
 
-params = resolve_parameters("06_evaluate", globals())
+params = resolve_parameters("06_evaluate", globals(), checks=checks.evaluate_parameters)
 
 # %% [markdown]
 # ## 1. The reconstructions

@@ -224,15 +224,15 @@ def make_nmedt_folder(
     seed: int = 0,
     stimuli: bool = False,
     stimuli_sr: int = 44100,
-    stimuli_seconds: float = 2.0,
+    stimuli_seconds: float | None = 2.0,
     songs_per_recording: int = 2,
 ) -> NMEDTFixture:
     """Write an NMED-T folder with random EEG in the real formats, at low sampling rates.
 
     Cleaned: one ``songNN_Imputed.mat`` per song. Raw: ``PP_R_raw.mat`` per participant and
     recording, ``songs_per_recording`` songs in each, separated by 3 s gaps, the vertex row all
-    zeros. Stimuli (optional): short noise-burst WAVs named as the public loaders name them, in
-    ``root/stimuli``.
+    zeros. Stimuli (optional): tone WAVs named as the public loaders name them, in ``root/stimuli``,
+    ``stimuli_seconds`` long (None: as long as each song, as real stimuli are).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -263,8 +263,9 @@ def make_nmedt_folder(
                     fixture.raw[(subject, song)] = X[:, onset : onset + length]
                     fixture.onsets[(subject, song)] = onset
     if stimuli:
-        t = np.arange(int(stimuli_seconds * stimuli_sr)) / stimuli_sr
         for song in songs:
+            seconds = SONG_SECONDS[song] if stimuli_seconds is None else stimuli_seconds
+            t = np.arange(int(seconds * stimuli_sr)) / stimuli_sr
             tone = 0.3 * np.sin(2 * np.pi * (110.0 * (song - 20)) * t)
             write_wav(root / "stimuli" / WAV_NAMES[song], np.stack([tone, tone], axis=1), stimuli_sr)
     return fixture

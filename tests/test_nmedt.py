@@ -26,7 +26,9 @@ from eeg2music.nmedt import NMEDTError
 @pytest.fixture(scope="module")
 def both_layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("nmedt_both")
-    return make_nmedt_folder(root, layouts=("cleaned", "raw"), songs=(21, 22, 23), subjects=(2, 3), stimuli=True)
+    # stimuli as long as their songs (the song's length is its WAV's), at a low rate to keep them small
+    return make_nmedt_folder(root, layouts=("cleaned", "raw"), songs=(21, 22, 23), subjects=(2, 3), stimuli=True,
+                             stimuli_seconds=None, stimuli_sr=8000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,9 +187,9 @@ def test_selection_by_song_and_subject_and_read_recording(both_layouts):
 
 def test_read_stimulus_resamples_to_mono_float32(both_layouts):
     audio = nmedt.read_stimulus(both_layouts.root, 22, sr=16000)
-    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == 32000
+    assert audio.dtype == np.float32 and audio.ndim == 1 and len(audio) == SONG_SECONDS[22] * 16000
     spectrum = np.abs(np.fft.rfft(audio))
-    assert np.argmax(spectrum) / 2.0 == pytest.approx(220.0, abs=1.0)  # the fixture's 2 × 110 Hz tone
+    assert np.argmax(spectrum) * 16000 / len(audio) == pytest.approx(220.0, abs=1.0)  # the fixture's 2 × 110 Hz tone
 
 
 def test_stimuli_in_a_sibling_folder_and_the_missing_wav_error(tmp_path):

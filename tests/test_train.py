@@ -8,6 +8,7 @@ backbone is a randomly initialised tiny one of the real classes, saved and loade
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -254,6 +255,27 @@ def test_a_failed_save_leaves_no_checkpoint(tmp_path, cache_dir, backbone_dir, l
     leftovers = list((tmp_path / "convnet" / "checkpoints").iterdir())
     assert leftovers == [], f"a failed save left {leftovers}"
     assert not (tmp_path / "convnet" / "model").exists()
+
+
+def test_starting_afresh_removes_the_earlier_checkpoints_only_once_it_has_its_own(
+        tmp_path, cache_dir, backbone_dir, latent_cache, backbone, monkeypatch):
+    """Issue 17, item 1: an earlier run's checkpoints stay until the new run has written a complete one."""
+    cfg = config(tmp_path, cache_dir, backbone_dir, latent_cache, model="convnet", subject_cond=False, steps=6)
+    earlier = train(cfg, backbone=backbone, progress=False)
+    assert [step for step, _ in list_checkpoints(earlier.run_dir)] == [4, 6]
+    seen = []
+    real_save = T.save_checkpoint
+
+    def spy(folder, **kwargs):
+        seen.append((folder.name, [step for step, _ in list_checkpoints(earlier.run_dir)]))
+        return real_save(folder, **kwargs)
+
+    monkeypatch.setattr(T, "save_checkpoint", spy)
+    again = train(dataclasses.replace(cfg, steps=4), backbone=backbone, progress=False)
+    # the first save of the new run still sees the earlier checkpoints; afterwards only the new ones remain
+    assert seen[0] == ("checkpoint-000002", [4, 6])
+    assert [step for step, _ in list_checkpoints(again.run_dir)] == [2, 4]
+    assert again.summary["resumed_from_step"] is None
 
 
 def test_explicit_learning_rate_is_used(tmp_path, cache_dir, backbone_dir, latent_cache, backbone):
