@@ -8,7 +8,8 @@ Usage::
 
     python -m eeg2music.demo [--outputs outputs] [--smoke] [--only 04_train ...] [-p name value ...]
 
-``-p`` parameters are passed to every notebook that has them (as papermill's ``-p`` does).
+``-p`` parameters are passed to every notebook that has them (as papermill's ``-p`` does), over the
+chain's own settings: ``-p align_steps 0 -p guidance_scale 1`` runs the paper's setting.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ class DemoStep:
         return self.label or self.notebook
 
 
+#: Steps of contrastive EEG ↔ audio alignment of S and P before each demo ControlNet trains (0 would be the
+#: paper's P from scratch; ``benchmarks/ablation_decoding.py`` compares the two).
+DEMO_ALIGN_STEPS = 100
+#: Guidance on the EEG when the demo samples its ControlNets (1 would be the paper's sampling).
+DEMO_GUIDANCE_SCALE = 3.0
+
 #: The demo chain. Notebook 04 runs once per trained model; 05 and 06 then see all four models.
 DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("00_backbone"),
     DemoStep("01_explore_data"),
     DemoStep("02_preprocess"),
     DemoStep("03_controlnet"),
-    DemoStep("04_train", {"model": "controlnet", "subject_cond": True}, "04_train_controlnet_subject"),
-    DemoStep("04_train", {"model": "controlnet", "subject_cond": False}, "04_train_controlnet"),
+    DemoStep("04_train", {"model": "controlnet", "subject_cond": True, "align_steps": DEMO_ALIGN_STEPS},
+             "04_train_controlnet_subject"),
+    DemoStep("04_train", {"model": "controlnet", "subject_cond": False, "align_steps": DEMO_ALIGN_STEPS},
+             "04_train_controlnet"),
     DemoStep("04_train", {"model": "convnet", "subject_cond": False}, "04_train_convnet"),
-    DemoStep("05_sample"),
+    DemoStep("05_sample", {"guidance_scale": DEMO_GUIDANCE_SCALE}),
     DemoStep("06_evaluate"),
 )
 
@@ -61,7 +70,8 @@ def run_step(step: DemoStep, executed_dir: Path, extra: dict, smoke: bool) -> fl
     if not source.is_file():
         raise FileNotFoundError(f"{source}: notebook source missing")
     known = {spec.name for spec in read_parameter_specs(step.notebook)}
-    parameters = {k: v for k, v in {**extra, "smoke": smoke, **step.parameters}.items() if k in known}
+    # The user's -p values win over a step's own (e.g. -p align_steps 0 -p guidance_scale 1: the paper's setting).
+    parameters = {k: v for k, v in {"smoke": smoke, **step.parameters, **extra}.items() if k in known}
     executed_dir.mkdir(parents=True, exist_ok=True)
     notebook_in = executed_dir / f".{step.name}.input.ipynb"
     notebook_out = executed_dir / f"{step.name}.ipynb"
