@@ -133,6 +133,11 @@ display(pd.concat({name: pd.DataFrame(plan.layer_table()).set_index("layer") for
 # for subject index −1: the mean of the learned matrices, or a separate learned one.
 #
 # With `subject_cond=False` the layer does not exist at all: the same P reads every participant's EEG.
+#
+# In the paper, S and P learn only through the diffusion loss, together with the ControlNet. They can
+# also be trained first, on their own, to map an EEG window close to its clip's audio latent and far
+# from the other clips' (a contrastive loss, as Défossez et al. decode speech): notebook 04 does that
+# when `align_steps` > 0 (`eeg2music.alignment`), and the trained S and P then start the ControlNet.
 
 # %% [markdown]
 # ## 4. The ControlNet, tensor by tensor

@@ -188,6 +188,29 @@ for run, retrieval in encoder_only.items():
 display(pd.DataFrame(rows).T.round(3) if rows else Markdown("No model with an aligned EEG encoder was sampled."))
 
 # %% [markdown]
+# ### The subject layer's effect
+#
+# The two ControlNets differ only by the per-participant channel-mixing layer $S_s$, and they
+# reconstructed the same windows from the same noise, so we compare them clip by clip: the mean paired
+# difference (with subject layer − without) of the cosine to the true clip and of the true song's rank,
+# with a bootstrap interval. An interval that contains 0 means no measurable effect at this size.
+
+# %%
+from eeg2music.report import paired_differences
+
+with_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and m["subject_cond"]]
+without_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and not m["subject_cond"]]
+subject_rows = {}
+if with_s and without_s:
+    for e in embedders:
+        for metric in ("cosine", "song_rank"):
+            difference = paired_differences(results, "test", e.name, [(with_s[0], without_s[0])], metric=metric,
+                                            seed=seed).get((with_s[0], without_s[0]))
+            if difference:
+                subject_rows[f"{e.name} · {metric}"] = difference
+display(pd.DataFrame(subject_rows).T.round(4) if subject_rows else Markdown("Needs a ControlNet with and one without the subject layer."))
+
+# %% [markdown]
 # ## 5. The permutation test
 #
 # Observed value, its mean over shuffled pairings and the one-sided p-value
