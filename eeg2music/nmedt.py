@@ -479,7 +479,8 @@ def scan_nmedt(root: str | Path, stimuli_dir: str | Path | None = None) -> NMEDT
     )
 
 
-def _as_folder(folder: NMEDTFolder | str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+def as_folder(folder: NMEDTFolder | str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+    """``folder`` itself when already scanned, else :func:`scan_nmedt` of the path (with ``stimuli_dir``)."""
     return folder if isinstance(folder, NMEDTFolder) else scan_nmedt(folder, stimuli_dir)
 
 
@@ -1200,7 +1201,7 @@ def _iter_segments(
     The segments' values are not checked: the consumer calls :func:`_check_finite` on what it reads
     (a pass over the data, which :func:`eeg2music.preprocess.build_cache` folds into one it makes anyway).
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects)
     segments = _iter_cleaned(folder, song_ids, subject_ids) if layout == "cleaned" else _iter_raw(folder, song_ids, subject_ids)
     try:
@@ -1295,7 +1296,7 @@ def count_recordings(
 
     Reads only the subject lists (cleaned) or the triggers (raw), not the EEG.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects, warn=False)
     if layout == "raw":
         return len(_raw_plan(folder, song_ids, subject_ids)[0])
@@ -1331,7 +1332,7 @@ def read_recording(folder: NMEDTFolder | str | Path, subject: int, song: int, la
     LookupError
         If the folder does not hold that participant and song in that layout.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for raw in iter_recordings(folder, layout, songs=[song], subjects=[subject]):
@@ -1346,7 +1347,7 @@ def read_recording(folder: NMEDTFolder | str | Path, subject: int, song: int, la
 
 def stimulus_path(folder: NMEDTFolder | str | Path, song_id: int, stimuli_dir: str | Path | None = None) -> Path:
     """The WAV of a song; a missing one is an error naming the files looked for and where."""
-    folder = _as_folder(folder, stimuli_dir)
+    folder = as_folder(folder, stimuli_dir)
     song_id = int(song_id)
     if song_id not in folder.songs:
         raise ValueError(f"song {song_id} is not an NMED-T song; expected one of {sorted(SONGS)}")
@@ -1470,7 +1471,7 @@ def dataset_summary(folder: NMEDTFolder | str | Path, layout: str = "auto") -> d
     NMEDTError
         If the files of the layout disagree on the sampling rate or channel count.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout = folder.resolve_layout(layout)
     if layout == "cleaned":
         described = [describe_cleaned(path, song) for song, path in folder.cleaned.items()]
@@ -1522,7 +1523,7 @@ def note_onsets(audio: np.ndarray, sr: int, min_interval_s: float = 0.25, thresh
     from scipy.ndimage import median_filter
     from scipy.signal import find_peaks
 
-    from .simulate import auditory_features
+    from .audio import auditory_features
 
     rate = 100.0
     flux = auditory_features(audio, sr, rate).onsets.astype(float)
@@ -1593,7 +1594,7 @@ def onset_evoked(folder: NMEDTFolder | str | Path, layout: str = "auto", songs: 
     import mne
     from tqdm.auto import tqdm
 
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     song_ids = [s for s in (songs or folder.songs) if s in folder.stimuli]
     if not song_ids:
         return None, []
