@@ -1064,7 +1064,7 @@ def recording_info(raw) -> dict[str, Any]:
     return {key: meta.get(key) for key in ("subject", "song", "layout", "source", "onset_sample")}
 
 
-def _check_finite(data: np.ndarray, path: Path, what: str) -> None:
+def check_finite(data: np.ndarray, path: Path, what: str) -> None:
     """Refuse NaN/inf data, except whole channels that are NaN/inf: those are passed on, named.
 
     A channel that is missing altogether (all NaN) is a bad channel that preprocessing reports by name
@@ -1159,9 +1159,9 @@ def iter_recordings(
     NMEDTError
         A file that cannot be read, naming it and what is wrong.
     """
-    for segment in _iter_segments(folder, layout, songs, subjects):
+    for segment in iter_segments(folder, layout, songs, subjects):
         data = segment.read()
-        _check_finite(data, segment.path, segment.what)
+        check_finite(data, segment.path, segment.what)
         yield _make_raw(data, segment.fs, segment.info)
 
 
@@ -1190,7 +1190,7 @@ class _Segment:
         return self._blocks()
 
 
-def _iter_segments(
+def iter_segments(
     folder: NMEDTFolder | str | Path,
     layout: str = "cleaned",
     songs: Iterable[int] | int | None = None,
@@ -1198,7 +1198,7 @@ def _iter_segments(
 ) -> Iterator[_Segment]:
     """What :func:`iter_recordings` yields, before it is read: for a consumer that needs no MNE object.
 
-    The segments' values are not checked: the consumer calls :func:`_check_finite` on what it reads
+    The segments' values are not checked: the consumer calls :func:`check_finite` on what it reads
     (a pass over the data, which :func:`eeg2music.preprocess.build_cache` folds into one it makes anyway).
     """
     folder = as_folder(folder)
