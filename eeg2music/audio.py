@@ -200,6 +200,30 @@ def waveform_to_mel(
         return front_end(tensor)
 
 
+def log_mel_to_db(mel: torch.Tensor | np.ndarray):
+    """Natural-log mel magnitudes (what :func:`waveform_to_mel` returns) in dB: ``20 / ln 10`` × log-mel."""
+    return mel * (20.0 / math.log(10.0))
+
+
+def mel_db(wave: np.ndarray) -> np.ndarray:
+    """The backbone's view of a clip: AudioLDM2 log-mel (per-clip normalised), in dB, ``(frames, 64)``."""
+    mel = waveform_to_mel(np.asarray(wave, np.float32)[None], normalize=True)[0, 0, :CLIP_FRAMES]
+    return log_mel_to_db(mel.numpy())
+
+
+def display_mel_db(audio: np.ndarray, sr: int, n_mels: int = 64, fmax: float = 8000.0) -> np.ndarray:
+    """A log-mel spectrogram to look at, of audio at any rate: power in dB below its maximum (80 dB range), hop 10 ms.
+
+    Not the backbone's view (that is :func:`mel_db`): librosa's centred power mel spectrogram at the
+    audio's own rate, for figures of a stimulus.
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=sr, n_fft=1024,
+                                         hop_length=max(1, sr // 100), n_mels=n_mels, fmax=min(fmax, sr / 2))
+    return librosa.power_to_db(mel, ref=np.max, top_db=80)
+
+
 def _as_mel_array(mel: torch.Tensor | np.ndarray) -> np.ndarray:
     """(B, 1, frames, 64) / (B, frames, 64) / (frames, 64) log-mel → float64 array (B, 64, frames)."""
     array = mel.detach().float().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel, dtype=np.float64)

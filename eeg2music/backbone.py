@@ -47,6 +47,7 @@ from .audio import (
     N_MELS,
     SAMPLE_RATE,
     griffin_lim,
+    log_mel_to_db,
     n_frames,
     padded_frames,
     waveform_to_mel,
@@ -1455,7 +1456,7 @@ def mel_level_db(mel: torch.Tensor | np.ndarray, bands: int = 8) -> tuple[float,
     mel = torch.as_tensor(mel).float()[:, 0, : n_frames(CLIP_SAMPLES)]
     level = 10.0 * math.log10(float((2.0 * mel).exp().mean()))
     band = mel.reshape(mel.shape[0], mel.shape[1], bands, N_MELS // bands).mean(dim=(0, 1, 3))
-    return level, (20.0 / math.log(10.0)) * band.numpy().astype(np.float64)
+    return level, log_mel_to_db(band.numpy().astype(np.float64))
 
 
 def rms_dbfs(waves: torch.Tensor | np.ndarray) -> float:

@@ -1542,6 +1542,8 @@ def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 
     """
     import matplotlib.pyplot as plt
 
+    from .audio import display_mel_db
+
     fs = raw.info["sfreq"]
     picks = [c for c in channels if c in raw.ch_names]
     start, stop = int(start_s * fs), min(raw.n_times, int((start_s + seconds) * fs))
@@ -1557,21 +1559,12 @@ def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 
     axes[0, 0].set_title(f"EEG (offset per channel, {spacing:.0f} µV apart), {fs:g} Hz")
     if audio is not None:
         clip = audio[int(start_s * sr) : int((start_s + seconds) * sr)]
-        mel = _mel_db(clip, sr)
+        mel = display_mel_db(clip, sr)
         axes[1, 0].imshow(mel, origin="lower", aspect="auto", cmap="magma",
                           extent=(start_s, start_s + len(clip) / sr, 0, mel.shape[0]))
         axes[1, 0].set(ylabel="mel band", title="the music (log-mel spectrogram)")
     axes[-1, 0].set_xlabel("time from song onset (s)")
     return fig
-
-
-def _mel_db(audio: np.ndarray, sr: int, n_mels: int = 64, fmax: float = 8000.0) -> np.ndarray:
-    """Log-mel spectrogram (dB), hop 10 ms."""
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=sr, n_fft=1024,
-                                         hop_length=max(1, sr // 100), n_mels=n_mels, fmax=min(fmax, sr / 2))
-    return librosa.power_to_db(mel, ref=np.max, top_db=80)
 
 
 def onset_evoked(folder: NMEDTFolder | str | Path, layout: str = "auto", songs: Iterable[int] | None = None,

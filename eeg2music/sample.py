@@ -40,7 +40,6 @@ Outputs of :func:`sample_models` (notebook 05)
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import CLIP_SAMPLES, SAMPLE_RATE
+from .audio import CLIP_SAMPLES, SAMPLE_RATE, mel_db
 from .utils import atomic_directory, cpu_threads_for, disk_full_error, free_bytes, is_disk_full, read_json, write_json
 
 __all__ = [
@@ -1203,14 +1202,6 @@ def choose_examples(record: Mapping[str, Any], n_test: int = 2, n_ood: int = 1) 
                          "true_path": Path(pick.get("true_path") or folder / pick["true_wav"]),
                          "generated": {run: generated[run] for run in runs if run in generated}})
     return examples
-
-
-def mel_db(wave: np.ndarray) -> np.ndarray:
-    """The backbone's view of a clip: AudioLDM2 log-mel (per-clip normalised), in dB, ``(frames, 64)``."""
-    from .audio import CLIP_FRAMES, waveform_to_mel
-
-    mel = waveform_to_mel(np.asarray(wave, np.float32)[None], normalize=True)[0, 0, :CLIP_FRAMES]
-    return mel.numpy() * (20.0 / math.log(10.0))  # natural-log magnitude → dB
 
 
 def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, str], out_path: str | os.PathLike | None = None,
