@@ -579,15 +579,11 @@ def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
     NumPy object arrays of those (stored as HDF5 object references into ``#refs#``). The file is
     written to a temporary name and renamed, so a reader never sees half a file.
     """
-    import os
-    import tempfile
-
     import h5py
 
+    from .utils import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     classes = {
         np.dtype(np.float64): b"double", np.dtype(np.float32): b"single", np.dtype(np.int8): b"int8",
         np.dtype(np.int16): b"int16", np.dtype(np.int32): b"int32", np.dtype(np.int64): b"int64",
@@ -625,18 +621,13 @@ def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
         dataset.attrs["MATLAB_class"] = np.bytes_(classes[array.dtype])
         return dataset
 
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=512, libver="earliest") as handle:
             for name, value in variables.items():
                 write_value(handle, name, value)
         header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: eeg2music HDF5 schema 1.00 ."
         with open(tmp, "r+b") as handle:
             handle.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a dataset is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -35,7 +35,7 @@ from .audio import SAMPLE_RATE
 from .backbone import describe_provenance
 from .params import ParameterError
 from .sample import choose_examples, clip_order
-from .utils import atomic_write_text
+from .utils import atomic_file, atomic_write_text
 
 __all__ = [
     "TABLE_METRICS",
@@ -585,10 +585,8 @@ def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mappin
 # --------------------------------------------------------------------------------------------------
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return path
 
 

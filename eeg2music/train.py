@@ -83,6 +83,7 @@ from .utils import (
     ModelFolderError,
     WeightsFileError,
     atomic_directory,
+    atomic_file,
     atomic_write_text,
     check_safetensors,
     count_parameters,
@@ -667,13 +668,8 @@ def clip_latents(
     if progress:
         print(f"[train] encoded {len(keys)} clip latents {tuple(latents.shape[1:])} once (shared by all subjects)")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_file(path) as tmp:
             safetensors.torch.save_file({"latents": latents}, str(tmp), metadata={"clips": json.dumps(keys)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return ClipLatents(keys, latents, path, encoded=len(keys))
 
 
