@@ -22,7 +22,7 @@ from .backbone import (
     install_shipped_backbone,
     train_tiny_backbone,
 )
-from .paths import outputs_dir, simulated_data_root, stage_dir
+from .paths import simulated_data_root, stage_dir
 
 #: The marker a complete simulated dataset carries (written last by the simulator).
 SIMULATION_MARKER = "simulation.json"
@@ -117,8 +117,3 @@ def ensure_backbone(backbone: str | os.PathLike = "", *, smoke: bool = False, se
 def default_cache_dir(smoke: bool = False) -> Path:
     """Where notebook 02 writes the preprocessed cache in the default run folder."""
     return stage_dir("preprocess") / f"cache{_smoke_suffix(smoke)}"
-
-
-def outputs_root() -> Path:
-    """The default run folder itself (``outputs/`` or ``$EEG2MUSIC_OUTPUTS``)."""
-    return outputs_dir()
