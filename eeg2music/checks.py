@@ -29,6 +29,7 @@ from .nmedt import SONGS
 from .params import ParameterError, coerce_int
 from .paths import PACKAGE_DIR
 from .pipeline import default_backbone_dir
+from .sample import SAMPLES_NAME
 from .utils import resolve_device
 
 __all__ = [
@@ -255,9 +256,9 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
 
 def evaluate_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 06: the sample folder, the embedders' weights, the resampling counts."""
-    sample_dir = _path(params, "sample_dir", kind="folder", what="notebook 05's out_dir (holding samples.json)")
-    if sample_dir is not None and not (sample_dir / "samples.json").is_file():
-        raise ParameterError(f"parameter 'sample_dir': {str(sample_dir)!r} holds no samples.json; expected notebook 05's out_dir")
+    sample_dir = _path(params, "sample_dir", kind="folder", what=f"notebook 05's out_dir (holding {SAMPLES_NAME})")
+    if sample_dir is not None and not (sample_dir / SAMPLES_NAME).is_file():
+        raise ParameterError(f"parameter 'sample_dir': {str(sample_dir)!r} holds no {SAMPLES_NAME}; expected notebook 05's out_dir")
     _path(params, "clap_checkpoint", kind="file", what="a LAION-CLAP checkpoint file (.pt)")
     _path(params, "encodec_weights", kind="file", what="the EnCodec 24 kHz weights file")
     _path(params, "audioldm2_dir", kind="folder", what="a local AudioLDM2 folder")
