@@ -49,8 +49,6 @@ __all__ = [
     "SONGS",
     "SUBJECT_IDS",
     "LAYOUTS",
-    "CLEANED_FS",
-    "RAW_FS",
     "ONSET_TRIGGER",
     "ONSET_OFFSET_S",
     "MONTAGE_NAME",
@@ -130,8 +128,6 @@ SONGS: dict[int, Song] = {
 SUBJECT_IDS: tuple[int, ...] = tuple(i for i in range(2, 24) if i not in (18, 22))
 
 LAYOUTS = ("cleaned", "raw")
-CLEANED_FS = 125.0
-RAW_FS = 1000.0
 #: The trigger that follows each song trigger, 1 s after the stimulus onset.
 ONSET_TRIGGER = 128
 ONSET_OFFSET_S = 1.0

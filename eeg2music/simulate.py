@@ -204,7 +204,6 @@ MINOR = (0, 2, 3, 5, 7, 8, 10)
 DORIAN = (0, 2, 3, 5, 7, 9, 10)
 MIXOLYDIAN = (0, 2, 4, 5, 7, 9, 10)
 PHRYGIAN = (0, 1, 3, 5, 7, 8, 10)
-MINOR_PENTATONIC = (0, 3, 5, 7, 10)
 
 #: Which parts play in each kind of section.
 SECTION_PARTS: dict[str, frozenset[str]] = {

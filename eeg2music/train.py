@@ -750,12 +750,6 @@ class RegressionObjective:
 # Validation: fixed windows, noise and timesteps, so every evaluation is comparable
 # --------------------------------------------------------------------------------------------------
 
-#: What the validation loss is computed with. "eeg": the true EEG; "eeg_zeroed": the same model with
-#: the EEG set to zero; "eeg_shuffled": EEG (and subject) of a window of a different clip;
-#: "backbone_only": the frozen backbone without the ControlNet (diffusion models only).
-VAL_VARIANTS = ("eeg", "eeg_zeroed", "eeg_shuffled", "backbone_only")
-
-
 def mismatched_offset(keys: Sequence[Any]) -> int | None:
     """The cyclic shift closest to ``n/2`` under which no item is paired with one of the same key.
 
@@ -804,7 +798,12 @@ class Validator:
         return len(self.indices)
 
     def variants_for(self, kind: str, extended: bool) -> tuple[str, ...]:
-        """The variants to compute: always "eeg" and "eeg_zeroed"; the others when ``extended``."""
+        """The variants to compute: always "eeg" and "eeg_zeroed"; the others when ``extended``.
+
+        What the validation loss is computed with. "eeg": the true EEG; "eeg_zeroed": the same model with
+        the EEG set to zero; "eeg_shuffled": EEG (and subject) of a window of a different clip;
+        "backbone_only": the frozen backbone without the ControlNet (diffusion models only).
+        """
         variants = ["eeg", "eeg_zeroed"]
         if extended:
             if self.shuffle_source is not None:
