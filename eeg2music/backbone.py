@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._compat import hub_offline
 from .audio import (
     CLIP_FRAMES_PADDED,
     CLIP_SAMPLES,
@@ -193,6 +194,7 @@ def build_audioldm2_music_on_meta() -> "Backbone":
     For tests and shape planning (the ControlNet, the projector P). Parameters and the placeholder
     conditioning live on ``meta``; the scheduler is real (it holds no weights).
     """
+    hub_offline()
     from accelerate import init_empty_weights
     from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
@@ -724,6 +726,7 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _load_saved_backbone(path: Path) -> Backbone:
+    hub_offline()
     from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from safetensors.torch import load_file
 
@@ -795,6 +798,7 @@ def encode_constant_prompt(pipeline, prompt: str = DEFAULT_PROMPT, device=None) 
 
 
 def _load_audioldm2_folder(path: Path, *, prompt: str, cache_dir, device) -> Backbone:
+    hub_offline()
     from diffusers import AudioLDM2Pipeline, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from safetensors.torch import load_file, save_file
     from transformers import SpeechT5HifiGan
