@@ -75,6 +75,14 @@ def _out_dir(params: Mapping[str, Any], name: str = "out_dir") -> None:
         raise ParameterError(f"parameter {name!r}: {str(value)!r} is a file; expected a folder to write into (new or existing)")
 
 
+def _data_folders(params: Mapping[str, Any], data_root: str) -> None:
+    """The folders of a notebook that reads NMED-T: ``data_root`` (described as ``data_root``), ``stimuli_dir``,
+    ``out_dir``."""
+    _path(params, "data_root", kind="folder", what=data_root)
+    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
+    _out_dir(params)
+
+
 def _at_least(params: Mapping[str, Any], name: str, low: float, why: str = "") -> None:
     value = params[name]
     if value < low:
@@ -159,9 +167,7 @@ def backbone_train_timesteps(backbone: str, smoke: bool = False) -> int | None:
 
 def explore_data_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 01: the folders, the example participant and song, the lengths."""
-    _path(params, "data_root", kind="folder", what="an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
     _at_least(params, "example_subject", 0, "a participant number, or 0 for the first one")
     _song(params, "example_song", "for the first song with a WAV")
     _above(params, "seconds_shown", 0.0, " seconds")
@@ -170,9 +176,7 @@ def explore_data_parameters(params: MutableMapping[str, Any]) -> None:
 
 def preprocess_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 02: rates, the held-out song and participant, the split sizes."""
-    _path(params, "data_root", kind="folder", what="an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
     _at_least(params, "resample_sfreq", 0.0, "a rate in Hz, or 0 to keep the EEG's")
     _song(params, "ood_song", "for no out-of-distribution song")
     _at_least(params, "loso_subject", 0, "a participant number, or 0 for none")
@@ -200,9 +204,7 @@ def train_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 04: sizes, the learning rate, the control timesteps, the folders."""
     backbone = _path(params, "backbone", kind="folder", what="a backbone folder (AudioLDM2-music or tiny)")
     _path(params, "run_dir", kind="folder", what="notebook 02's out_dir or a preprocessed cache")
-    _path(params, "data_root", kind="folder", what="an NMED-T folder")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder")
     for name in ("steps", "batch_size"):
         _at_least(params, name, 0, "0 takes the default for the size")
     if "align_steps" in params:
@@ -238,9 +240,7 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
     _path(params, "train_dir", kind="folder", what="notebook 04's out_dir")
     _path(params, "backbone", kind="folder", what="a backbone folder (AudioLDM2-music or tiny)")
     _path(params, "run_dir", kind="folder", what="notebook 02's out_dir or a preprocessed cache")
-    _path(params, "data_root", kind="folder", what="the NMED-T folder holding the stimulus WAVs")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "the NMED-T folder holding the stimulus WAVs")
     _at_least(params, "num_inference_steps", 1, "denoising steps")
     _at_least(params, "max_clips", 0, "0 takes the default for the size")
     _at_least(params, "batch_size", 1, "clips per pipeline call")

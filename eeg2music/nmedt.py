@@ -507,6 +507,20 @@ def _h5_variables(handle) -> list[str]:
     return sorted(key for key in handle.keys() if not key.startswith("#"))
 
 
+def _require_variables(path: Path, present, wanted: Sequence[str], layout: str, holds: Callable[[], list[str]],
+                       checked: Sequence[str] | None = None) -> None:
+    """Refuse a file of ``layout`` that lacks one of ``checked`` (default ``wanted``), naming what it holds.
+
+    ``present`` answers ``name in present``; ``holds`` lists the file's variables (called only to say so).
+    """
+    missing = [name for name in (checked or wanted) if name not in present]
+    if missing:
+        raise NMEDTError(
+            f"{path}: missing variable(s) {missing}; a {layout} NMED-T file holds {list(wanted)}, "
+            f"this one holds {holds()}"
+        )
+
+
 def _loadmat_v5(path: Path, variable_names: Sequence[str]) -> dict[str, Any]:
     """Load the named variables of a MATLAB v4–v7 file; every failure names the file."""
     import scipy.io
@@ -685,12 +699,7 @@ def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song], stimulus: tu
     if _is_hdf5(path):
         handle = _open_hdf5(path)
         try:
-            missing = [name for name in wanted if name not in handle]
-            if missing:
-                raise NMEDTError(
-                    f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
-                    f"this one holds {_h5_variables(handle)}"
-                )
+            _require_variables(path, handle, wanted, "cleaned", lambda: _h5_variables(handle))
             subjects = [parse_subject(s) for s in _h5_cell_strings(handle, subs_name, path)]
             fs = _check_fs(_h5_scalar(handle, "fs", path), path)
             dataset = handle[data_name]
@@ -702,12 +711,7 @@ def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song], stimulus: tu
             raise
     else:
         contents = _loadmat_v5(path, wanted)
-        missing = [name for name in wanted if name not in contents]
-        if missing:
-            raise NMEDTError(
-                f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
-                f"this one holds {_v5_variables(path)}"
-            )
+        _require_variables(path, contents, wanted, "cleaned", lambda: _v5_variables(path))
         try:
             subjects = [parse_subject(s) for s in _v5_strings(contents[subs_name])]
         except ValueError as err:
@@ -908,12 +912,7 @@ def _open_raw(path: Path, load_data: bool = True) -> _RawFile:
     if _is_hdf5(path):
         handle = _open_hdf5(path)
         try:
-            missing = [name for name in wanted if name not in handle]
-            if missing:
-                raise NMEDTError(
-                    f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
-                    f"this one holds {_h5_variables(handle)}"
-                )
+            _require_variables(path, handle, wanted, "raw", lambda: _h5_variables(handle))
             fs = _check_fs(_h5_scalar(handle, "fs", path), path)
             events = _h5_din(handle, path)
             dataset = handle["X"]
@@ -924,12 +923,7 @@ def _open_raw(path: Path, load_data: bool = True) -> _RawFile:
             raise
     names = wanted if load_data else ("fs", "DIN_1")
     contents = _loadmat_v5(path, names)
-    missing = [name for name in names if name not in contents]
-    if missing:
-        raise NMEDTError(
-            f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
-            f"this one holds {_v5_variables(path)}"
-        )
+    _require_variables(path, contents, wanted, "raw", lambda: _v5_variables(path), checked=names)
     fs = _check_fs(float(np.asarray(contents["fs"], dtype=float).ravel()[0]), path)
     events = _v5_din(contents["DIN_1"], path)
     if not load_data:
