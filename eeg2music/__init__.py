@@ -6,14 +6,11 @@ Diffusion Models" (arXiv 2405.09062, ICASSP 2025). One module per stage of the d
 ``nmedt`` / ``simulate`` → ``preprocess`` → ``windows`` → ``audio`` / ``backbone`` → ``controlnet``
 → ``train`` → ``sample`` → ``embedders`` / ``metrics``.
 
-Importing the package makes the process offline for the Hugging Face libraries (no hub look-ups,
-which otherwise retry for minutes on a machine without internet).
+Importing the package changes nothing in the process's environment. The functions that import or load
+laion_clap, transformers or an AudioLDM2 folder first make the Hugging Face libraries offline, unless
+the environment already says otherwise (:func:`eeg2music._compat.hub_offline`): a hub look-up otherwise
+retries for minutes on a machine without internet. ``make``, ``.ci/run`` and the tests export
+``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` for the whole run.
 """
-
-import os as _os
-
-for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    _os.environ.setdefault(_var, "1")
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"

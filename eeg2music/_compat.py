@@ -18,6 +18,10 @@ a placeholder that raises :class:`MissingDependencyError` (saying which name was
 missing) as soon as anything calls it. So nothing silently runs with a fake torchvision/torchaudio:
 either a code path never touches them (the audio embeddings) or it fails loudly.
 
+:func:`hub_offline` keeps the Hugging Face libraries (huggingface_hub, transformers, diffusers, and the
+tokenizers laion_clap builds when imported) off the network; the functions that import or load them call
+it first.
+
 When the environment provides working torchvision and torchaudio (see ``benchmarks/measure_installs.sh``
 and the note in the README), the real modules are used and the stand-ins are dead code;
 ``tests/test_embedders.py::test_stand_in_still_needed_*`` then fail on purpose, to say: delete
@@ -30,11 +34,12 @@ import contextlib
 import functools
 import importlib
 import importlib.machinery
+import os
 import sys
 import types
 from collections.abc import Iterator
 
-__all__ = ["MissingDependencyError", "import_laion_clap", "import_encodec", "real_import_error"]
+__all__ = ["MissingDependencyError", "hub_offline", "import_laion_clap", "import_encodec", "real_import_error"]
 
 # The submodules each library imports by dotted name (``import torchvision.datasets as datasets``,
 # ``from torchvision.ops.misc import FrozenBatchNorm2d``); names looked up *on* them are placeholders.
@@ -42,6 +47,25 @@ _STAND_IN_SUBMODULES = {
     "torchvision": ("ops", "ops.misc", "transforms", "datasets"),
     "torchaudio": ("functional", "transforms"),
 }
+
+
+def hub_offline() -> None:
+    """Make the Hugging Face libraries offline, unless the environment already says otherwise.
+
+    Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` where they are unset (and
+    ``TOKENIZERS_PARALLELISM=false``, which keeps the tokenizers quiet after a fork). Called right before
+    laion_clap, transformers or an AudioLDM2 folder is imported or loaded: a hub look-up otherwise
+    retries for minutes on a machine without internet. huggingface_hub reads ``HF_HUB_OFFLINE`` once, when
+    it is first imported (diffusers imports it, e.g. with :mod:`eeg2music.controlnet`); if that came
+    first, its flag is switched on here when the environment now asks for offline mode.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    constants = sys.modules.get("huggingface_hub.constants")
+    wanted = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    if constants is not None and wanted in {"1", "ON", "YES", "TRUE"}:
+        constants.HF_HUB_OFFLINE = True
 
 
 class MissingDependencyError(ImportError):
@@ -150,9 +174,9 @@ def import_laion_clap() -> types.SimpleNamespace:
     laion_clap appends its folder to ``sys.path`` and its ``hook`` imports the model code as the
     top-level package ``clap_module``; we use those same module objects rather than importing the code
     a second time as ``laion_clap.clap_module``. Importing laion_clap also builds three (empty, offline)
-    Hugging Face tokenizers; ``import eeg2music`` sets ``HF_HUB_OFFLINE=1`` so this does not wait on
-    the network.
+    Hugging Face tokenizers; :func:`hub_offline` runs first so this does not wait on the network.
     """
+    hub_offline()
     # transformers probes for torchvision when it is first imported: let it see the real state.
     importlib.import_module("transformers")
     with _stand_in_while_importing("torchvision"):

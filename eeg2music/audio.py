@@ -21,11 +21,16 @@ inherit):
 The way back, for a backbone without a neural vocoder, is Griffin-Lim (librosa): the mel magnitudes are
 mapped back to a linear-frequency magnitude spectrogram by non-negative least squares and a phase is
 estimated iteratively.
+
+The module also holds the *auditory features* of a stimulus (:func:`auditory_features`: band envelopes,
+spectral-flux onsets, beat pulse at an EEG rate), which drive the simulator's EEG
+(:mod:`eeg2music.simulate`) and give the note onsets of :func:`eeg2music.nmedt.note_onsets`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -195,6 +200,30 @@ def waveform_to_mel(
         return front_end(tensor)
 
 
+def log_mel_to_db(mel: torch.Tensor | np.ndarray):
+    """Natural-log mel magnitudes (what :func:`waveform_to_mel` returns) in dB: ``20 / ln 10`` × log-mel."""
+    return mel * (20.0 / math.log(10.0))
+
+
+def mel_db(wave: np.ndarray) -> np.ndarray:
+    """The backbone's view of a clip: AudioLDM2 log-mel (per-clip normalised), in dB, ``(frames, 64)``."""
+    mel = waveform_to_mel(np.asarray(wave, np.float32)[None], normalize=True)[0, 0, :CLIP_FRAMES]
+    return log_mel_to_db(mel.numpy())
+
+
+def display_mel_db(audio: np.ndarray, sr: int, n_mels: int = 64, fmax: float = 8000.0) -> np.ndarray:
+    """A log-mel spectrogram to look at, of audio at any rate: power in dB below its maximum (80 dB range), hop 10 ms.
+
+    Not the backbone's view (that is :func:`mel_db`): librosa's centred power mel spectrogram at the
+    audio's own rate, for figures of a stimulus.
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=sr, n_fft=1024,
+                                         hop_length=max(1, sr // 100), n_mels=n_mels, fmax=min(fmax, sr / 2))
+    return librosa.power_to_db(mel, ref=np.max, top_db=80)
+
+
 def _as_mel_array(mel: torch.Tensor | np.ndarray) -> np.ndarray:
     """(B, 1, frames, 64) / (B, frames, 64) / (frames, 64) log-mel → float64 array (B, 64, frames)."""
     array = mel.detach().float().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel, dtype=np.float64)
@@ -306,3 +335,149 @@ def player(wave: torch.Tensor | np.ndarray, rate: int = SAMPLE_RATE):
 
     array = wave.detach().float().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave, dtype=np.float32)
     return Audio(np.clip(array.reshape(-1), -1.0, 1.0), rate=rate, normalize=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Auditory features (what the auditory system follows: the simulator's EEG drivers, note onsets)
+# --------------------------------------------------------------------------------------------------
+
+#: Sample rate the auditory features are computed at (Hz).
+FEATURE_SR = 16000
+FEATURE_HOP = 64  # 4 ms frames: 250 Hz feature rate before resampling to the EEG rate
+#: Edges of the octave-wide bands of :attr:`AuditoryFeatures.bands` (Hz).
+FEATURE_BAND_EDGES_HZ = (40.0, 120.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+
+
+@dataclass
+class AuditoryFeatures:
+    """What the auditory cortex follows in music, sampled at the EEG rate.
+
+    Attributes
+    ----------
+    fs : float
+        Sampling rate of the features (Hz).
+    band_edges_hz : tuple of float
+        Edges of the frequency bands of :attr:`bands`.
+    bands : ndarray, shape (n_bands, n_times)
+        Compressed band envelopes (amplitude ** 0.6): which instruments are playing.
+    envelope : ndarray, shape (n_times,)
+        The broadband envelope (compressed amplitude), the classic target of envelope decoding.
+    onsets : ndarray, shape (n_times,)
+        Spectral flux (half-wave rectified change of the log band energies): note onsets.
+    beat : ndarray, shape (n_times,)
+        Predominant local pulse (:func:`predominant_local_pulse`): peaks on the beat, in [0, 1].
+    """
+
+    fs: float
+    band_edges_hz: tuple[float, ...]
+    bands: np.ndarray
+    envelope: np.ndarray
+    onsets: np.ndarray
+    beat: np.ndarray
+
+    @property
+    def names(self) -> list[str]:
+        edges = self.band_edges_hz
+        return [f"band {edges[i]:g}–{edges[i + 1]:g} Hz" for i in range(len(edges) - 1)] + ["onsets", "beat"]
+
+    @property
+    def n_times(self) -> int:
+        return self.bands.shape[1]
+
+    def matrix(self) -> np.ndarray:
+        """All features as rows, ``(n_bands + 2, n_times)``: the bands, then onsets and beat."""
+        return np.vstack([self.bands, self.onsets[None], self.beat[None]])
+
+
+def predominant_local_pulse(novelty: np.ndarray, frame_rate: float, tempo_min: float = 40.0, tempo_max: float = 200.0,
+                            window_s: float = 6.0) -> np.ndarray:
+    """Predominant local pulse (Grosche & Müller, 2011), as ``librosa.beat.plp`` computes it.
+
+    Each window of the novelty curve is reduced to its strongest periodicity between ``tempo_min``
+    and ``tempo_max`` BPM (a windowed sinusoid with that tempo and phase); overlap-adding them gives a
+    pulse that peaks on the beat. Unlike librosa's, the sinusoids keep their relative strength, so the
+    pulse fades where the music has no beat. Computed with scipy's STFT (librosa's inverse STFT needs
+    a numba compilation that costs seconds in every new process).
+
+    Returns
+    -------
+    ndarray
+        Half-wave rectified pulse, same length as ``novelty``, maximum 1 (0 for a silent input).
+    """
+    from scipy.signal import istft, stft
+
+    n = len(novelty)
+    # the pulse lives below 4 Hz: work at ~50 Hz, then interpolate back
+    step = max(1, int(frame_rate // 50))
+    coarse = novelty[::step] - np.mean(novelty)
+    rate = frame_rate / step
+    window = max(16, int(window_s * rate))
+    window = min(window, max(16, len(coarse)))
+    nfft = 1 << int(math.ceil(math.log2(window * 4)))
+    hop = max(1, window // 16)
+    freqs, _, spectrum = stft(coarse, fs=rate, window="hann", nperseg=window, noverlap=window - hop, nfft=nfft, boundary="even", padded=True)
+    in_range = (freqs >= tempo_min / 60.0) & (freqs <= tempo_max / 60.0)
+    spectrum = np.where(in_range[:, None], spectrum, 0.0)
+    peak = np.argmax(np.abs(spectrum), axis=0)
+    kept = np.zeros_like(spectrum)
+    columns = np.arange(spectrum.shape[1])
+    kept[peak, columns] = spectrum[peak, columns]
+    _, pulse = istft(kept, fs=rate, window="hann", nperseg=window, noverlap=window - hop, nfft=nfft, boundary=True)
+    pulse = np.maximum(pulse[: len(coarse)], 0.0)
+    pulse = np.pad(pulse, (0, max(0, len(coarse) - len(pulse))))
+    top = np.max(pulse)
+    pulse = pulse / top if top > 0 else pulse
+    return np.interp(np.arange(n) / frame_rate, np.arange(len(pulse)) / rate, pulse)
+
+
+def auditory_features(audio: np.ndarray, sr: int, fs: float, n_times: int | None = None) -> AuditoryFeatures:
+    """Band envelopes, onsets and beat of ``audio``, at the EEG sampling rate ``fs``.
+
+    The audio is resampled to 16 kHz; a 1024-point STFT with 4 ms hops gives the power in seven
+    octave-wide bands (40 Hz – 8 kHz). Envelopes are compressed (amplitude ** 0.6, as in the
+    envelope-tracking literature), onsets are the half-wave rectified change of the log band energies
+    (spectral flux), the beat is the predominant local pulse of the onsets. Everything is then
+    averaged and resampled to ``fs``.
+
+    Parameters
+    ----------
+    audio : ndarray, shape (n_samples,)
+        Mono audio.
+    sr : int
+        Its sampling rate.
+    fs : float
+        The rate of the returned features (e.g. 125 Hz for cleaned NMED-T, 1000 Hz for raw).
+    n_times : int, optional
+        Number of feature samples; default ``round(len(audio) / sr * fs)``.
+    """
+    import soxr
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import stft
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono (1-D), got shape {audio.shape}")
+    if int(sr) != FEATURE_SR:
+        audio = soxr.resample(audio, int(sr), FEATURE_SR, quality="HQ")
+    freqs, _, spectrum = stft(audio, fs=FEATURE_SR, window="hann", nperseg=1024, noverlap=1024 - FEATURE_HOP, boundary="even", padded=True)
+    power = np.abs(spectrum) ** 2
+    edges = FEATURE_BAND_EDGES_HZ
+    band_power = np.stack([power[(freqs >= lo) & (freqs < hi)].sum(axis=0) for lo, hi in zip(edges[:-1], edges[1:])])
+    bands = np.sqrt(band_power) ** 0.6
+    envelope = np.sqrt(band_power.sum(axis=0)) ** 0.6
+    log_bands = np.log1p(band_power / 1e-6)
+    onsets = np.maximum(np.diff(log_bands, axis=1, prepend=log_bands[:, :1]), 0.0).mean(axis=0)
+    frame_rate = FEATURE_SR / FEATURE_HOP
+    beat = predominant_local_pulse(onsets, frame_rate)
+    frame_times = np.arange(bands.shape[1]) / frame_rate
+    n_times = int(round(len(audio) / FEATURE_SR * fs)) if n_times is None else int(n_times)
+    times = np.arange(n_times) / fs
+
+    def to_fs(x: np.ndarray) -> np.ndarray:
+        if fs < frame_rate:  # average over the output sample's span first (anti-aliasing)
+            x = uniform_filter1d(x, size=max(1, int(round(frame_rate / fs))), axis=-1, mode="nearest")
+        if x.ndim == 1:
+            return np.interp(times, frame_times, x).astype(np.float32)
+        return np.stack([np.interp(times, frame_times, row) for row in x]).astype(np.float32)
+
+    return AuditoryFeatures(float(fs), tuple(edges), to_fs(bands), to_fs(envelope), to_fs(onsets), to_fs(beat))

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._compat import hub_offline
 from .audio import (
     CLIP_FRAMES_PADDED,
     CLIP_SAMPLES,
@@ -47,6 +48,7 @@ from .audio import (
     N_MELS,
     SAMPLE_RATE,
     griffin_lim,
+    log_mel_to_db,
     n_frames,
     padded_frames,
     waveform_to_mel,
@@ -57,6 +59,8 @@ from .utils import atomic_directory, check_safetensors, count_parameters, load_p
 
 #: The file that marks a complete backbone folder (written last; eeg2music.pipeline checks it).
 BACKBONE_MARKER = "backbone.json"
+#: The file that marks a diffusers AudioLDM2 snapshot (the pipeline's index of its components).
+AUDIOLDM2_MARKER = "model_index.json"
 #: The constant "text" conditioning, next to the weights (tiny) or in the cache folder (AudioLDM2).
 CONDITIONING_FILE = "conditioning.safetensors"
 #: Training record of a tiny backbone (settings, losses, held-out numbers, timings).
@@ -190,6 +194,7 @@ def build_audioldm2_music_on_meta() -> "Backbone":
     For tests and shape planning (the ControlNet, the projector P). Parameters and the placeholder
     conditioning live on ``meta``; the scheduler is real (it holds no weights).
     """
+    hub_offline()
     from accelerate import init_empty_weights
     from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
@@ -656,7 +661,7 @@ def missing_backbone_message(path: str | os.PathLike) -> str:
         f"no backbone folder at {str(path)!r}. For the real backbone, download the diffusers snapshot of "
         f"{AUDIOLDM2_MUSIC_REPO} on a machine with internet, e.g. `huggingface-cli download {AUDIOLDM2_MUSIC_REPO} "
         f"--local-dir /data/audioldm2-music` (or `AudioLDM2Pipeline.from_pretrained('{AUDIOLDM2_MUSIC_REPO}')"
-        f".save_pretrained('/data/audioldm2-music')`), copy that folder here (it holds model_index.json, unet/, "
+        f".save_pretrained('/data/audioldm2-music')`), copy that folder here (it holds {AUDIOLDM2_MARKER}, unet/, "
         f"vae/, vocoder/, scheduler/, text_encoder/, text_encoder_2/, projection_model/, language_model/, "
         f"tokenizer/, tokenizer_2/, feature_extractor/) and pass its path as `backbone`. For the tiny backbone, "
         f"leave `backbone` empty or run notebook 00 (it writes {stage_dir('backbone') / 'backbone'})."
@@ -701,12 +706,12 @@ def load_backbone(
     path = path.resolve()
     if (path / BACKBONE_MARKER).is_file():
         backbone = _load_saved_backbone(path)
-    elif (path / "model_index.json").is_file():
+    elif (path / AUDIOLDM2_MARKER).is_file():
         backbone = _load_audioldm2_folder(path, prompt=prompt, cache_dir=conditioning_cache, device=device)
     else:
         present = sorted(p.name for p in path.iterdir())[:20]
         raise FileNotFoundError(
-            f"backbone folder {str(path)!r} has neither model_index.json (an AudioLDM2 diffusers snapshot) nor "
+            f"backbone folder {str(path)!r} has neither {AUDIOLDM2_MARKER} (an AudioLDM2 diffusers snapshot) nor "
             f"{BACKBONE_MARKER} (a complete backbone written by eeg2music; a folder without it was interrupted). "
             f"It holds: {present}. " + missing_backbone_message(path)
         )
@@ -721,6 +726,7 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _load_saved_backbone(path: Path) -> Backbone:
+    hub_offline()
     from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from safetensors.torch import load_file
 
@@ -754,7 +760,7 @@ def default_conditioning_cache_dir() -> Path:
 
 
 def _conditioning_cache_file(path: Path, prompt: str, cache_dir: str | os.PathLike | None) -> Path:
-    index = (path / "model_index.json").read_bytes()
+    index = (path / AUDIOLDM2_MARKER).read_bytes()
     key = hashlib.sha256(json.dumps([str(path), prompt]).encode() + index).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() if cache_dir not in (None, "") else default_conditioning_cache_dir()
     return folder / f"{path.name}-{key}.safetensors"
@@ -792,15 +798,16 @@ def encode_constant_prompt(pipeline, prompt: str = DEFAULT_PROMPT, device=None) 
 
 
 def _load_audioldm2_folder(path: Path, *, prompt: str, cache_dir, device) -> Backbone:
+    hub_offline()
     from diffusers import AudioLDM2Pipeline, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from safetensors.torch import load_file, save_file
     from transformers import SpeechT5HifiGan
 
-    index = read_json(path / "model_index.json")
+    index = read_json(path / AUDIOLDM2_MARKER)
     unet_entry = index.get("unet") or [None, None]
     if index.get("_class_name") != "AudioLDM2Pipeline" or unet_entry[-1] != "AudioLDM2UNet2DConditionModel":
         raise ValueError(
-            f"{path / 'model_index.json'}: not an AudioLDM2 pipeline (pipeline {index.get('_class_name')!r}, UNet "
+            f"{path / AUDIOLDM2_MARKER}: not an AudioLDM2 pipeline (pipeline {index.get('_class_name')!r}, UNet "
             f"{unet_entry[-1]!r}); expected a snapshot of {AUDIOLDM2_MUSIC_REPO} in the diffusers layout"
         )
     for component in ("vae", "unet", "scheduler", "vocoder"):
@@ -1348,7 +1355,7 @@ def backbone_provenance(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path).expanduser().resolve()
     record: dict[str, Any] = {"path": str(folder)}
     if not (folder / BACKBONE_MARKER).is_file():
-        record.update(kind="audioldm2" if (folder / "model_index.json").is_file() else "unknown", shipped=False)
+        record.update(kind="audioldm2" if (folder / AUDIOLDM2_MARKER).is_file() else "unknown", shipped=False)
         return record
     record["kind"] = read_json(folder / BACKBONE_MARKER).get("kind", "tiny")
     record["weights_digest"] = _weights_digest(folder)
@@ -1455,7 +1462,7 @@ def mel_level_db(mel: torch.Tensor | np.ndarray, bands: int = 8) -> tuple[float,
     mel = torch.as_tensor(mel).float()[:, 0, : n_frames(CLIP_SAMPLES)]
     level = 10.0 * math.log10(float((2.0 * mel).exp().mean()))
     band = mel.reshape(mel.shape[0], mel.shape[1], bands, N_MELS // bands).mean(dim=(0, 1, 3))
-    return level, (20.0 / math.log(10.0)) * band.numpy().astype(np.float64)
+    return level, log_mel_to_db(band.numpy().astype(np.float64))
 
 
 def rms_dbfs(waves: torch.Tensor | np.ndarray) -> float:

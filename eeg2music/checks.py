@@ -29,6 +29,7 @@ from .nmedt import SONGS
 from .params import ParameterError, coerce_int
 from .paths import PACKAGE_DIR
 from .pipeline import default_backbone_dir
+from .sample import SAMPLES_NAME
 from .utils import resolve_device
 
 __all__ = [
@@ -72,6 +73,14 @@ def _out_dir(params: Mapping[str, Any], name: str = "out_dir") -> None:
     value = params.get(name, "")
     if value not in ("", None) and Path(str(value)).expanduser().is_file():
         raise ParameterError(f"parameter {name!r}: {str(value)!r} is a file; expected a folder to write into (new or existing)")
+
+
+def _data_folders(params: Mapping[str, Any], data_root: str) -> None:
+    """The folders of a notebook that reads NMED-T: ``data_root`` (described as ``data_root``), ``stimuli_dir``,
+    ``out_dir``."""
+    _path(params, "data_root", kind="folder", what=data_root)
+    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
+    _out_dir(params)
 
 
 def _at_least(params: Mapping[str, Any], name: str, low: float, why: str = "") -> None:
@@ -158,9 +167,7 @@ def backbone_train_timesteps(backbone: str, smoke: bool = False) -> int | None:
 
 def explore_data_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 01: the folders, the example participant and song, the lengths."""
-    _path(params, "data_root", kind="folder", what="an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
     _at_least(params, "example_subject", 0, "a participant number, or 0 for the first one")
     _song(params, "example_song", "for the first song with a WAV")
     _above(params, "seconds_shown", 0.0, " seconds")
@@ -169,9 +176,7 @@ def explore_data_parameters(params: MutableMapping[str, Any]) -> None:
 
 def preprocess_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 02: rates, the held-out song and participant, the split sizes."""
-    _path(params, "data_root", kind="folder", what="an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder (songNN_Imputed.mat and/or PP_R_raw.mat files)")
     _at_least(params, "resample_sfreq", 0.0, "a rate in Hz, or 0 to keep the EEG's")
     _song(params, "ood_song", "for no out-of-distribution song")
     _at_least(params, "loso_subject", 0, "a participant number, or 0 for none")
@@ -199,9 +204,7 @@ def train_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 04: sizes, the learning rate, the control timesteps, the folders."""
     backbone = _path(params, "backbone", kind="folder", what="a backbone folder (AudioLDM2-music or tiny)")
     _path(params, "run_dir", kind="folder", what="notebook 02's out_dir or a preprocessed cache")
-    _path(params, "data_root", kind="folder", what="an NMED-T folder")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "an NMED-T folder")
     for name in ("steps", "batch_size"):
         _at_least(params, name, 0, "0 takes the default for the size")
     if "align_steps" in params:
@@ -237,9 +240,7 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
     _path(params, "train_dir", kind="folder", what="notebook 04's out_dir")
     _path(params, "backbone", kind="folder", what="a backbone folder (AudioLDM2-music or tiny)")
     _path(params, "run_dir", kind="folder", what="notebook 02's out_dir or a preprocessed cache")
-    _path(params, "data_root", kind="folder", what="the NMED-T folder holding the stimulus WAVs")
-    _path(params, "stimuli_dir", kind="folder", what="a folder holding the stimulus WAVs")
-    _out_dir(params)
+    _data_folders(params, "the NMED-T folder holding the stimulus WAVs")
     _at_least(params, "num_inference_steps", 1, "denoising steps")
     _at_least(params, "max_clips", 0, "0 takes the default for the size")
     _at_least(params, "batch_size", 1, "clips per pipeline call")
@@ -255,9 +256,9 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
 
 def evaluate_parameters(params: MutableMapping[str, Any]) -> None:
     """Notebook 06: the sample folder, the embedders' weights, the resampling counts."""
-    sample_dir = _path(params, "sample_dir", kind="folder", what="notebook 05's out_dir (holding samples.json)")
-    if sample_dir is not None and not (sample_dir / "samples.json").is_file():
-        raise ParameterError(f"parameter 'sample_dir': {str(sample_dir)!r} holds no samples.json; expected notebook 05's out_dir")
+    sample_dir = _path(params, "sample_dir", kind="folder", what=f"notebook 05's out_dir (holding {SAMPLES_NAME})")
+    if sample_dir is not None and not (sample_dir / SAMPLES_NAME).is_file():
+        raise ParameterError(f"parameter 'sample_dir': {str(sample_dir)!r} holds no {SAMPLES_NAME}; expected notebook 05's out_dir")
     _path(params, "clap_checkpoint", kind="file", what="a LAION-CLAP checkpoint file (.pt)")
     _path(params, "encodec_weights", kind="file", what="the EnCodec 24 kHz weights file")
     _path(params, "audioldm2_dir", kind="folder", what="a local AudioLDM2 folder")

@@ -471,6 +471,9 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         self._feature_extractor = None
 
     def _load(self):
+        from ._compat import hub_offline
+
+        hub_offline()
         from transformers import ClapFeatureExtractor, ClapModel
 
         self._feature_extractor = ClapFeatureExtractor.from_pretrained(self.folder / "feature_extractor", local_files_only=True)

@@ -49,8 +49,6 @@ __all__ = [
     "SONGS",
     "SUBJECT_IDS",
     "LAYOUTS",
-    "CLEANED_FS",
-    "RAW_FS",
     "ONSET_TRIGGER",
     "ONSET_OFFSET_S",
     "MONTAGE_NAME",
@@ -130,8 +128,6 @@ SONGS: dict[int, Song] = {
 SUBJECT_IDS: tuple[int, ...] = tuple(i for i in range(2, 24) if i not in (18, 22))
 
 LAYOUTS = ("cleaned", "raw")
-CLEANED_FS = 125.0
-RAW_FS = 1000.0
 #: The trigger that follows each song trigger, 1 s after the stimulus onset.
 ONSET_TRIGGER = 128
 ONSET_OFFSET_S = 1.0
@@ -479,7 +475,8 @@ def scan_nmedt(root: str | Path, stimuli_dir: str | Path | None = None) -> NMEDT
     )
 
 
-def _as_folder(folder: NMEDTFolder | str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+def as_folder(folder: NMEDTFolder | str | Path, stimuli_dir: str | Path | None = None) -> NMEDTFolder:
+    """``folder`` itself when already scanned, else :func:`scan_nmedt` of the path (with ``stimuli_dir``)."""
     return folder if isinstance(folder, NMEDTFolder) else scan_nmedt(folder, stimuli_dir)
 
 
@@ -508,6 +505,20 @@ def _open_hdf5(path: Path):
 
 def _h5_variables(handle) -> list[str]:
     return sorted(key for key in handle.keys() if not key.startswith("#"))
+
+
+def _require_variables(path: Path, present, wanted: Sequence[str], layout: str, holds: Callable[[], list[str]],
+                       checked: Sequence[str] | None = None) -> None:
+    """Refuse a file of ``layout`` that lacks one of ``checked`` (default ``wanted``), naming what it holds.
+
+    ``present`` answers ``name in present``; ``holds`` lists the file's variables (called only to say so).
+    """
+    missing = [name for name in (checked or wanted) if name not in present]
+    if missing:
+        raise NMEDTError(
+            f"{path}: missing variable(s) {missing}; a {layout} NMED-T file holds {list(wanted)}, "
+            f"this one holds {holds()}"
+        )
 
 
 def _loadmat_v5(path: Path, variable_names: Sequence[str]) -> dict[str, Any]:
@@ -578,15 +589,11 @@ def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
     NumPy object arrays of those (stored as HDF5 object references into ``#refs#``). The file is
     written to a temporary name and renamed, so a reader never sees half a file.
     """
-    import os
-    import tempfile
-
     import h5py
 
+    from .utils import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     classes = {
         np.dtype(np.float64): b"double", np.dtype(np.float32): b"single", np.dtype(np.int8): b"int8",
         np.dtype(np.int16): b"int16", np.dtype(np.int32): b"int32", np.dtype(np.int64): b"int64",
@@ -624,18 +631,13 @@ def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
         dataset.attrs["MATLAB_class"] = np.bytes_(classes[array.dtype])
         return dataset
 
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=512, libver="earliest") as handle:
             for name, value in variables.items():
                 write_value(handle, name, value)
         header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: eeg2music HDF5 schema 1.00 ."
         with open(tmp, "r+b") as handle:
             handle.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a dataset is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -697,12 +699,7 @@ def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song], stimulus: tu
     if _is_hdf5(path):
         handle = _open_hdf5(path)
         try:
-            missing = [name for name in wanted if name not in handle]
-            if missing:
-                raise NMEDTError(
-                    f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
-                    f"this one holds {_h5_variables(handle)}"
-                )
+            _require_variables(path, handle, wanted, "cleaned", lambda: _h5_variables(handle))
             subjects = [parse_subject(s) for s in _h5_cell_strings(handle, subs_name, path)]
             fs = _check_fs(_h5_scalar(handle, "fs", path), path)
             dataset = handle[data_name]
@@ -714,12 +711,7 @@ def _open_cleaned(path: Path, song_id: int, songs: dict[int, Song], stimulus: tu
             raise
     else:
         contents = _loadmat_v5(path, wanted)
-        missing = [name for name in wanted if name not in contents]
-        if missing:
-            raise NMEDTError(
-                f"{path}: missing variable(s) {missing}; a cleaned NMED-T file holds {list(wanted)}, "
-                f"this one holds {_v5_variables(path)}"
-            )
+        _require_variables(path, contents, wanted, "cleaned", lambda: _v5_variables(path))
         try:
             subjects = [parse_subject(s) for s in _v5_strings(contents[subs_name])]
         except ValueError as err:
@@ -920,12 +912,7 @@ def _open_raw(path: Path, load_data: bool = True) -> _RawFile:
     if _is_hdf5(path):
         handle = _open_hdf5(path)
         try:
-            missing = [name for name in wanted if name not in handle]
-            if missing:
-                raise NMEDTError(
-                    f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
-                    f"this one holds {_h5_variables(handle)}"
-                )
+            _require_variables(path, handle, wanted, "raw", lambda: _h5_variables(handle))
             fs = _check_fs(_h5_scalar(handle, "fs", path), path)
             events = _h5_din(handle, path)
             dataset = handle["X"]
@@ -936,12 +923,7 @@ def _open_raw(path: Path, load_data: bool = True) -> _RawFile:
             raise
     names = wanted if load_data else ("fs", "DIN_1")
     contents = _loadmat_v5(path, names)
-    missing = [name for name in names if name not in contents]
-    if missing:
-        raise NMEDTError(
-            f"{path}: missing variable(s) {missing}; a raw NMED-T file holds {list(wanted)}, "
-            f"this one holds {_v5_variables(path)}"
-        )
+    _require_variables(path, contents, wanted, "raw", lambda: _v5_variables(path), checked=names)
     fs = _check_fs(float(np.asarray(contents["fs"], dtype=float).ravel()[0]), path)
     events = _v5_din(contents["DIN_1"], path)
     if not load_data:
@@ -1063,7 +1045,7 @@ def recording_info(raw) -> dict[str, Any]:
     return {key: meta.get(key) for key in ("subject", "song", "layout", "source", "onset_sample")}
 
 
-def _check_finite(data: np.ndarray, path: Path, what: str) -> None:
+def check_finite(data: np.ndarray, path: Path, what: str) -> None:
     """Refuse NaN/inf data, except whole channels that are NaN/inf: those are passed on, named.
 
     A channel that is missing altogether (all NaN) is a bad channel that preprocessing reports by name
@@ -1158,9 +1140,9 @@ def iter_recordings(
     NMEDTError
         A file that cannot be read, naming it and what is wrong.
     """
-    for segment in _iter_segments(folder, layout, songs, subjects):
+    for segment in iter_segments(folder, layout, songs, subjects):
         data = segment.read()
-        _check_finite(data, segment.path, segment.what)
+        check_finite(data, segment.path, segment.what)
         yield _make_raw(data, segment.fs, segment.info)
 
 
@@ -1189,7 +1171,7 @@ class _Segment:
         return self._blocks()
 
 
-def _iter_segments(
+def iter_segments(
     folder: NMEDTFolder | str | Path,
     layout: str = "cleaned",
     songs: Iterable[int] | int | None = None,
@@ -1197,10 +1179,10 @@ def _iter_segments(
 ) -> Iterator[_Segment]:
     """What :func:`iter_recordings` yields, before it is read: for a consumer that needs no MNE object.
 
-    The segments' values are not checked: the consumer calls :func:`_check_finite` on what it reads
+    The segments' values are not checked: the consumer calls :func:`check_finite` on what it reads
     (a pass over the data, which :func:`eeg2music.preprocess.build_cache` folds into one it makes anyway).
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects)
     segments = _iter_cleaned(folder, song_ids, subject_ids) if layout == "cleaned" else _iter_raw(folder, song_ids, subject_ids)
     try:
@@ -1295,7 +1277,7 @@ def count_recordings(
 
     Reads only the subject lists (cleaned) or the triggers (raw), not the EEG.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout, song_ids, subject_ids = _plan(folder, layout, songs, subjects, warn=False)
     if layout == "raw":
         return len(_raw_plan(folder, song_ids, subject_ids)[0])
@@ -1331,7 +1313,7 @@ def read_recording(folder: NMEDTFolder | str | Path, subject: int, song: int, la
     LookupError
         If the folder does not hold that participant and song in that layout.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for raw in iter_recordings(folder, layout, songs=[song], subjects=[subject]):
@@ -1346,7 +1328,7 @@ def read_recording(folder: NMEDTFolder | str | Path, subject: int, song: int, la
 
 def stimulus_path(folder: NMEDTFolder | str | Path, song_id: int, stimuli_dir: str | Path | None = None) -> Path:
     """The WAV of a song; a missing one is an error naming the files looked for and where."""
-    folder = _as_folder(folder, stimuli_dir)
+    folder = as_folder(folder, stimuli_dir)
     song_id = int(song_id)
     if song_id not in folder.songs:
         raise ValueError(f"song {song_id} is not an NMED-T song; expected one of {sorted(SONGS)}")
@@ -1470,7 +1452,7 @@ def dataset_summary(folder: NMEDTFolder | str | Path, layout: str = "auto") -> d
     NMEDTError
         If the files of the layout disagree on the sampling rate or channel count.
     """
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     layout = folder.resolve_layout(layout)
     if layout == "cleaned":
         described = [describe_cleaned(path, song) for song, path in folder.cleaned.items()]
@@ -1522,7 +1504,7 @@ def note_onsets(audio: np.ndarray, sr: int, min_interval_s: float = 0.25, thresh
     from scipy.ndimage import median_filter
     from scipy.signal import find_peaks
 
-    from .simulate import auditory_features
+    from .audio import auditory_features
 
     rate = 100.0
     flux = auditory_features(audio, sr, rate).onsets.astype(float)
@@ -1541,6 +1523,8 @@ def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 
     """
     import matplotlib.pyplot as plt
 
+    from .audio import display_mel_db
+
     fs = raw.info["sfreq"]
     picks = [c for c in channels if c in raw.ch_names]
     start, stop = int(start_s * fs), min(raw.n_times, int((start_s + seconds) * fs))
@@ -1556,21 +1540,12 @@ def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 
     axes[0, 0].set_title(f"EEG (offset per channel, {spacing:.0f} µV apart), {fs:g} Hz")
     if audio is not None:
         clip = audio[int(start_s * sr) : int((start_s + seconds) * sr)]
-        mel = _mel_db(clip, sr)
+        mel = display_mel_db(clip, sr)
         axes[1, 0].imshow(mel, origin="lower", aspect="auto", cmap="magma",
                           extent=(start_s, start_s + len(clip) / sr, 0, mel.shape[0]))
         axes[1, 0].set(ylabel="mel band", title="the music (log-mel spectrogram)")
     axes[-1, 0].set_xlabel("time from song onset (s)")
     return fig
-
-
-def _mel_db(audio: np.ndarray, sr: int, n_mels: int = 64, fmax: float = 8000.0) -> np.ndarray:
-    """Log-mel spectrogram (dB), hop 10 ms."""
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=sr, n_fft=1024,
-                                         hop_length=max(1, sr // 100), n_mels=n_mels, fmax=min(fmax, sr / 2))
-    return librosa.power_to_db(mel, ref=np.max, top_db=80)
 
 
 def onset_evoked(folder: NMEDTFolder | str | Path, layout: str = "auto", songs: Iterable[int] | None = None,
@@ -1593,7 +1568,7 @@ def onset_evoked(folder: NMEDTFolder | str | Path, layout: str = "auto", songs: 
     import mne
     from tqdm.auto import tqdm
 
-    folder = _as_folder(folder)
+    folder = as_folder(folder)
     song_ids = [s for s in (songs or folder.songs) if s in folder.stimuli]
     if not song_ids:
         return None, []

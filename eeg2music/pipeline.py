@@ -22,10 +22,8 @@ from .backbone import (
     install_shipped_backbone,
     train_tiny_backbone,
 )
-from .paths import outputs_dir, simulated_data_root, stage_dir
-
-#: The marker a complete simulated dataset carries (written last by the simulator).
-SIMULATION_MARKER = "simulation.json"
+from .nmedt import SIMULATION_FILE
+from .paths import simulated_data_root, stage_dir
 
 
 def _smoke_suffix(smoke: bool) -> str:
@@ -61,7 +59,7 @@ def ensure_dataset(data_root: str | os.PathLike = "", *, smoke: bool = False, se
     from .simulate import simulate_nmedt
 
     path = default_data_root(smoke)
-    if (path / SIMULATION_MARKER).is_file():
+    if (path / SIMULATION_FILE).is_file():
         print(f"[eeg2music] using the simulated NMED-T dataset in {path}")
         return path
     print(f"[eeg2music] no simulated dataset in {path} yet: simulating it now (smoke={smoke}, seed={seed})")
@@ -117,8 +115,3 @@ def ensure_backbone(backbone: str | os.PathLike = "", *, smoke: bool = False, se
 def default_cache_dir(smoke: bool = False) -> Path:
     """Where notebook 02 writes the preprocessed cache in the default run folder."""
     return stage_dir("preprocess") / f"cache{_smoke_suffix(smoke)}"
-
-
-def outputs_root() -> Path:
-    """The default run folder itself (``outputs/`` or ``$EEG2MUSIC_OUTPUTS``)."""
-    return outputs_dir()

@@ -1233,10 +1233,10 @@ def build_cache(
     """
     from tqdm.auto import tqdm
 
-    from .nmedt import _check_finite, _iter_segments, channel_names, count_recordings, scan_nmedt
+    from .nmedt import as_folder, channel_names, check_finite, count_recordings, iter_segments
 
     cfg = cfg or Preprocessing()
-    folder = folder if hasattr(folder, "resolve_layout") else scan_nmedt(folder)
+    folder = as_folder(folder)
     layout = folder.resolve_layout(layout)
     cache_dir = Path(cache_dir).expanduser().resolve()
     name = cache_folder_name(cfg, folder, layout, songs, subjects)
@@ -1271,10 +1271,10 @@ def build_cache(
             working = _working_input_from_blocks(segment.blocks(), (segment.n_channels, segment.n_times),
                                                  channel_names(segment.n_channels), segment.fs, cfg, scale=1e-6)
             if not (np.isfinite(working.low).all() and np.isfinite(working.high).all()):
-                _check_finite(segment.read(), segment.path, segment.what)  # scattered NaN/inf: a broken file
+                check_finite(segment.read(), segment.path, segment.what)  # scattered NaN/inf: a broken file
             return segment.info, working
 
-        recordings = _iter_segments(folder, layout, songs=songs, subjects=subjects)
+        recordings = iter_segments(folder, layout, songs=songs, subjects=subjects)
         if overlap_io:
             recordings = _Prefetched(recordings, transform=first_pass)
         else:

@@ -10,8 +10,7 @@ split × model × embedder:
 
 Everything the report says is derived from those numbers: the comparison tables (:func:`comparison_table`),
 the paired model differences (:func:`paired_differences`), the plain-words reading
-(:func:`plain_words_reading`), the figures, and the check of the project's criterion (the ControlNet's
-song identification above chance, the unconditional model's at chance; :func:`done_when_check`).
+(:func:`plain_words_reading`) and the figures.
 
 :func:`write_report` writes ``report.md`` (figures and example clips as files beside it) and
 ``report.html``, a single self-contained file with the figures and audio embedded (base64).
@@ -35,7 +34,7 @@ from .audio import SAMPLE_RATE
 from .backbone import describe_provenance
 from .params import ParameterError
 from .sample import choose_examples, clip_order
-from .utils import atomic_write_text
+from .utils import atomic_file, atomic_write_text
 
 __all__ = [
     "TABLE_METRICS",
@@ -48,7 +47,6 @@ __all__ = [
     "paired_differences",
     "verdict",
     "plain_words_reading",
-    "done_when_check",
     "choose_examples",
     "plot_identification",
     "plot_distributions",
@@ -317,34 +315,6 @@ def _runs_of_kind(models: Mapping[str, Mapping[str, Any]], kind: str, subject_co
             and (subject_cond is None or bool(m.get("subject_cond")) == subject_cond)]
 
 
-def done_when_check(
-    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    models: Mapping[str, Mapping[str, Any]],
-    embedder: str,
-) -> dict[str, Any]:
-    """The project's criterion on the test split: ControlNet song-ID above chance, unconditional at chance.
-
-    Returns
-    -------
-    dict
-        ``controlnet`` (run → verdict), ``unconditional`` (run → verdict), ``passed`` (bool or None
-        when a model or the song-ID metric is missing) and ``embedder``.
-    """
-    test = results.get("test", {})
-
-    def song_verdicts(runs):
-        return {run: verdict(test[run][embedder]["metrics"].get("song_id_top1"))
-                for run in runs if run in test and embedder in test[run]}
-
-    controlnets = song_verdicts(_runs_of_kind(models, "controlnet"))
-    unconditional = song_verdicts(_runs_of_kind(models, "unconditional"))
-    passed = None
-    if controlnets and unconditional and "not applicable" not in {*controlnets.values(), *unconditional.values()}:
-        passed = all(v == "above chance" for v in controlnets.values()) and all(
-            v == "at chance" for v in unconditional.values())
-    return {"embedder": embedder, "controlnet": controlnets, "unconditional": unconditional, "passed": passed}
-
-
 # --------------------------------------------------------------------------------------------------
 # The plain-words reading
 # --------------------------------------------------------------------------------------------------
@@ -528,17 +498,6 @@ def plain_words_reading(
     if agreement:
         paragraphs.append(agreement)
 
-    check = done_when_check(results, models, embedder)
-    if check["passed"] is not None:
-        cn = ", ".join(f"{labels.get(r, r)}: {v}" for r, v in check["controlnet"].items())
-        un = ", ".join(f"{labels.get(r, r)}: {v}" for r, v in check["unconditional"].items())
-        paragraphs.append(
-            f"**The project's criterion** (test split, `{embedder}`): the ControlNet's song identification must be "
-            f"above chance with an interval that excludes chance, the unconditional model's at chance. "
-            f"ControlNet — {cn}; unconditional — {un}. "
-            + ("**Met.**" if check["passed"] else "**Not met** (see the numbers above for which part fails).")
-            + _criterion_by_other_embedders(results, models, embedder)
-        )
     paragraphs.append(
         "**Caveats.** The bootstrap resamples clips as if independent, but windows of the same song segment heard "
         "by different listeners share their audio, so the intervals are if anything too narrow; the permutation "
@@ -547,17 +506,6 @@ def plain_words_reading(
         "which inflates the distance), so it may not contain the estimate itself."
     )
     return paragraphs
-
-
-def _criterion_by_other_embedders(results: Mapping[str, Any], models: Mapping[str, Any], primary: str) -> str:
-    """" In `x`: met; in `y`: not met." for every other embedder of the test split (empty if none)."""
-    others = [e for e in dict.fromkeys(e for run in results.get("test", {}).values() for e in run) if e != primary]
-    parts = []
-    for other in others:
-        passed = done_when_check(results, models, other)["passed"]
-        if passed is not None:
-            parts.append(f"in `{other}`: {'met' if passed else 'not met'}")
-    return (" The same criterion " + "; ".join(parts) + ".") if parts else ""
 
 
 def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mapping[str, str] | None = None) -> str | None:
@@ -585,10 +533,8 @@ def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mappin
 # --------------------------------------------------------------------------------------------------
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -1049,8 +995,7 @@ def write_evaluation(
 
     out_dir = Path(out_dir)
     labels = {run: m.get("label", run) for run, m in record["models"].items()}
-    names = [e.name for e in embedders]
-    primary = names[0]
+    primary = embedders[0].name
     pairs = [(a, b) for a in record["models"] for b in record["models"] if a != b]
     differences = {split: {f"{a} - {b}": d for (a, b), d in paired_differences(
         results, split, primary, pairs, seed=int(settings.get("seed", 0))).items()} for split in results}
@@ -1063,8 +1008,6 @@ def write_evaluation(
         "models": dict(record["models"]),
         "splits": dict(record.get("splits", {})),
         "sampling": {k: record.get(k) for k in ("scheduler", "num_inference_steps", "conditioning_scale", "seed")},
-        "done_when": done_when_check(results, record["models"], primary),
-        "done_when_by_embedder": {name: done_when_check(results, record["models"], name) for name in names},
         "paired_cosine_differences": differences,
         "reading": list(reading),
         "results": results,

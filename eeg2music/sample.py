@@ -39,10 +39,7 @@ Outputs of :func:`sample_models` (notebook 05)
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import CLIP_SAMPLES, SAMPLE_RATE
-from .utils import atomic_directory, cpu_threads_for, disk_full_error, free_bytes, is_disk_full, read_json, write_json
+from .audio import CLIP_SAMPLES, SAMPLE_RATE, mel_db
+from .utils import atomic_directory, atomic_file, cpu_threads_for, disk_full_error, free_bytes, read_json, write_json
 
 __all__ = [
     "SCHEDULERS",
@@ -554,7 +551,7 @@ def select_clips(
 # --------------------------------------------------------------------------------------------------
 
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "FLOAT") -> Path:
-    """Write a mono waveform atomically (temporary file in the same folder, then rename).
+    """Write a mono waveform atomically (:func:`eeg2music.utils.atomic_file`: a temporary file, then rename).
 
     32-bit float keeps the model's output as it is (no clipping, no quantisation): the metrics read
     exactly what was generated.
@@ -565,19 +562,13 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMP
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
     if not np.all(np.isfinite(wave)):
         raise ValueError(f"{path}: the waveform holds {int(np.sum(~np.isfinite(wave)))} non-finite samples")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
-    os.close(fd)
     try:
-        soundfile.write(tmp, wave, int(sample_rate), subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        with atomic_file(path, suffix=".wav") as tmp:
+            soundfile.write(tmp, wave, int(sample_rate), subtype=subtype, format="WAV")
+    except soundfile.LibsndfileError as err:
         # libsndfile reports a full disk as "System error."; the free space tells it apart.
         free = free_bytes(path.parent)
-        if is_disk_full(err) or (isinstance(err, soundfile.LibsndfileError) and free is not None
-                                 and free < wave.nbytes + 2**20):
+        if free is not None and free < wave.nbytes + 2**20:
             raise disk_full_error(path, err) from err
         raise
     return path
@@ -1203,14 +1194,6 @@ def choose_examples(record: Mapping[str, Any], n_test: int = 2, n_ood: int = 1) 
                          "true_path": Path(pick.get("true_path") or folder / pick["true_wav"]),
                          "generated": {run: generated[run] for run in runs if run in generated}})
     return examples
-
-
-def mel_db(wave: np.ndarray) -> np.ndarray:
-    """The backbone's view of a clip: AudioLDM2 log-mel (per-clip normalised), in dB, ``(frames, 64)``."""
-    from .audio import CLIP_FRAMES, waveform_to_mel
-
-    mel = waveform_to_mel(np.asarray(wave, np.float32)[None], normalize=True)[0, 0, :CLIP_FRAMES]
-    return mel.numpy() * (20.0 / math.log(10.0))  # natural-log magnitude → dB
 
 
 def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, str], out_path: str | os.PathLike | None = None,

@@ -8,7 +8,7 @@ the reader under test is the one real data goes through. The simulation has thre
    chord progression and instrumentation drawn from drums, bass, chords, a lead, a voice-like formant
    line and effects, arranged in sections (intro, verse, chorus, break, …) so that which instruments
    play changes over the song.
-2. **What the auditory system follows** (:func:`auditory_features`): band envelopes (which
+2. **What the auditory system follows** (:func:`eeg2music.audio.auditory_features`): band envelopes (which
    instruments are active), spectral-flux onsets, and a beat pulse (the predominant local pulse),
    at the EEG sampling rate.
 3. **EEG** (:class:`ForwardModel`). Each feature is convolved with a response kernel (P1–N1–P2-like
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import nmedt
+from .audio import FEATURE_BAND_EDGES_HZ, AuditoryFeatures, auditory_features
 from .nmedt import SONGS, SUBJECT_IDS
 
 __all__ = [
@@ -52,9 +53,6 @@ __all__ = [
     "SongRecipe",
     "RECIPES",
     "synthesize_song",
-    "AuditoryFeatures",
-    "auditory_features",
-    "predominant_local_pulse",
     "ForwardModel",
     "build_forward_model",
     "simulate_nmedt",
@@ -206,7 +204,6 @@ MINOR = (0, 2, 3, 5, 7, 8, 10)
 DORIAN = (0, 2, 3, 5, 7, 9, 10)
 MIXOLYDIAN = (0, 2, 4, 5, 7, 9, 10)
 PHRYGIAN = (0, 1, 3, 5, 7, 8, 10)
-MINOR_PENTATONIC = (0, 3, 5, 7, 10)
 
 #: Which parts play in each kind of section.
 SECTION_PARTS: dict[str, frozenset[str]] = {
@@ -744,150 +741,6 @@ def _reverb(signal: np.ndarray, sr: int, seconds: float, rng) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Auditory features
-# --------------------------------------------------------------------------------------------------
-
-_FEATURE_SR = 16000
-_FEATURE_HOP = 64  # 4 ms frames: 250 Hz feature rate before resampling to the EEG rate
-_BAND_EDGES_HZ = (40.0, 120.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-
-
-@dataclass
-class AuditoryFeatures:
-    """What the auditory cortex follows in music, sampled at the EEG rate.
-
-    Attributes
-    ----------
-    fs : float
-        Sampling rate of the features (Hz).
-    band_edges_hz : tuple of float
-        Edges of the frequency bands of :attr:`bands`.
-    bands : ndarray, shape (n_bands, n_times)
-        Compressed band envelopes (amplitude ** 0.6): which instruments are playing.
-    envelope : ndarray, shape (n_times,)
-        The broadband envelope (compressed amplitude), the classic target of envelope decoding.
-    onsets : ndarray, shape (n_times,)
-        Spectral flux (half-wave rectified change of the log band energies): note onsets.
-    beat : ndarray, shape (n_times,)
-        Predominant local pulse (:func:`predominant_local_pulse`): peaks on the beat, in [0, 1].
-    """
-
-    fs: float
-    band_edges_hz: tuple[float, ...]
-    bands: np.ndarray
-    envelope: np.ndarray
-    onsets: np.ndarray
-    beat: np.ndarray
-
-    @property
-    def names(self) -> list[str]:
-        edges = self.band_edges_hz
-        return [f"band {edges[i]:g}–{edges[i + 1]:g} Hz" for i in range(len(edges) - 1)] + ["onsets", "beat"]
-
-    @property
-    def n_times(self) -> int:
-        return self.bands.shape[1]
-
-    def matrix(self) -> np.ndarray:
-        """All features as rows, ``(n_bands + 2, n_times)``: the bands, then onsets and beat."""
-        return np.vstack([self.bands, self.onsets[None], self.beat[None]])
-
-
-def predominant_local_pulse(novelty: np.ndarray, frame_rate: float, tempo_min: float = 40.0, tempo_max: float = 200.0,
-                            window_s: float = 6.0) -> np.ndarray:
-    """Predominant local pulse (Grosche & Müller, 2011), as ``librosa.beat.plp`` computes it.
-
-    Each window of the novelty curve is reduced to its strongest periodicity between ``tempo_min``
-    and ``tempo_max`` BPM (a windowed sinusoid with that tempo and phase); overlap-adding them gives a
-    pulse that peaks on the beat. Unlike librosa's, the sinusoids keep their relative strength, so the
-    pulse fades where the music has no beat. Computed with scipy's STFT (librosa's inverse STFT needs
-    a numba compilation that costs seconds in every new process).
-
-    Returns
-    -------
-    ndarray
-        Half-wave rectified pulse, same length as ``novelty``, maximum 1 (0 for a silent input).
-    """
-    from scipy.signal import istft, stft
-
-    n = len(novelty)
-    # the pulse lives below 4 Hz: work at ~50 Hz, then interpolate back
-    step = max(1, int(frame_rate // 50))
-    coarse = novelty[::step] - np.mean(novelty)
-    rate = frame_rate / step
-    window = max(16, int(window_s * rate))
-    window = min(window, max(16, len(coarse)))
-    nfft = 1 << int(math.ceil(math.log2(window * 4)))
-    hop = max(1, window // 16)
-    freqs, _, spectrum = stft(coarse, fs=rate, window="hann", nperseg=window, noverlap=window - hop, nfft=nfft, boundary="even", padded=True)
-    in_range = (freqs >= tempo_min / 60.0) & (freqs <= tempo_max / 60.0)
-    spectrum = np.where(in_range[:, None], spectrum, 0.0)
-    peak = np.argmax(np.abs(spectrum), axis=0)
-    kept = np.zeros_like(spectrum)
-    columns = np.arange(spectrum.shape[1])
-    kept[peak, columns] = spectrum[peak, columns]
-    _, pulse = istft(kept, fs=rate, window="hann", nperseg=window, noverlap=window - hop, nfft=nfft, boundary=True)
-    pulse = np.maximum(pulse[: len(coarse)], 0.0)
-    pulse = np.pad(pulse, (0, max(0, len(coarse) - len(pulse))))
-    top = np.max(pulse)
-    pulse = pulse / top if top > 0 else pulse
-    return np.interp(np.arange(n) / frame_rate, np.arange(len(pulse)) / rate, pulse)
-
-
-def auditory_features(audio: np.ndarray, sr: int, fs: float, n_times: int | None = None) -> AuditoryFeatures:
-    """Band envelopes, onsets and beat of ``audio``, at the EEG sampling rate ``fs``.
-
-    The audio is resampled to 16 kHz; a 1024-point STFT with 4 ms hops gives the power in seven
-    octave-wide bands (40 Hz – 8 kHz). Envelopes are compressed (amplitude ** 0.6, as in the
-    envelope-tracking literature), onsets are the half-wave rectified change of the log band energies
-    (spectral flux), the beat is the predominant local pulse of the onsets. Everything is then
-    averaged and resampled to ``fs``.
-
-    Parameters
-    ----------
-    audio : ndarray, shape (n_samples,)
-        Mono audio.
-    sr : int
-        Its sampling rate.
-    fs : float
-        The rate of the returned features (e.g. 125 Hz for cleaned NMED-T, 1000 Hz for raw).
-    n_times : int, optional
-        Number of feature samples; default ``round(len(audio) / sr * fs)``.
-    """
-    import soxr
-    from scipy.ndimage import uniform_filter1d
-    from scipy.signal import stft
-
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"audio must be mono (1-D), got shape {audio.shape}")
-    if int(sr) != _FEATURE_SR:
-        audio = soxr.resample(audio, int(sr), _FEATURE_SR, quality="HQ")
-    freqs, _, spectrum = stft(audio, fs=_FEATURE_SR, window="hann", nperseg=1024, noverlap=1024 - _FEATURE_HOP, boundary="even", padded=True)
-    power = np.abs(spectrum) ** 2
-    edges = _BAND_EDGES_HZ
-    band_power = np.stack([power[(freqs >= lo) & (freqs < hi)].sum(axis=0) for lo, hi in zip(edges[:-1], edges[1:])])
-    bands = np.sqrt(band_power) ** 0.6
-    envelope = np.sqrt(band_power.sum(axis=0)) ** 0.6
-    log_bands = np.log1p(band_power / 1e-6)
-    onsets = np.maximum(np.diff(log_bands, axis=1, prepend=log_bands[:, :1]), 0.0).mean(axis=0)
-    frame_rate = _FEATURE_SR / _FEATURE_HOP
-    beat = predominant_local_pulse(onsets, frame_rate)
-    frame_times = np.arange(bands.shape[1]) / frame_rate
-    n_times = int(round(len(audio) / _FEATURE_SR * fs)) if n_times is None else int(n_times)
-    times = np.arange(n_times) / fs
-
-    def to_fs(x: np.ndarray) -> np.ndarray:
-        if fs < frame_rate:  # average over the output sample's span first (anti-aliasing)
-            x = uniform_filter1d(x, size=max(1, int(round(frame_rate / fs))), axis=-1, mode="nearest")
-        if x.ndim == 1:
-            return np.interp(times, frame_times, x).astype(np.float32)
-        return np.stack([np.interp(times, frame_times, row) for row in x]).astype(np.float32)
-
-    return AuditoryFeatures(float(fs), tuple(edges), to_fs(bands), to_fs(envelope), to_fs(onsets), to_fs(beat))
-
-
-# --------------------------------------------------------------------------------------------------
 # The EEG forward model
 # --------------------------------------------------------------------------------------------------
 
@@ -1034,7 +887,7 @@ def build_forward_model(seed: int, subjects: Sequence[int]) -> ForwardModel:
     names = nmedt.raw_channel_names()
     positions = np.array([positions_by_name[name] for name in names])
     n_subjects = len(subjects)
-    n_features = len(_BAND_EDGES_HZ) - 1 + 2
+    n_features = len(FEATURE_BAND_EDGES_HZ) - 1 + 2
 
     def unit_rms(pattern: np.ndarray) -> np.ndarray:
         referenced = pattern - pattern.mean()
@@ -1049,7 +902,7 @@ def build_forward_model(seed: int, subjects: Sequence[int]) -> ForwardModel:
             position = position + rng.normal(0, 0.004, 3)
             moment = moment / np.linalg.norm(moment) + rng.normal(0, 0.15, 3)
             patterns[s, j] = unit_rms(_dipole_pattern(positions, position, moment))
-    n_bands = len(_BAND_EDGES_HZ) - 1
+    n_bands = len(FEATURE_BAND_EDGES_HZ) - 1
     mixing = np.zeros((len(source_names), n_features))
     low_to_high = np.linspace(0.0, 1.0, n_bands)
     mixing[0, :n_bands] = 0.4 + 0.8 * low_to_high  # left AC: higher bands (temporal detail)
@@ -1097,7 +950,7 @@ def build_forward_model(seed: int, subjects: Sequence[int]) -> ForwardModel:
         alpha_patterns=alpha_patterns,
         eye_pattern=eye_pattern,
         background_patterns=background,
-        feature_names=[f"band {lo:g}–{hi:g} Hz" for lo, hi in zip(_BAND_EDGES_HZ[:-1], _BAND_EDGES_HZ[1:])] + ["onsets", "beat"],
+        feature_names=[f"band {lo:g}–{hi:g} Hz" for lo, hi in zip(FEATURE_BAND_EDGES_HZ[:-1], FEATURE_BAND_EDGES_HZ[1:])] + ["onsets", "beat"],
     )
 
 
@@ -1486,7 +1339,7 @@ def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | No
     from sklearn.decomposition import PCA
     from sklearn.linear_model import RidgeCV
 
-    folder = nmedt._as_folder(folder)
+    folder = nmedt.as_folder(folder)
     eeg: dict[tuple[int, int], np.ndarray] = {}
     for raw in nmedt.iter_recordings(folder, layout, songs=songs, subjects=subjects):
         info = nmedt.recording_info(raw)

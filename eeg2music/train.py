@@ -83,6 +83,7 @@ from .utils import (
     ModelFolderError,
     WeightsFileError,
     atomic_directory,
+    atomic_file,
     atomic_write_text,
     check_safetensors,
     count_parameters,
@@ -456,6 +457,7 @@ def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[s
       (``smoke``), else the default cache (built now if missing) with the default window spec.
     """
     from .pipeline import default_cache_dir
+    from .preprocess import INDEX_FILE, LATEST_FILE
     from .windows import SUMMARY_FILE, load_stage_windows, load_windows, read_preprocess_summary
 
     stage = Path(cfg.run_dir).expanduser().resolve() if cfg.run_dir else stage_dir("preprocess")
@@ -468,10 +470,10 @@ def training_windows(cfg: TrainConfig, *, progress: bool = True) -> tuple[dict[s
         if cfg.run_dir or (same_size and same_data):
             splits = load_stage_windows(stage, stimuli=True, verbose=progress, stimuli_dir=cfg.stimuli_dir or None)
             return splits, f"notebook 02's splits ({stage / SUMMARY_FILE})"
-    if cfg.run_dir and not any((stage / name).exists() for name in ("index.json", "latest.json")):
+    if cfg.run_dir and not any((stage / name).exists() for name in (INDEX_FILE, LATEST_FILE)):
         raise FileNotFoundError(
             f"parameter 'run_dir': {stage} holds neither notebook 02's {SUMMARY_FILE} nor a preprocessed cache "
-            f"(index.json or latest.json). Give notebook 02's out_dir or its cache, or leave run_dir empty."
+            f"({INDEX_FILE} or {LATEST_FILE}). Give notebook 02's out_dir or its cache, or leave run_dir empty."
         )
     index = ensure_cache(cfg.run_dir, data_root=cfg.data_root, smoke=cfg.smoke, seed=cfg.seed, progress=progress)
     # The stimuli bound the chunks (make_splits cuts within the audio's length), so they are always read.
@@ -667,13 +669,8 @@ def clip_latents(
     if progress:
         print(f"[train] encoded {len(keys)} clip latents {tuple(latents.shape[1:])} once (shared by all subjects)")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_file(path) as tmp:
             safetensors.torch.save_file({"latents": latents}, str(tmp), metadata={"clips": json.dumps(keys)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return ClipLatents(keys, latents, path, encoded=len(keys))
 
 
@@ -753,12 +750,6 @@ class RegressionObjective:
 # Validation: fixed windows, noise and timesteps, so every evaluation is comparable
 # --------------------------------------------------------------------------------------------------
 
-#: What the validation loss is computed with. "eeg": the true EEG; "eeg_zeroed": the same model with
-#: the EEG set to zero; "eeg_shuffled": EEG (and subject) of a window of a different clip;
-#: "backbone_only": the frozen backbone without the ControlNet (diffusion models only).
-VAL_VARIANTS = ("eeg", "eeg_zeroed", "eeg_shuffled", "backbone_only")
-
-
 def mismatched_offset(keys: Sequence[Any]) -> int | None:
     """The cyclic shift closest to ``n/2`` under which no item is paired with one of the same key.
 
@@ -807,7 +798,12 @@ class Validator:
         return len(self.indices)
 
     def variants_for(self, kind: str, extended: bool) -> tuple[str, ...]:
-        """The variants to compute: always "eeg" and "eeg_zeroed"; the others when ``extended``."""
+        """The variants to compute: always "eeg" and "eeg_zeroed"; the others when ``extended``.
+
+        What the validation loss is computed with. "eeg": the true EEG; "eeg_zeroed": the same model with
+        the EEG set to zero; "eeg_shuffled": EEG (and subject) of a window of a different clip;
+        "backbone_only": the frozen backbone without the ControlNet (diffusion models only).
+        """
         variants = ["eeg", "eeg_zeroed"]
         if extended:
             if self.shuffle_source is not None:
@@ -1620,6 +1616,9 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
 
 
 ALIGNMENT_DIR_NAME = "aligner"
+#: In the aligner folder: the aligner's settings and training record, and its weights.
+ALIGNER_FILE = "aligner.json"
+ALIGNER_WEIGHTS = "aligner.safetensors"
 
 
 def _pretrain_alignment(model, cfg: TrainConfig, backbone, data: TrainingData, run: Path, device, progress: bool):
@@ -1637,8 +1636,8 @@ def _pretrain_alignment(model, cfg: TrainConfig, backbone, data: TrainingData, r
     copied = init_controlnet_from(model, aligner.to(next(model.parameters()).device))
     with atomic_directory(run / ALIGNMENT_DIR_NAME) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in aligner.state_dict().items()},
-                  str(tmp / "aligner.safetensors"))
-        write_json(tmp / "aligner.json", {"dim": aligner.eeg_head[-1].out_channels, "subject_cond": cfg.subject_cond,
+                  str(tmp / ALIGNER_WEIGHTS))
+        write_json(tmp / ALIGNER_FILE, {"dim": aligner.eeg_head[-1].out_channels, "subject_cond": cfg.subject_cond,
                                           "n_subjects": data.n_subjects, "latent_channels": int(backbone.latent_shape[0]),
                                           "plan": model.plan.to_dict(), "result": result.to_dict()})
     if progress:
@@ -1651,7 +1650,7 @@ def _pretrain_alignment(model, cfg: TrainConfig, backbone, data: TrainingData, r
 
 def _previous_alignment(run: Path, resume_from) -> dict[str, Any] | None:
     """A resumed run's alignment record (written when the run started)."""
-    record = run / ALIGNMENT_DIR_NAME / "aligner.json"
+    record = run / ALIGNMENT_DIR_NAME / ALIGNER_FILE
     if resume_from is None or not record.is_file():
         return None
     return {**read_json(record)["result"], "folder": str(record.parent)}
@@ -1660,9 +1659,9 @@ def _previous_alignment(run: Path, resume_from) -> dict[str, Any] | None:
 def load_aligner(run: str | os.PathLike, device: str | torch.device = "cpu"):
     """The contrastive aligner a ControlNet run was initialised from (``<run>/aligner/``), or None."""
     folder = Path(run) / ALIGNMENT_DIR_NAME
-    if not (folder / "aligner.json").is_file():
+    if not (folder / ALIGNER_FILE).is_file():
         return None
-    meta = read_json(folder / "aligner.json")
+    meta = read_json(folder / ALIGNER_FILE)
     plan = meta["plan"]
     aligner = EEGAudioAligner(
         eeg_channels=plan["eeg_channels"], eeg_sfreq=plan["eeg_sfreq"], eeg_samples=plan["eeg_samples"],
@@ -1670,7 +1669,7 @@ def load_aligner(run: str | os.PathLike, device: str | torch.device = "cpu"):
         latent_bins=plan["latent_bins"], first_block_channels=plan["first_block_channels"],
         n_subjects=meta["n_subjects"], subject_cond=meta["subject_cond"], dim=meta["dim"],
     )
-    aligner.load_state_dict(load_file(str(folder / "aligner.safetensors")))
+    aligner.load_state_dict(load_file(str(folder / ALIGNER_WEIGHTS)))
     return aligner.to(device).eval()
 
 

@@ -173,20 +173,23 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file next to ``path`` to write into, renamed onto ``path`` only if the block succeeds.
 
-    The file gets the permissions a plain ``open`` would give it (``mkstemp`` would leave it 0600).
+    Yields the temporary file's path (the file exists, empty, with the permissions a plain ``open`` would
+    give it; ``mkstemp`` would leave it 0600). On an exception it is removed and ``path`` is untouched; an
+    exception that says the disk is full is raised as :class:`DiskFullError` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -194,6 +197,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         if is_disk_full(err) and not isinstance(err, DiskFullError):
             raise disk_full_error(path, err) from err
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename (:func:`atomic_file`)."""
+    path = Path(path)
+    with atomic_file(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY), "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 

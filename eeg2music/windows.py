@@ -527,9 +527,9 @@ def load_stimuli(folder, songs: Sequence[int], sr: int = 16000, stimuli_dir=None
     an error naming the files looked for and where (:func:`eeg2music.nmedt.read_stimulus`).
     ``stimuli_dir`` is a folder of WAVs searched first when ``folder`` is a path.
     """
-    from .nmedt import read_stimulus, scan_nmedt
+    from .nmedt import as_folder, read_stimulus
 
-    folder = folder if hasattr(folder, "stimuli_dirs") else scan_nmedt(folder, stimuli_dir or None)
+    folder = as_folder(folder, stimuli_dir or None)
     return {int(song): read_stimulus(folder, int(song), sr=sr) for song in songs}
 
 
@@ -606,9 +606,9 @@ def stimulus_seconds(folder) -> dict[int, float]:
     """Song → length (s) of each stimulus WAV present in an NMED-T folder (headers only, no decoding)."""
     import soundfile as sf
 
-    from .nmedt import scan_nmedt
+    from .nmedt import as_folder
 
-    folder = folder if hasattr(folder, "stimuli_dirs") else scan_nmedt(folder)
+    folder = as_folder(folder)
     return {int(song): float(sf.info(str(path)).duration) for song, path in folder.stimuli.items()}
 
 

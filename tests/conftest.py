@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+# Offline Hugging Face libraries for the whole session, set before anything imports them (the package
+# itself does not touch the environment; its loaders call eeg2music._compat.hub_offline).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -19,7 +19,6 @@ import pytest
 from eeg2music.metrics import evaluate_embeddings
 from eeg2music.report import (
     comparison_table,
-    done_when_check,
     embed_samples,
     evaluate_samples,
     paired_differences,
@@ -111,18 +110,7 @@ def test_reading_is_generated_from_the_numbers(results):
     assert re.search(r"\*\*ControlNet\+subject\*\* names the right song among 5 .*: above chance", text)
     assert re.search(r"\*\*unconditional\*\* names the right song among 5 .*: at chance", text)
     assert "ControlNet+subject beats unconditional" in text
-    assert "**Met.**" in text and "song 21" in text
-    check = done_when_check(results, MODELS, "emb-a")
-    assert check["passed"] is True
-    assert check["controlnet"] == {"controlnet_subject": "above chance", "controlnet": "above chance"}
-
-
-def test_reading_says_when_the_criterion_fails(results):
-    swapped = {split: dict(per_run) for split, per_run in results.items()}
-    swapped["test"]["controlnet"] = results["test"]["unconditional"]  # a ControlNet that learned nothing
-    text = "\n".join(plain_words_reading(swapped, MODELS, "emb-a"))
-    assert "**Not met**" in text
-    assert done_when_check(swapped, MODELS, "emb-a")["controlnet"]["controlnet"] == "at chance"
+    assert "song 21" in text
 
 
 def test_permutation_table(results):
@@ -200,7 +188,7 @@ def test_write_evaluation_files(results, tmp_path):
     paths = write_evaluation(out, record=record, results=results, embedders=embedders, reading=reading,
                              figures=figures, examples=[example], settings={"n_boot": 199, "n_perm": 199, "seed": 0})
     stored = json.loads(paths["metrics_json"].read_text())
-    assert stored["done_when"]["passed"] is True and stored["primary_embedder"] == "emb-a"
+    assert stored["primary_embedder"] == "emb-a"
     assert stored["results"]["test"]["controlnet"]["emb-a"]["metrics"]["fad"]["value"] >= 0
     assert "controlnet_subject - unconditional" in stored["paired_cosine_differences"]["test"]
     frame = pd.read_csv(paths["metrics_csv"])

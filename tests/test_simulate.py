@@ -10,6 +10,7 @@ import pytest
 import scipy.io
 
 from eeg2music import nmedt, simulate
+from eeg2music.audio import auditory_features
 from eeg2music.params import ParameterError
 
 # 3 participants × 3 songs of 15 s: enough for a leave-one-song-out backward model, fast to simulate
@@ -75,7 +76,7 @@ def test_songs_are_deterministic_and_distinct():
     # timbre: each song's average band profile differs clearly from every other song's
     profiles = {}
     for sid, audio in songs.items():
-        bands = simulate.auditory_features(audio, sr, 50.0).bands
+        bands = auditory_features(audio, sr, 50.0).bands
         profile = np.log(bands.mean(axis=1) + 1e-6)
         profiles[sid] = profile - profile.mean()
     distances = [np.linalg.norm(profiles[a] - profiles[b]) for a in profiles for b in profiles if a < b]
@@ -86,7 +87,7 @@ def test_songs_follow_their_tempo():
     """The onset envelope of each song is periodic at its NMED-T tempo (or a multiple of it)."""
     for sid in (21, 26, 30):
         audio = simulate.synthesize_song(sid, 20.0, 16000, seed=0)
-        onsets = simulate.auditory_features(audio, 16000, 100.0).onsets
+        onsets = auditory_features(audio, 16000, 100.0).onsets
         onsets = onsets - onsets.mean()
         spectrum = np.abs(np.fft.rfft(onsets * np.hanning(len(onsets))))
         freqs = np.fft.rfftfreq(len(onsets), 1 / 100.0)
@@ -103,7 +104,7 @@ def test_auditory_features_follow_a_click_train():
     clicks = np.arange(int(0.25 * sr), len(audio), int(0.5 * sr))  # 120 BPM
     for start in clicks:
         audio[start : start + 160] = np.hanning(160) * np.sin(2 * np.pi * 700 * np.arange(160) / sr)
-    features = simulate.auditory_features(audio, sr, fs)
+    features = auditory_features(audio, sr, fs)
     assert features.bands.shape == (7, 1000) and features.matrix().shape == (9, 1000)
     assert len(features.names) == 9 and features.fs == fs
     onset_peaks = np.flatnonzero(features.onsets > 0.5 * features.onsets.max())
