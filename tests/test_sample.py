@@ -104,7 +104,10 @@ def test_make_scheduler_follows_the_training_schedule(backbone):
     assert type(ddim).__name__ == "DDIMScheduler" and type(dpm).__name__ == "DPMSolverMultistepScheduler"
     assert dpm.config.algorithm_type == "dpmsolver++"
     for scheduler in (ddim, dpm):
-        assert torch.allclose(scheduler.alphas_cumprod, backbone.scheduler.alphas_cumprod)
+        # DPM-Solver keeps ᾱ_T at 2^-24 instead of a zero-terminal-SNR schedule's 0 (its σ would be infinite)
+        assert torch.allclose(scheduler.alphas_cumprod[:-1], backbone.scheduler.alphas_cumprod[:-1])
+        assert abs(float(scheduler.alphas_cumprod[-1]) - float(backbone.scheduler.alphas_cumprod[-1])) <= 2.0**-24
+        assert scheduler.config.prediction_type == backbone.scheduler.config.prediction_type
     assert ddim is not backbone.scheduler
     with pytest.raises(ValueError, match="scheduler.*euler"):
         make_scheduler("euler", backbone.scheduler.config)
@@ -285,8 +288,9 @@ def test_samples_do_not_depend_on_batch_size(sampled, backbone, tmp_path):
     again = sample_models(models, backbone, datasets, tmp_path, num_inference_steps=3, seed=0,
                           max_clips={"test": 3, "ood": 2}, batch_size=1, progress=False)
     for row in again["clips"]:
+        # float32 round-off of batched convolutions, carried through the sampler and Griffin-Lim (waves peak ≈ 1)
         np.testing.assert_allclose(read_wav(tmp_path / row["generated_wav"]), read_wav(out / row["generated_wav"]),
-                                   atol=1e-4)
+                                   atol=2e-4)
 
 
 def test_load_samples_resolves_and_checks(sampled, tmp_path):
