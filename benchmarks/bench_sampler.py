@@ -14,7 +14,8 @@ measures what that costs and saves, in one run:
 Usage (after ``make demo`` or notebooks 00–04, which leave the models in ``outputs/04_train``)::
 
     python benchmarks/bench_sampler.py [--outputs outputs] [--models controlnet_subject unconditional]
-        [--test-clips 24] [--ood-clips 8] [--fast-steps 20] [--slow-steps 200] [--out outputs/bench_sampler]
+        [--test-clips 24] [--ood-clips 8] [--fast-steps 20] [--slow-steps 200] [--guidance 1]
+        [--out outputs/bench_sampler]
 
 Writes ``<out>/bench_sampler.json`` and prints a table; the numbers go into the issue's note.
 """
@@ -41,6 +42,7 @@ def _parse(argv):
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--n-perm", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--guidance", type=float, default=1.0, help="guidance scale on the EEG (as notebook 05's guidance_scale)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="the smoke-size default backbone and cache")
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
         tic = time.perf_counter()
         sample_models(models, backbone, datasets, out / name, scheduler=scheduler, num_inference_steps=steps,
                       seed=args.seed, max_clips=limits, batch_size=args.batch_size, progress=True,
-                      info={"backbone": backbone_dir})
+                      guidance_scale=args.guidance, info={"backbone": backbone_dir})
         runs[name] = {"scheduler": scheduler, "steps": steps, "wall_seconds": time.perf_counter() - tic}
 
     record = {name: load_samples(out / name) for name in runs}
