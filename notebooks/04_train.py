@@ -189,7 +189,7 @@ if cfg.model == "controlnet":
     clip_ids = torch.tensor([item["song"] * 1000 + item["chunk"] for item in batch])
     with torch.no_grad():
         print(f"InfoNCE of an untrained aligner on {len(batch)} windows: "
-              f"{aligner.loss(eeg, subject, z0, clip_ids):.3f} (log {len(batch)} = {np.log(len(batch)):.3f} is chance)")
+              f"{aligner.loss(eeg, subject, z0, clip_ids):.3f} (log {len(batch)} = {np.log(len(batch)):.3f} for uniform scores)")
 
 # %% [markdown]
 # ## 3. Training
