@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .controlnet import EEGProjector, SubjectLayer, projector_plan
+from .controlnet import EEGProjector, ProjectorPlan, SubjectLayer, projector_plan
+from .metrics import identification
 
 #: Defaults of the alignment stage (steps are set per run: 0 = the paper's P from scratch).
 ALIGNMENT_DIM = 16
@@ -142,6 +143,10 @@ def retrieval_accuracy(aligner: EEGAudioAligner, dataset, latents, *, batch_size
                        device: torch.device | str = "cpu", max_windows: int = 0) -> dict[str, float]:
     """Encoder-only decoding: rank every distinct clip of ``dataset`` for each EEG window.
 
+    The ranking is notebook 06's (:func:`eeg2music.metrics.identification`, uncentred: the two encoders
+    were trained into one space, there is no generator offset to remove), so the encoder's song-ID and
+    the generated audio's are the same measure.
+
     Parameters
     ----------
     aligner : EEGAudioAligner
@@ -156,37 +161,33 @@ def retrieval_accuracy(aligner: EEGAudioAligner, dataset, latents, *, batch_size
     Returns
     -------
     dict
-        ``segment_top1`` / ``segment_top10`` (the true clip among the split's clips), ``song_top1``
-        (the best-ranked clip is from the right song; among songs, ``song_chance``), ``n_windows``,
-        ``n_clips``, ``segment_chance``.
+        ``segment_top1`` / ``segment_top10`` (the true clip among the split's clips; top-10 is 1 when there
+        are at most 10), ``song_top1`` (songs scored by the mean similarity to their clips), their chance
+        levels ``segment_chance`` / ``song_chance``, ``n_windows``, ``n_clips``.
     """
     aligner = aligner.eval().to(device)
-    clips = dataset.clips()
-    songs_of_clips = torch.tensor([song for song, _ in clips])
     lookup = _latent_lookup(latents)
-    audio = torch.cat([aligner.embed_audio(lookup(clips[i : i + batch_size]).to(device).float())
-                       for i in range(0, len(clips), batch_size)])
     positions = np.arange(len(dataset))
     if max_windows and len(positions) > max_windows:
         positions = np.linspace(0, len(positions) - 1, max_windows).round().astype(int)
-    index = {clip: i for i, clip in enumerate(clips)}
-    seg1 = seg10 = song1 = 0
+    eeg_rows, audio_rows, songs, chunks = [], [], [], []
     for start in range(0, len(positions), batch_size):
         items = [dataset[int(i)] for i in positions[start : start + batch_size]]
         eeg = torch.stack([item["eeg"] for item in items]).to(device).float()
         subject = torch.tensor([item["subject"] for item in items], device=device)
-        scores = aligner.embed_eeg(eeg, subject) @ audio.T  # (windows, clips)
-        truth = torch.tensor([index[(item["song"], item["chunk"])] for item in items], device=device)
-        order = scores.argsort(dim=1, descending=True)
-        rank = (order == truth[:, None]).float().argmax(dim=1)
-        seg1 += int((rank < 1).sum())
-        seg10 += int((rank < 10).sum())
-        best_song = songs_of_clips.to(device)[order[:, 0]]
-        song1 += int((best_song == songs_of_clips.to(device)[truth]).sum())
-    n = len(positions)
-    return {"segment_top1": seg1 / n, "segment_top10": seg10 / n, "song_top1": song1 / n,
-            "segment_chance": 1.0 / len(clips), "song_chance": 1.0 / len(set(songs_of_clips.tolist())),
-            "n_windows": int(n), "n_clips": len(clips)}
+        keys = [(item["song"], item["chunk"]) for item in items]
+        eeg_rows.append(aligner.embed_eeg(eeg, subject).cpu())
+        audio_rows.append(aligner.embed_audio(lookup(keys).to(device).float()).cpu())
+        songs += [song for song, _ in keys]
+        chunks += [chunk for _, chunk in keys]
+    result = identification(torch.cat(eeg_rows).numpy(), torch.cat(audio_rows).numpy(), songs, chunks,
+                            top_k=(1, 10), song_top_k=(1,))
+    segment, song = result["segment"], result["song"]
+    return {"segment_top1": float(segment["hits"][1].mean()),
+            "segment_top10": float(segment["hits"][10].mean()) if 10 in segment["hits"] else 1.0,
+            "song_top1": float(song["hits"][1].mean()) if 1 in song["hits"] else 1.0,
+            "segment_chance": 1.0 / segment["n_candidates"], "song_chance": 1.0 / song["n_candidates"],
+            "n_windows": int(len(positions)), "n_clips": int(segment["n_candidates"])}
 
 
 def train_alignment(aligner: EEGAudioAligner, train_set, val_set, latents, *, steps: int, batch_size: int,
@@ -270,14 +271,15 @@ def init_controlnet_from(controlnet: nn.Module, aligner: EEGAudioAligner) -> lis
     return copied
 
 
-def build_aligner_for(controlnet: nn.Module, latent_channels: int, *, subject_cond: bool, n_subjects: int,
-                      dim: int = ALIGNMENT_DIM) -> EEGAudioAligner:
-    """An aligner whose S and P have exactly the layout of ``controlnet``'s."""
-    plan = controlnet.plan
+def build_aligner_for(layout: nn.Module | ProjectorPlan | Mapping[str, Any], latent_channels: int, *,
+                      subject_cond: bool, n_subjects: int, dim: int = ALIGNMENT_DIM) -> EEGAudioAligner:
+    """An aligner whose S and P have exactly the layout of a ControlNet's (or of its ``plan``, as saved in JSON)."""
+    plan = getattr(layout, "plan", layout)
+    plan = asdict(plan) if isinstance(plan, ProjectorPlan) else plan
     return EEGAudioAligner(
-        eeg_channels=plan.eeg_channels, eeg_sfreq=plan.eeg_sfreq, eeg_samples=plan.eeg_samples,
-        clip_seconds=plan.clip_seconds, latent_channels=latent_channels, latent_frames=plan.latent_frames,
-        latent_bins=plan.latent_bins, first_block_channels=plan.first_block_channels, n_subjects=n_subjects,
+        eeg_channels=plan["eeg_channels"], eeg_sfreq=plan["eeg_sfreq"], eeg_samples=plan["eeg_samples"],
+        clip_seconds=plan["clip_seconds"], latent_channels=latent_channels, latent_frames=plan["latent_frames"],
+        latent_bins=plan["latent_bins"], first_block_channels=plan["first_block_channels"], n_subjects=n_subjects,
         subject_cond=subject_cond, dim=dim,
     )
 
@@ -293,8 +295,8 @@ def plot_alignment(log: Sequence[Mapping[str, float]], chance: Mapping[str, floa
     for key, label in (("val_segment_top1", "segment top-1"), ("val_segment_top10", "segment top-10"),
                        ("val_song_top1", "song top-1")):
         right.plot([e["step"] for e in evaluated], [100 * e[key] for e in evaluated], "o-", label=label)
-    for key, style in ((chance or {}).items()):
-        right.axhline(100 * style, color="grey", lw=0.8, ls=":")
+    for level in (chance or {}).values():
+        right.axhline(100 * level, color="grey", lw=0.8, ls=":")
     right.set(xlabel="step", ylabel="% of validation windows", title="Encoder-only retrieval (validation)")
     right.legend()
     return fig

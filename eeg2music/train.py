@@ -74,7 +74,7 @@ from torch import nn
 
 from safetensors.torch import load_file, save_file
 
-from .alignment import EEGAudioAligner, build_aligner_for, init_controlnet_from, train_alignment
+from .alignment import build_aligner_for, init_controlnet_from, train_alignment
 from .nmedt import NMEDTError
 from .params import ParameterError, coerce_mapping
 from .paths import stage_dir
@@ -1662,14 +1662,9 @@ def load_aligner(run: str | os.PathLike, device: str | torch.device = "cpu"):
     if not (folder / ALIGNER_FILE).is_file():
         return None
     meta = read_json(folder / ALIGNER_FILE)
-    plan = meta["plan"]
-    aligner = EEGAudioAligner(
-        eeg_channels=plan["eeg_channels"], eeg_sfreq=plan["eeg_sfreq"], eeg_samples=plan["eeg_samples"],
-        clip_seconds=plan["clip_seconds"], latent_channels=meta["latent_channels"], latent_frames=plan["latent_frames"],
-        latent_bins=plan["latent_bins"], first_block_channels=plan["first_block_channels"],
-        n_subjects=meta["n_subjects"], subject_cond=meta["subject_cond"], dim=meta["dim"],
-    )
-    aligner.load_state_dict(load_file(str(folder / ALIGNER_WEIGHTS)))
+    aligner = build_aligner_for(meta["plan"], meta["latent_channels"], subject_cond=meta["subject_cond"],
+                                n_subjects=meta["n_subjects"], dim=meta["dim"])
+    aligner.load_state_dict(load_file(str(check_safetensors(folder / ALIGNER_WEIGHTS))))
     return aligner.to(device).eval()
 
 
