@@ -1134,8 +1134,9 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     The weight on the x₀-error is min(SNR, γ); expressed on the ε-loss it is min(SNR, γ)/SNR, on the
     v-loss min(SNR, γ)/(SNR + 1) — the latter stays finite at the zero-SNR last step.
     """
-    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type == "v_prediction":
         return snr.clamp(max=gamma) / (snr + 1.0)

@@ -17,8 +17,8 @@ where :math:`\\epsilon_\\theta` is the frozen UNet steered by the ControlNet's r
 ControlNet (with the projector P and the subject layer) is trained, with AdamW as the paper (betas
 (0.95, 0.999), eps 1e-6, weight decay 1e-3, clipping 1.0) at the learning rate of
 :func:`default_learning_rate` unless one is given (the paper's 1e-4 for AudioLDM2; 1e-3 for the tiny
-backbone, whose demo runs last a few hundred steps). (A backbone trained with
-v-prediction is matched by its own target; the tiny backbone and AudioLDM2 predict ε.)
+backbone, whose demo runs last a few hundred steps). The target is the backbone's own: ε for
+AudioLDM2, v for the tiny backbone (:func:`eeg2music.backbone.diffusion_target`).
 
 ``model="convnet"``: the baseline regresses :math:`z_0` from the EEG with an MSE
 (:mod:`eeg2music.convnet` says why the latent rather than the mel).
@@ -75,6 +75,7 @@ from torch import nn
 from safetensors.torch import load_file, save_file
 
 from .alignment import build_aligner_for, init_controlnet_from, train_alignment
+from .backbone import diffusion_target
 from .nmedt import NMEDTError
 from .params import ParameterError, coerce_mapping
 from .paths import stage_dir
@@ -681,8 +682,8 @@ def clip_latents(
 class DiffusionObjective:
     """The ControlNet's loss: MSE between the frozen UNet's (steered) prediction and its target.
 
-    The target follows the backbone scheduler's ``prediction_type`` (ε for the tiny backbone and
-    AudioLDM2-music; v or the sample for backbones trained that way), so the ControlNet learns in
+    The target follows the backbone scheduler's ``prediction_type`` (:func:`~eeg2music.backbone.diffusion_target`:
+    ε for AudioLDM2-music, v for the tiny backbone), so the ControlNet learns in
     the parameterisation its UNet was trained in. Timesteps are uniform on ``min_timestep … T-1``
     (the ControlNet's ``control_min_timestep``; 0, the paper's, draws from the whole schedule).
     """
@@ -709,13 +710,6 @@ class DiffusionObjective:
         timesteps = torch.randint(self.min_timestep, self.num_train_timesteps, (shape[0],), generator=generator)
         return noise, timesteps
 
-    def _target(self, z0, noise, timesteps):
-        if self.prediction_type == "epsilon":
-            return noise
-        if self.prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(z0, noise, timesteps)
-        return z0
-
     def per_sample_loss(self, model, z0, eeg, subject, noise, timesteps, *, control: bool = True) -> torch.Tensor:
         """Squared error per window, averaged over the latent; ``control=False`` runs the backbone alone."""
         from .controlnet import controlled_noise_prediction, expand_conditioning
@@ -728,7 +722,7 @@ class DiffusionObjective:
         else:
             kwargs = expand_conditioning(self.conditioning, zt.shape[0])
             pred = self.unet(zt, timesteps, **kwargs, return_dict=False)[0]
-        target = self._target(z0, noise, timesteps)
+        target = diffusion_target(self.scheduler, z0, noise, timesteps)
         return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, z0.ndim)))
 
 
