@@ -1,7 +1,7 @@
 """Does a backbone generate the dataset's music? Unconditional samples against real crops, several backbones in one run.
 
 For each backbone folder (default: the tiny backbone shipped in ``eeg2music/assets/tiny_backbone``) this
-runs notebook 00's evaluation (:func:`eeg2music.backbone.evaluate_backbone`) on the same songs, the same
+runs notebook 00's evaluation (:func:`eeg2music.evaluation.backbone_quality.evaluate_backbone`) on the same songs, the same
 real crops and the same seeds:
 
 1. Fréchet distances of ``--n-samples`` unconditional samples to real training crops, divided by the
@@ -28,6 +28,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from eeg2music.data.song_audio import SongSplit, load_song_audio
+from eeg2music.evaluation.backbone_quality import evaluate_backbone
+from eeg2music.models.backbone import BACKBONE_MARKER, SHIPPED_BACKBONE_DIR, load_backbone
+from eeg2music.models.tiny_backbone import backbone_provenance
 
 
 def _parse(argv):
@@ -68,26 +72,25 @@ def main(argv=None) -> int:
     args = _parse(argv)
     import pandas as pd
 
-    from eeg2music import backbone as bb
     from eeg2music.paths import outputs_dir
-    from eeg2music.pipeline import ensure_dataset
+    from eeg2music.run_inputs import ensure_dataset
     from eeg2music.utils import write_json
 
-    folders = [Path(p) for p in (args.backbones or [str(bb.SHIPPED_BACKBONE_DIR)])]
-    missing = [str(p) for p in folders if not (p / bb.BACKBONE_MARKER).is_file()]
+    folders = [Path(p) for p in (args.backbones or [str(SHIPPED_BACKBONE_DIR)])]
+    missing = [str(p) for p in folders if not (p / BACKBONE_MARKER).is_file()]
     if missing:
-        print(f"not a backbone folder (no {bb.BACKBONE_MARKER}): {missing}", file=sys.stderr)
+        print(f"not a backbone folder (no {BACKBONE_MARKER}): {missing}", file=sys.stderr)
         return 2
     data_root = ensure_dataset(args.data_root)
-    split = bb.SongSplit.from_audio(bb.load_song_audio(data_root), holdout_seconds=args.holdout_seconds)
+    split = SongSplit.from_audio(load_song_audio(data_root), holdout_seconds=args.holdout_seconds)
     rows, results = [], {}
     for folder in folders:
-        model = bb.load_backbone(folder)
+        model = load_backbone(folder)
         start = time.perf_counter()
-        evaluation = bb.evaluate_backbone(model, split, n_samples=args.n_samples, num_inference_steps=args.steps,
+        evaluation = evaluate_backbone(model, split, n_samples=args.n_samples, num_inference_steps=args.steps,
                                           seed=args.seed, progress=False)
         seconds = time.perf_counter() - start
-        name = f"{folder.name} ({bb.backbone_provenance(folder).get('weights_digest')})"
+        name = f"{folder.name} ({backbone_provenance(folder).get('weights_digest')})"
         results[str(folder.resolve())] = {"metrics": evaluation.metrics, "seconds": seconds}
         rows.append(_row(name, folder, evaluation.metrics, seconds))
         print(f"[bench_backbone] {name}: evaluated in {seconds:.0f} s", flush=True)

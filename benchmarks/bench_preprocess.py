@@ -9,7 +9,7 @@ triggers), then measures, each case in its own subprocess so that its peak RSS i
     h5py reads exactly the song segments the preprocessing reads, each into an array of its own
     (``X[onset:onset + n, :]``): merely reading the data with h5py, the baseline of the issue's goal.
 ``preprocess``
-    :func:`eeg2music.preprocess.build_cache` on the same file: the reader (each song's HDF5 chunks
+    :func:`eeg2music.data.cache.build_cache` on the same file: the reader (each song's HDF5 chunks
     streamed block by block into the float32 working array in volts), the paper's pipeline (drop
     face/reference, centre, robust scaling, clamp), float32 ``.npy`` files and the index. One-time
     imports happen before the clock starts.
@@ -172,7 +172,8 @@ def case_read(folder: Path, cold: bool = False) -> dict:
     """Read every song segment of every raw file with h5py (float64, as stored)."""
     import h5py
 
-    from eeg2music.nmedt import SONGS, scan_nmedt, song_onsets
+    from eeg2music.data.nmedt import SONGS, scan_nmedt
+    from eeg2music.data.recordings import song_onsets
 
     nmedt = scan_nmedt(folder)
     baseline = _peak_rss_bytes()
@@ -195,8 +196,9 @@ def case_read(folder: Path, cold: bool = False) -> dict:
 
 def case_preprocess(folder: Path, cache: Path, config: dict, cold: bool = False, overlap_io: bool = True) -> dict:
     """build_cache on the raw layout, as notebook 02 runs it (without the progress bar)."""
-    from eeg2music.nmedt import scan_nmedt
-    from eeg2music.preprocess import Preprocessing, build_cache
+    from eeg2music.data.nmedt import scan_nmedt
+    from eeg2music.data.preprocessing import Preprocessing
+    from eeg2music.data.cache import build_cache
 
     nmedt = scan_nmedt(folder)
     cfg = Preprocessing(**config)
@@ -205,7 +207,7 @@ def case_preprocess(folder: Path, cache: Path, config: dict, cold: bool = False,
     import mne
     import sklearn.preprocessing  # noqa: F401
 
-    from eeg2music.nmedt import hydrocel_montage, raw_channel_names
+    from eeg2music.data.nmedt import hydrocel_montage, raw_channel_names
 
     warm = mne.io.RawArray(np.zeros((129, 100)), mne.create_info(raw_channel_names(), 1000.0, "eeg"), verbose="error")
     warm.set_montage(hydrocel_montage(), verbose="error")

@@ -47,7 +47,7 @@ PEAK_BF16_FLOPS = {
     "A10G": 70.0e12,
 }
 
-#: The published cvssp/audioldm2-music UNet configuration (used when eeg2music.backbone offers none).
+#: The published cvssp/audioldm2-music UNet configuration (used when eeg2music.models.backbone offers none).
 AUDIOLDM2_MUSIC_UNET = dict(
     sample_size=256, in_channels=8, out_channels=8, block_out_channels=(128, 256, 384, 640), layers_per_block=2,
     down_block_types=("CrossAttnDownBlock2D",) * 4, up_block_types=("CrossAttnUpBlock2D",) * 4,
@@ -58,7 +58,8 @@ AUDIOLDM2_MUSIC_UNET = dict(
 def bench_cpu(args) -> dict:
     """Train ``args.steps`` steps at demo size (default data and backbone) and report the throughput."""
     from eeg2music.paths import stage_dir
-    from eeg2music.train import DEMO_DEFAULTS, TrainConfig, train
+    from eeg2music.training.config import DEMO_DEFAULTS, TrainConfig
+    from eeg2music.training.loop import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,7 +105,7 @@ def real_unet(device: torch.device):
     from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
 
     try:
-        from eeg2music.backbone import build_audioldm2_music_on_meta
+        from eeg2music.models.backbone import build_audioldm2_music_on_meta
 
         built = build_audioldm2_music_on_meta()
         config = {k: v for k, v in dict(getattr(built, "unet", built).config).items() if not k.startswith("_")}
@@ -124,7 +125,7 @@ def bench_real(args) -> dict:
     from diffusers import DDIMScheduler
     from torch.utils.flop_counter import FlopCounterMode
 
-    from eeg2music.controlnet import EEGControlNet, controlled_noise_prediction
+    from eeg2music.models.controlnet import EEGControlNet, controlled_noise_prediction
 
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from eeg2music.windows import load_stage_windows
+    from eeg2music.data.pairing import load_stage_windows
 
     splits = load_stage_windows(Path(args.stage).resolve(), stimuli=False, verbose=False)
     x_train, y_train = window_features(splits["train"])

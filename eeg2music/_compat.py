@@ -56,7 +56,7 @@ def hub_offline() -> None:
     ``TOKENIZERS_PARALLELISM=false``, which keeps the tokenizers quiet after a fork). Called right before
     laion_clap, transformers or an AudioLDM2 folder is imported or loaded: a hub look-up otherwise
     retries for minutes on a machine without internet. huggingface_hub reads ``HF_HUB_OFFLINE`` once, when
-    it is first imported (diffusers imports it, e.g. with :mod:`eeg2music.controlnet`); if that came
+    it is first imported (diffusers imports it, e.g. with :mod:`eeg2music.models.controlnet`); if that came
     first, its flag is switched on here when the environment now asks for offline mode.
     """
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):

@@ -11,7 +11,7 @@ ranges (``n_boot`` ≥ 1, ``val_fraction`` in [0, 1)), combinations (``val_fract
 Every error is a :class:`~eeg2music.params.ParameterError` whose message names the parameter, the
 value and what is accepted, raised before anything is read, trained or written. What depends on the
 data (is ``ood_song`` one of *this folder's* songs? does every song have its WAV?) is checked as soon as
-the folder has been scanned, still before any work (:func:`eeg2music.windows.pair_eeg_and_audio`).
+the folder has been scanned, still before any work (:func:`eeg2music.data.pairing.pair_eeg_and_audio`).
 
 A check may normalise a value in place (``subjects="2,3"`` → ``[2, 3]``); the notebook then sees the
 normalised value.
@@ -25,11 +25,11 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .nmedt import SONGS
+from .data.nmedt import SONGS
+from .models.backbone import SHIPPED_BACKBONE_DIR
 from .params import ParameterError, coerce_int
-from .paths import PACKAGE_DIR
-from .pipeline import default_backbone_dir
-from .sample import SAMPLES_NAME
+from .run_inputs import default_backbone_dir
+from .sampling.clips import SAMPLES_NAME
 from .utils import resolve_device
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 #: The tiny backbone shipped in the package (the default backbone when none is given).
-SHIPPED_BACKBONE = PACKAGE_DIR / "assets" / "tiny_backbone"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,7 +146,7 @@ def backbone_train_timesteps(backbone: str, smoke: bool = False) -> int | None:
     ``""`` is the default tiny backbone: the run folder's copy if there is one, else the shipped one.
     """
     if backbone in ("", None):
-        candidates = [default_backbone_dir(smoke), SHIPPED_BACKBONE]
+        candidates = [default_backbone_dir(smoke), SHIPPED_BACKBONE_DIR]
     else:
         candidates = [Path(str(backbone)).expanduser()]
     for folder in candidates:

@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .params import read_parameter_specs
 from .paths import NOTEBOOKS_DIR
+from .utils import write_json
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,6 @@ def run_step(step: DemoStep, executed_dir: Path, extra: dict, smoke: bool) -> fl
     import jupytext
     import papermill as pm
 
-    from .params import read_parameter_specs
-
     source = NOTEBOOKS_DIR / f"{step.notebook}.py"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: notebook source missing")
@@ -103,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     available = [s for s in steps if (NOTEBOOKS_DIR / f"{s.notebook}.py").is_file()]
     for missing in sorted({s.notebook for s in steps} - {s.notebook for s in available}):
         print(f"[demo] skipping {missing}: notebooks/{missing}.py does not exist yet")
-
-    from .utils import write_json
 
     timings: dict[str, float] = {}
     total_start = time.perf_counter()

@@ -23,7 +23,7 @@
 # * **unconditional samples** from the UNet (no EEG yet), shown and played beside real clips, and a
 #   distribution distance that says whether they are music of the right kind.
 #
-# Two faces, one interface (`eeg2music.backbone.Backbone`): the real **AudioLDM2-music**, when
+# Two faces, one interface (`eeg2music.models.backbone.Backbone`): the real **AudioLDM2-music**, when
 # `backbone` points to a local diffusers folder (its weights cannot be downloaded here), or the
 # **tiny backbone** — the same diffusers classes at small widths, trained on the simulator's songs.
 # A tiny backbone trained with the `"shipped"` recipe comes with the package (training it takes
@@ -62,11 +62,15 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from eeg2music import backbone as bb
-from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, player, waveform_to_mel
+from eeg2music.models.audio import CLIP_SAMPLES, SAMPLE_RATE, player, waveform_to_mel
 from eeg2music.paths import stage_dir
-from eeg2music.pipeline import ensure_dataset
+from eeg2music.run_inputs import ensure_dataset
 from eeg2music.utils import read_json, resolve_device, seed_everything, write_json
+from eeg2music.data.song_audio import SongSplit, audio_fingerprint, load_song_audio
+from eeg2music.evaluation.backbone_quality import evaluate_backbone, time_sampling
+from eeg2music.models.backbone import TRAINING_FILE, diffusion_target, load_backbone
+from eeg2music.models.tiny_backbone import TinyTrainingSettings, backbone_provenance, describe_provenance, prepare_backbone_folder
+from eeg2music.plots import plot_forward_process, plot_levels, plot_mels
 
 seed_everything(seed)
 out_path = stage_dir("backbone", out_dir)
@@ -79,7 +83,7 @@ print(f"device: {torch_device}; outputs → {out_path}")
 # %% [markdown]
 # ## 1. From sound to a mel spectrogram
 #
-# AudioLDM2 never sees a waveform. Its front end, which `eeg2music.audio` reproduces exactly, turns
+# AudioLDM2 never sees a waveform. Its front end, which `eeg2music.models.audio` reproduces exactly, turns
 # 16 kHz audio into a **log-mel spectrogram**: each clip is normalised (mean removed, peak 0.5), cut
 # into 1024-sample Hann windows every 160 samples (10 ms → 100 frames per second), and each window's
 # magnitude spectrum is summed into 64 mel bands between 0 and 8 kHz (a scale spaced like pitch
@@ -91,9 +95,9 @@ print(f"device: {torch_device}; outputs → {out_path}")
 
 # %%
 data_path = ensure_dataset(data_root, smoke=smoke, seed=seed)
-songs = bb.load_song_audio(data_path)
-holdout = bb.TinyTrainingSettings.preset("smoke" if smoke else preset).holdout_seconds
-split = bb.SongSplit.from_audio(songs, holdout_seconds=holdout)
+songs = load_song_audio(data_path)
+holdout = TinyTrainingSettings.preset("smoke" if smoke else preset).holdout_seconds
+split = SongSplit.from_audio(songs, holdout_seconds=holdout)
 heldout_clips, heldout_songs = split.heldout_clips()
 print(f"{len(songs)} songs, {sum(map(len, songs.values())) / SAMPLE_RATE:.0f} s of audio; "
       f"last {holdout} s of each held out → {len(heldout_clips)} clips of 3.5 s")
@@ -128,17 +132,17 @@ display(player(example))
 
 # %%
 overrides = {k: v for k, v in {"vae_steps": vae_steps, "unet_steps": unet_steps}.items() if v > 0}
-settings = bb.TinyTrainingSettings.preset("smoke" if smoke else preset, **overrides)
+settings = TinyTrainingSettings.preset("smoke" if smoke else preset, **overrides)
 command = (f"papermill 00_backbone.ipynb out.ipynb -p seed {seed} -p retrain true -p preset {preset}"
            + "".join(f" -p {k} {v}" for k, v in overrides.items()) + (" -p smoke true" if smoke else ""))
-backbone_path, source = bb.prepare_backbone_folder(
+backbone_path, source = prepare_backbone_folder(
     backbone, out_path / ("backbone_smoke" if smoke else "backbone"), data_path, smoke=smoke, seed=seed,
     device=device, retrain=retrain, settings=settings, command=command,
 )
-model = bb.load_backbone(backbone_path, device=torch_device)
-training = read_json(backbone_path / bb.TRAINING_FILE) if (backbone_path / bb.TRAINING_FILE).is_file() else None
-print(f"{source}: {bb.describe_provenance(bb.backbone_provenance(backbone_path))}\n{model}")
-if training and training["data"]["fingerprint"] != bb.audio_fingerprint(songs):
+model = load_backbone(backbone_path, device=torch_device)
+training = read_json(backbone_path / TRAINING_FILE) if (backbone_path / TRAINING_FILE).is_file() else None
+print(f"{source}: {describe_provenance(backbone_provenance(backbone_path))}\n{model}")
+if training and training["data"]["fingerprint"] != audio_fingerprint(songs):
     print("note: this backbone was trained on other audio than this dataset's; set retrain=True to train on it")
 
 # %%
@@ -163,12 +167,12 @@ display(Markdown("\n".join([
 
 # %%
 start = time.perf_counter()
-evaluation = bb.evaluate_backbone(model, split, n_samples=n_samples, num_inference_steps=sample_steps, seed=seed)
+evaluation = evaluate_backbone(model, split, n_samples=n_samples, num_inference_steps=sample_steps, seed=seed)
 evaluation_seconds = time.perf_counter() - start
 metrics = evaluation.metrics
 print("held-out reconstruction:", {k: round(v, 3) for k, v in metrics["reconstruction"].items()})
 k = min(4, len(evaluation.real_mels))
-fig = bb.plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.reconstructed_mels[:k]]),
+fig = plot_mels(torch.cat([evaluation.real_mels[:k], evaluation.reconstructed_mels[:k]]),
                    [f"song {s}: original" for s in heldout_songs[:k]] + ["VAE reconstruction"] * k, columns=k,
                    path=out_path / "vae_round_trip.png")
 
@@ -189,7 +193,7 @@ for i in range(min(n_listen, len(heldout_clips))):
 # DDIM takes large strides along it (20 to 200 steps instead of 1000).
 
 # %%
-fig = bb.plot_forward_process(model, model.encode(evaluation.real_mels[:1]), seed=seed,
+fig = plot_forward_process(model, model.encode(evaluation.real_mels[:1]), seed=seed,
                               path=out_path / "forward_process.png")
 
 # %% [markdown]
@@ -207,7 +211,7 @@ z0 = model.encode(evaluation.reference_mels[:8].to(model.device))
 noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0)
 t = torch.linspace(0, model.scheduler.config.num_train_timesteps - 1, len(z0)).long().to(z0.device)
 z_t = model.scheduler.add_noise(z0, noise, t)                      # the forward process
-target = bb.diffusion_target(model.scheduler, z0, noise, t)        # ε, or v for the tiny backbone
+target = diffusion_target(model.scheduler, z0, noise, t)        # ε, or v for the tiny backbone
 prediction = model.unet(z_t, t, **model.unet_conditioning(len(z0)), return_dict=False)[0]
 per_step = (prediction - target).pow(2).mean(dim=(1, 2, 3))
 print(f"prediction type {model.scheduler.config.prediction_type!r}; loss per t:",
@@ -222,7 +226,7 @@ print(f"prediction type {model.scheduler.config.prediction_type!r}; loss per t:"
 
 # %%
 k = min(4, len(evaluation.sample_mels), len(evaluation.reference_mels))
-fig = bb.plot_mels(torch.cat([evaluation.reference_mels[:k], evaluation.sample_mels[:k]]),
+fig = plot_mels(torch.cat([evaluation.reference_mels[:k], evaluation.sample_mels[:k]]),
                    [f"real crop {i}" for i in range(k)] + [f"sample {i}" for i in range(k)],
                    columns=k, path=out_path / "samples_vs_real.png")
 for i in range(min(n_listen, len(evaluation.sample_latents))):
@@ -262,7 +266,7 @@ loud = metrics["loudness"]
 print(f"mel level: real {loud['real_mel_level_db']:.1f} dB, samples {loud['sample_mel_level_db']:.1f} dB; "
       f"vocoded RMS: real {loud['real_vocoded_rms_dbfs']:.1f} dBFS, samples {loud['sample_vocoded_rms_dbfs']:.1f} dBFS; "
       f"largest per-band difference {loud['max_band_difference_db']:.1f} dB")
-fig = bb.plot_levels(metrics, path=out_path / "levels.png")
+fig = plot_levels(metrics, path=out_path / "levels.png")
 
 # %% [markdown]
 # Last, a song classifier (logistic regression on real clips' per-bin mel statistics) says whether
@@ -283,7 +287,7 @@ print(f"song classifier: held-out accuracy {classifier['heldout_accuracy']:.2f} 
 # DDIM steps).
 
 # %%
-timings = bb.time_sampling(model, timing_steps, seed=seed)
+timings = time_sampling(model, timing_steps, seed=seed)
 print({k: round(v, 2) for k, v in timings.items()})
 
 # %%
@@ -302,7 +306,7 @@ summary = {
     "latents": metrics["latents"],
     "loudness": metrics["loudness"],
     "scheduler": metrics["scheduler"],
-    "provenance": bb.backbone_provenance(backbone_path),
+    "provenance": backbone_provenance(backbone_path),
     "song_classifier": classifier,
     "n_samples": n_samples,
     "sample_steps": sample_steps,
@@ -314,7 +318,7 @@ summary = {
         "device": training["device"], "torch_threads": training["torch_threads"],
     },
     "data_root": str(data_path),
-    "data_fingerprint": bb.audio_fingerprint(songs),
+    "data_fingerprint": audio_fingerprint(songs),
     "device": str(torch_device),
     "parameters_run": params,
 }

@@ -59,9 +59,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import Audio, Image, display
 
-from eeg2music import nmedt, pipeline, simulate
 from eeg2music.paths import stage_dir
 from eeg2music.utils import seed_everything, write_json
+from eeg2music.data.nmedt import read_stimulus, scan_nmedt
+from eeg2music.data.recordings import iter_recordings, read_recording, recording_info
+from eeg2music.data.simulate import envelope_decoding, load_simulation
+from eeg2music.data.summary import dataset_summary, onset_evoked
+from eeg2music.plots import plot_eeg_and_music, plot_forward_model
+from eeg2music.run_inputs import ensure_dataset
 
 mne.set_log_level("error")
 seed_everything(seed)
@@ -78,7 +83,7 @@ def save(fig, name):
     display(Image(filename=str(path)))
 
 
-folder = nmedt.scan_nmedt(pipeline.ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
+folder = scan_nmedt(ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
 layout = folder.resolve_layout(layout)
 print(f"{folder.root}: layouts present {list(folder.layouts)}, exploring {layout!r}; "
       f"stimulus WAVs for songs {sorted(folder.stimuli) or 'none'}" + (" (simulated dataset)" if folder.simulated else ""))
@@ -93,7 +98,7 @@ print(f"{folder.root}: layouts present {list(folder.layouts)}, exploring {layout
 # reader never needs them to read the EEG — only the stages that look at the music do.
 
 # %%
-summary = nmedt.dataset_summary(folder, layout)
+summary = dataset_summary(folder, layout)
 songs_table = pd.DataFrame(
     [{"song": s["id"], "title": s["title"], "artist": s["artist"], "BPM": s["bpm"], "duration (s)": s["duration_s"],
       "WAV": folder.stimuli[s["id"]].name if s["id"] in folder.stimuli else "missing"} for s in summary["songs"]]
@@ -116,9 +121,9 @@ display(songs_table)
 #   trigger that follows its song trigger**. The reader streams only that song's samples from the HDF5 file,
 #   so a 1.5 GB recording never has to fit in memory.
 #
-# `nmedt.iter_recordings` turns either layout into the object EEG users expect: an `mne.io.RawArray` per
+# `iter_recordings` turns either layout into the object EEG users expect: an `mne.io.RawArray` per
 # participant × song, in **volts**, with the HydroCel channel names (`E1` … `E128`, `Cz`) and electrode
-# positions, and the participant and song in its metadata (`nmedt.recording_info`).
+# positions, and the participant and song in its metadata (`recording_info`).
 
 # %%
 print(f"{summary['format']}: {summary['n_recordings']} recordings, {len(summary['subjects'])} participants "
@@ -133,9 +138,9 @@ subject = example_subject or summary["subjects"][0]
 song = example_song or next((s["id"] for s in summary["songs"] if s["id"] in folder.stimuli), summary["songs"][0]["id"])
 checks.among("example_subject", subject, summary["subjects"], folder.root)
 checks.among("example_song", song, [s["id"] for s in summary["songs"]], folder.root)
-raw = nmedt.read_recording(folder, subject, song, layout)
+raw = read_recording(folder, subject, song, layout)
 print(raw)
-print("metadata:", nmedt.recording_info(raw))
+print("metadata:", recording_info(raw))
 
 # %% [markdown]
 # ## 3 · The montage
@@ -168,10 +173,10 @@ save(fig, "montage")
 # response to the music is small and buried in it: single traces do not show it, averages do.
 
 # %%
-audio = nmedt.read_stimulus(folder, song, sr=16000) if song in folder.stimuli else None
+audio = read_stimulus(folder, song, sr=16000) if song in folder.stimuli else None
 if audio is None:
     print(f"no WAV for song {song}: showing the EEG alone (looked in {[str(d) for d in folder.stimuli_dirs]})")
-save(nmedt.plot_eeg_and_music(raw, audio, 16000, seconds=seconds_shown), "eeg_and_music")
+save(plot_eeg_and_music(raw, audio, 16000, seconds=seconds_shown), "eeg_and_music")
 if audio is not None:
     display(Audio(audio[: int(seconds_shown * 16000)], rate=16000))
 
@@ -186,7 +191,7 @@ if audio is not None:
 # to the onsets averages out as 1/√N; what remains is the brain following the music.
 
 # %%
-evoked, used = nmedt.onset_evoked(folder, layout, max_recordings=max_erp_recordings or None)
+evoked, used = onset_evoked(folder, layout, max_recordings=max_erp_recordings or None)
 if evoked is None:
     print("no stimulus WAVs: note onsets cannot be found without the audio, so no ERP")
 else:
@@ -219,13 +224,13 @@ else:
 
 # %%
 if folder.simulated:
-    record, model = simulate.load_simulation(folder.root)
+    record, model = load_simulation(folder.root)
     print(f"simulated with preset {record['preset']!r}, seed {record['seed']}, SNR {record['snr']:g} "
           f"({record['snr_db']:.1f} dB)" if record["snr_db"] is not None else "SNR 0 (no music in the EEG)")
-    save(simulate.plot_forward_model(model, fs=summary["fs"] if layout == "cleaned" else 125.0), "forward_model")
+    save(plot_forward_model(model, fs=summary["fs"] if layout == "cleaned" else 125.0), "forward_model")
     truth = pd.DataFrame(record["forward_model"]["subjects"]).T.rename_axis("participant")
     display(truth.head(10))
-    display(Audio(nmedt.read_stimulus(folder, song, sr=16000)[: 8 * 16000], rate=16000))
+    display(Audio(read_stimulus(folder, song, sr=16000)[: 8 * 16000], rate=16000))
 else:
     print("a real dataset: no simulator ground truth to show")
 
@@ -239,7 +244,7 @@ else:
 if folder.stimuli and len(folder.stimuli) >= 2:
     decoding_songs = sorted(folder.stimuli)[:3]
     decoding_subjects = summary["subjects"][: 2 if smoke else 3]
-    decoding = simulate.envelope_decoding(folder, layout, songs=decoding_songs, subjects=decoding_subjects, max_seconds=30.0)
+    decoding = envelope_decoding(folder, layout, songs=decoding_songs, subjects=decoding_subjects, max_seconds=30.0)
     print(f"envelope reconstruction (songs {decoding_songs}, participants {decoding_subjects}, leave-one-song-out): "
           f"r = {decoding['r_true']:.2f} "
           f"vs shuffled-song control r = {decoding['r_control']:.2f}")

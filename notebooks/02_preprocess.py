@@ -50,7 +50,7 @@ smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 
 # %%
 from eeg2music import checks
 from eeg2music.params import resolve_parameters
-from eeg2music.preprocess import BAD_CHANNEL_MODES, FILTERINGS
+from eeg2music.data.preprocessing import BAD_CHANNEL_MODES, FILTERINGS
 
 params = resolve_parameters(
     "02_preprocess",
@@ -66,16 +66,21 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Audio, Image, display
 
-from eeg2music import nmedt, pipeline
-from eeg2music import preprocess as pp
-from eeg2music import windows as win
 from eeg2music.paths import stage_dir
 from eeg2music.utils import seed_everything
+from eeg2music.data.cache import build_cache
+from eeg2music.data.nmedt import scan_nmedt
+from eeg2music.data.pairing import load_stage_windows, load_stimuli, pair_eeg_and_audio, write_preprocess_summary
+from eeg2music.data.preprocessing import Preprocessing, trace_steps
+from eeg2music.data.recordings import iter_recordings, recording_info
+from eeg2music.data.windows import EEGMusicWindows, WindowSpec, make_splits
+from eeg2music.plots import plot_channel_topomaps, plot_montage_before_after, plot_split_layout, plot_step_traces, plot_value_distributions, plot_window_pair
+from eeg2music.run_inputs import default_cache_dir, ensure_dataset
 
 seed_everything(seed)
 started = time.perf_counter()
 out = stage_dir("preprocess", out_dir)  # made below, once the data is known to fit the parameters
-cache_dir = pipeline.default_cache_dir(smoke) if out_dir == "" else out / "cache"
+cache_dir = default_cache_dir(smoke) if out_dir == "" else out / "cache"
 
 
 def save(fig, name):
@@ -86,17 +91,17 @@ def save(fig, name):
     display(Image(filename=str(path)))
 
 
-folder = nmedt.scan_nmedt(pipeline.ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
+folder = scan_nmedt(ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
 layout = folder.resolve_layout(layout)
-cfg = pp.Preprocessing(filtering=filtering, resample_sfreq=resample_sfreq or None, bad_channels=bad_channels)
+cfg = Preprocessing(filtering=filtering, resample_sfreq=resample_sfreq or None, bad_channels=bad_channels)
 if smoke:
     gap_chunks = 0  # smoke songs last 15 s = 4 chunks: no room for gaps next to 1 train, 1 val, 1 test chunk
     print("smoke run: gap_chunks = 0")
-spec = win.WindowSpec(lag_seconds=lag_seconds, ood_song=ood_song or None, val_fraction=val_fraction,
+spec = WindowSpec(lag_seconds=lag_seconds, ood_song=ood_song or None, val_fraction=val_fraction,
                       test_fraction=test_fraction, gap_chunks=gap_chunks)
 # Before any work, from the files' headers: the held-out song and participant are in this folder, every
 # song has its WAV and lasts as long as its EEG, and the splits fit the songs.
-pairing = win.pair_eeg_and_audio(folder, layout, spec, loso_subject=loso_subject or None,
+pairing = pair_eeg_and_audio(folder, layout, spec, loso_subject=loso_subject or None,
                                  allow_length_mismatch=allow_stimulus_mismatch, sfreq=resample_sfreq or None)
 out.mkdir(parents=True, exist_ok=True)
 print(f"{folder.root}: layouts {list(folder.layouts)}, reading {layout!r}; songs {list(pairing.songs)} paired with "
@@ -126,14 +131,14 @@ for number, step in enumerate(cfg.steps(), start=1):
 
 # %%
 candidates = [song for song in pairing.songs if song != ood_song]  # at least one: pair_eeg_and_audio checked it
-example = next(raw for song in candidates for raw in nmedt.iter_recordings(folder, layout, songs=[song]))
-info = nmedt.recording_info(example)
+example = next(raw for song in candidates for raw in iter_recordings(folder, layout, songs=[song]))
+info = recording_info(example)
 example_song = info["song"]
-steps = pp.trace_steps(example, cfg)
+steps = trace_steps(example, cfg)
 channel = "E11"  # frontal midline (near Fz): where eye blinks show most
 print(f"participant {info['subject']}, song {info['song']}: {len(example.ch_names)} channels × {example.n_times} samples "
       f"at {example.info['sfreq']:g} Hz → " + " → ".join(step.name for step in steps))
-save(pp.plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.clamp), "steps_one_channel")
+save(plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.clamp), "steps_one_channel")
 
 # %% [markdown]
 # The same recording across the whole montage. Before scaling (left, µV) some channels are much
@@ -141,7 +146,7 @@ save(pp.plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.c
 # large transients are capped.
 
 # %%
-save(pp.plot_montage_before_after(steps, seconds=10.0), "montage_before_after")
+save(plot_montage_before_after(steps, seconds=10.0), "montage_before_after")
 
 # %% [markdown]
 # Distributions tell the same story: before, the pooled samples have heavy tails and the channels'
@@ -149,7 +154,7 @@ save(pp.plot_montage_before_after(steps, seconds=10.0), "montage_before_after")
 # piled up at ±20.
 
 # %%
-save(pp.plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
+save(plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
 
 # %% [markdown]
 # Where on the scalp does this matter? Left: each channel's IQR before scaling — the channels the
@@ -158,7 +163,7 @@ save(pp.plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
 # whatever exceeds ±20 is what the clamp caps.
 
 # %%
-save(pp.plot_channel_topomaps(steps, clamp_limit=cfg.clamp), "topomaps")
+save(plot_channel_topomaps(steps, clamp_limit=cfg.clamp), "topomaps")
 
 # %% [markdown]
 # ## 2 · The whole dataset, into a cache
@@ -170,7 +175,7 @@ save(pp.plot_channel_topomaps(steps, clamp_limit=cfg.clamp), "topomaps")
 # when complete: an interrupted run is never mistaken for a finished cache.
 
 # %%
-index = pp.build_cache(folder, cfg, cache_dir, layout=layout)
+index = build_cache(folder, cfg, cache_dir, layout=layout)
 flagged = {f"P{e.subject:02d} song {e.song}": e.bad_channels for e in index.recordings if e.bad_channels}
 print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, songs {list(index.songs)}, "
       f"{index.n_channels} channels at {index.sfreq:g} Hz; flagged channels: {flagged or 'none'}")
@@ -194,8 +199,8 @@ print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, 
 
 # %%
 song_seconds = pairing.song_seconds  # chunks must fit in the audio too
-splits = win.make_splits(index, spec, loso_subject=loso_subject or None, song_seconds=song_seconds)
-save(win.plot_split_layout(splits), "split_layout")
+splits = make_splits(index, spec, loso_subject=loso_subject or None, song_seconds=song_seconds)
+save(plot_split_layout(splits), "split_layout")
 
 # %%
 counts = pd.DataFrame(
@@ -216,12 +221,12 @@ display(counts)
 # heard the same music.
 
 # %%
-audio = win.load_stimuli(folder, [example_song], sr=spec.audio_sr) if example_song in folder.stimuli else None
+audio = load_stimuli(folder, [example_song], sr=spec.audio_sr) if example_song in folder.stimuli else None
 train_windows = [r for r in splits["train"] if r.song == example_song] or splits["train"]
-dataset = win.EEGMusicWindows(index, train_windows, spec, audio=audio, name="train")
+dataset = EEGMusicWindows(index, train_windows, spec, audio=audio, name="train")
 item = dataset[len(dataset) // 2]
 print(dataset, {key: tuple(value.shape) if hasattr(value, "shape") else value for key, value in item.items()})
-save(win.plot_window_pair(dataset, len(dataset) // 2), "window_pair")
+save(plot_window_pair(dataset, len(dataset) // 2), "window_pair")
 if "audio" in item:
     display(Audio(item["audio"].numpy(), rate=spec.audio_sr))
 else:
@@ -231,15 +236,15 @@ else:
 # ## 5 · What the later stages read
 #
 # `preprocess_summary.json` records the steps, the cache and the splits; notebooks 03–06 rebuild exactly
-# these datasets with one call, `eeg2music.windows.load_stage_windows(preprocess_dir)`.
+# these datasets with one call, `eeg2music.data.pairing.load_stage_windows(preprocess_dir)`.
 
 # %%
-summary_path = win.write_preprocess_summary(
+summary_path = write_preprocess_summary(
     out, index, splits, song_seconds=song_seconds, parameters=params,
     extra={"elapsed_s": round(time.perf_counter() - started, 1), "example": {"subject": info["subject"], "song": example_song},
            "stimuli_dir": str(folder.stimuli_dirs[0]) if stimuli_dir else "", "lost_windows": pairing.lost_windows},
 )
-check = win.load_stage_windows(out, verbose=False)
+check = load_stage_windows(out, verbose=False)
 assert {name: len(ds) for name, ds in check.items()} == splits.counts()
 print(f"wrote {summary_path}; windows per split: {splits.counts()}; {time.perf_counter() - started:.1f} s in all")
 

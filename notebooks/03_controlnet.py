@@ -64,17 +64,12 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from eeg2music.controlnet import (
-    EEGControlNet,
-    controlnet_summary,
-    parameter_counts,
-    plot_zero_init,
-    projector_plan,
-    trace_shapes,
-    zero_init_check,
-)
+from eeg2music.models.controlnet import EEGControlNet
+from eeg2music.models.controlnet_diagnostics import controlnet_summary, parameter_counts, trace_shapes, zero_init_check
+from eeg2music.plots import plot_zero_init
+from eeg2music.models.projector import projector_plan
 from eeg2music.paths import stage_dir
-from eeg2music.pipeline import ensure_backbone
+from eeg2music.run_inputs import ensure_backbone
 from eeg2music.utils import resolve_device, seed_everything, write_json
 
 seed_everything(seed)
@@ -137,7 +132,7 @@ display(pd.concat({name: pd.DataFrame(plan.layer_table()).set_index("layer") for
 # In the paper, S and P learn only through the diffusion loss, together with the ControlNet. They can
 # also be trained first, on their own, to map an EEG window close to its clip's audio latent and far
 # from the other clips' (a contrastive loss, as Défossez et al. decode speech): notebook 04 does that
-# when `align_steps` > 0 (`eeg2music.alignment`), and the trained S and P then start the ControlNet.
+# when `align_steps` > 0 (`eeg2music.training.alignment`), and the trained S and P then start the ControlNet.
 
 # %% [markdown]
 # ## 4. The ControlNet, tensor by tensor
@@ -202,7 +197,7 @@ plt.show()
 # weights and no memory: a check that every shape fits before a GPU is ever rented.
 
 # %%
-from eeg2music.backbone import build_audioldm2_music_on_meta
+from eeg2music.models.backbone import build_audioldm2_music_on_meta
 
 real_backbone = build_audioldm2_music_on_meta()
 real_unet = real_backbone.unet

@@ -75,8 +75,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from eeg2music.pipeline import ensure_backbone
-from eeg2music.train import TrainConfig, load_training_data
+from eeg2music.run_inputs import ensure_backbone
+from eeg2music.training.config import TrainConfig
+from eeg2music.training.data import load_training_data
 from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
@@ -130,7 +131,7 @@ display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": da
 # %%
 import matplotlib.pyplot as plt
 
-from eeg2music.train import plot_noised_latents
+from eeg2music.plots import plot_noised_latents
 
 latent = data.latents.latents[0]
 fig = plot_noised_latents(latent, backbone_model.scheduler, seed=seed)
@@ -146,9 +147,9 @@ plt.show()
 # %%
 import torch
 
-from eeg2music.backbone import diffusion_target
-from eeg2music.controlnet import controlled_noise_prediction
-from eeg2music.train import build_model, with_backbone_defaults
+from eeg2music.models.backbone import diffusion_target
+from eeg2music.models.controlnet import controlled_noise_prediction
+from eeg2music.training.loop import build_model, with_backbone_defaults
 
 batch = [data.train[i] for i in range(4)]
 eeg = torch.stack([item["eeg"] for item in batch]).float()
@@ -171,7 +172,7 @@ if cfg.model == "controlnet":
 #
 # That loss tells $S$ and $P$ little at first: the zero convolutions must learn *that* the EEG
 # matters before $P$ can learn *what* in it matters. With `align_steps` > 0, $S$ and $P$ are first
-# trained on their own (`eeg2music.alignment`), with a small head each for the EEG and for the clip's
+# trained on their own (`eeg2music.training.alignment`), with a small head each for the EEG and for the clip's
 # latent, so that an EEG window's embedding is closer (in cosine) to its own clip's than to the other
 # clips' of the batch — the contrastive InfoNCE loss of CLIP, as Défossez et al. (2023) use to decode
 # speech from MEG/EEG:
@@ -182,7 +183,7 @@ if cfg.model == "controlnet":
 # other). The trained $S$ and $P$ then start the ControlNet. `align_steps=0` keeps the paper's setting.
 
 # %%
-from eeg2music.alignment import build_aligner_for
+from eeg2music.models.aligner import build_aligner_for
 
 if cfg.model == "controlnet":
     aligner = build_aligner_for(fresh, z0.shape[1], subject_cond=cfg.subject_cond, n_subjects=data.n_subjects)
@@ -211,7 +212,7 @@ if cfg.model == "controlnet":
 # CPU) as a run that was never interrupted.
 
 # %%
-from eeg2music.train import train
+from eeg2music.training.loop import train
 
 result = train(cfg, backbone=backbone_model, data=data)
 summary = result.summary
@@ -228,7 +229,7 @@ print(json.dumps({"learning_rate": summary["config"]["lr"], **{k: summary[k] for
 # convolutions, that is exactly where training starts.
 
 # %%
-from eeg2music.alignment import plot_alignment
+from eeg2music.plots import plot_alignment
 
 if summary.get("alignment"):
     retrieval = summary["alignment"]["retrieval"]
@@ -241,7 +242,7 @@ if summary.get("alignment"):
           f"(chance {retrieval['song_chance']:.0%})")
 
 # %%
-from eeg2music.train import plot_training_curves
+from eeg2music.plots import plot_training_curves
 
 fig = plot_training_curves(result.log_path, smooth=max(1, cfg.steps // 20),
                            baseline=summary["eeg_evidence"].get("val_loss_backbone_only"))
@@ -266,7 +267,7 @@ plt.show()
 # standard errors. The right panel shows where in the diffusion the EEG helps.
 
 # %%
-from eeg2music.train import plot_eeg_evidence
+from eeg2music.plots import plot_eeg_evidence
 
 evidence = summary["eeg_evidence"]
 display(pd.Series(evidence).to_frame("value"))
@@ -288,7 +289,7 @@ print(f"validation loss with the true EEG {evidence['val_loss']:.5f} is {verdict
 # backbone alone) needs no training; it is registered here too, so the later notebooks find all four.
 
 # %%
-from eeg2music.train import load_trained_model, register_unconditional
+from eeg2music.models.model_folder import load_trained_model, register_unconditional
 
 loaded = load_trained_model(result.model_dir, device="cpu")
 unconditional_dir = register_unconditional(cfg.out_dir, data.backbone_path, data=data.info, smoke=smoke)

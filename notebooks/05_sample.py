@@ -47,7 +47,7 @@ smoke = False  # tiny sizes for tests: a few clips per split
 # %%
 from eeg2music import checks
 from eeg2music.params import resolve_parameters
-from eeg2music.sample import SCHEDULERS
+from eeg2music.sampling.pipeline import SCHEDULERS
 
 params = resolve_parameters("05_sample", globals(), choices={"scheduler": SCHEDULERS}, checks=checks.sample_parameters)
 
@@ -66,8 +66,9 @@ import torch
 from IPython.display import display
 
 from eeg2music.paths import stage_dir
-from eeg2music.pipeline import ensure_backbone
-from eeg2music.sample import check_models_agree, default_max_clips, ensure_models, sampling_datasets
+from eeg2music.run_inputs import ensure_backbone
+from eeg2music.sampling.inputs import check_models_agree, ensure_models, sampling_datasets
+from eeg2music.sampling.clips import default_max_clips
 from eeg2music.utils import resolve_device, seed_everything
 
 seed_everything(seed)
@@ -123,8 +124,9 @@ print(", ".join(f"{split}: {len(ds)} windows, {len(ds.clips())} clips" for split
 # %%
 from diffusers import DDIMScheduler
 
-from eeg2music.controlnet import controlled_noise_prediction
-from eeg2music.sample import EEGMusicPipeline, clip_generators, clip_seed, cpu_threads_for
+from eeg2music.models.controlnet import controlled_noise_prediction
+from eeg2music.sampling.pipeline import EEGMusicPipeline, clip_generators, clip_seed
+from eeg2music.utils import cpu_threads_for
 
 first_run = next((run for run, m in trained.items() if m.kind == "controlnet"), None)
 window = datasets["test"][0]
@@ -154,7 +156,7 @@ first_run = first_run or next(iter(trained))
 pipe = EEGMusicPipeline(backbone_model, trained[first_run])
 eeg = datasets["test"][0]["eeg"][None]
 subject_index = [datasets["test"][0]["subject"]]
-with cpu_threads_for(target):  # one thread when other processes keep the CPU busy (see sample.py)
+with cpu_threads_for(target):  # one thread when other processes keep the CPU busy (see eeg2music.utils.cpu_threads_for)
     latents = {name: pipe(eeg, subject_index, num_inference_steps=n, scheduler=name, output_type="latent",
                           generator=clip_generators([demo_seed]), conditioning_scale=conditioning_scale,
                           guidance_scale=guidance_scale).audios
@@ -173,8 +175,8 @@ print(f"{first_run}: DPM-Solver++ ({num_inference_steps} steps) vs DDIM ({2 * nu
 # so an interrupted run never leaves a half-written sampling folder.
 
 # %%
-from eeg2music.backbone import backbone_provenance
-from eeg2music.sample import sample_models
+from eeg2music.models.tiny_backbone import backbone_provenance
+from eeg2music.sampling.clips import sample_models
 
 record = sample_models(
     trained, backbone_model, datasets, out_folder, scheduler=scheduler, num_inference_steps=num_inference_steps,
@@ -194,8 +196,8 @@ print(f"{len(record['clips'])} reconstructions → {out_folder / 'samples.json'}
 # 06 compares the two. (Runs trained the paper's way, without alignment, have no such encoder.)
 
 # %%
-from eeg2music.alignment import encode_clip_latents, retrieval_accuracy
-from eeg2music.train import load_aligner
+from eeg2music.training.alignment import encode_clip_latents, retrieval_accuracy
+from eeg2music.models.model_folder import load_aligner
 from eeg2music.utils import write_json
 
 encoder_only = {}
@@ -223,7 +225,8 @@ display(pd.DataFrame(encoder_only).T if encoder_only else "no aligned encoder am
 # %%
 import matplotlib.pyplot as plt
 
-from eeg2music.sample import choose_examples, load_samples, plot_mel_comparison
+from eeg2music.sampling.clips import choose_examples, load_samples
+from eeg2music.plots import plot_mel_comparison
 
 loaded = load_samples(out_folder)
 labels = {run: entry["label"] for run, entry in loaded["models"].items()}
@@ -239,7 +242,7 @@ plt.show()
 # instrumentation rather than the fidelity.
 
 # %%
-from eeg2music.sample import listening_table
+from eeg2music.sampling.clips import listening_table
 
 display(listening_table(examples, labels))
 

@@ -58,7 +58,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from eeg2music.paths import stage_dir
-from eeg2music.sample import load_samples
+from eeg2music.sampling.clips import load_samples
 from eeg2music.utils import resolve_device
 
 record = load_samples(stage_dir("sample", sample_dir))
@@ -91,9 +91,9 @@ display(pd.DataFrame(record["models"]).T[[c for c in columns if c in next(iter(r
 # reconstruction is loud where, and when, its clip is.
 
 # %%
-from eeg2music.embedders import make_embedders
-from eeg2music.pipeline import ensure_backbone
-from eeg2music.report import embed_samples, embedder_note
+from eeg2music.evaluation.embedders import make_embedders
+from eeg2music.run_inputs import ensure_backbone
+from eeg2music.evaluation.report import embed_samples, embedder_note
 
 target = resolve_device(device)
 offline = not (clap_checkpoint or encodec_weights or audioldm2_dir)
@@ -130,7 +130,7 @@ embeddings = embed_samples(record, embedders)
 # the observed value is rarely reached, the pairing — the EEG — carries information.
 
 # %%
-from eeg2music.report import comparison_table, evaluate_samples
+from eeg2music.evaluation.report import comparison_table, evaluate_samples
 
 resamples = (min(n_boot, 200), min(n_perm, 200)) if smoke else (n_boot, n_perm)
 results = evaluate_samples(record, embeddings, standardize={e.name: bool(e.standardize) for e in embedders},
@@ -152,7 +152,7 @@ for split in results:
 # %%
 import matplotlib.pyplot as plt
 
-from eeg2music.report import plot_confusions, plot_distributions, plot_identification
+from eeg2music.plots import plot_confusions, plot_distributions, plot_identification
 
 figures = {
     "Song- and segment-identification (test split) with 95 % CIs; dashed: chance": out_folder / "identification.png",
@@ -196,7 +196,7 @@ display(pd.DataFrame(rows).T.round(3) if rows else Markdown("No model with an al
 # with a bootstrap interval. An interval that contains 0 means no measurable effect at this size.
 
 # %%
-from eeg2music.report import paired_differences
+from eeg2music.evaluation.report import paired_differences
 
 with_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and m["subject_cond"]]
 without_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and not m["subject_cond"]]
@@ -218,7 +218,7 @@ display(pd.DataFrame(subject_rows).T.round(4) if subject_rows else Markdown("Nee
 # so its p-values should be unremarkable: it is the test's own control.
 
 # %%
-from eeg2music.report import permutation_table
+from eeg2music.evaluation.report import permutation_table
 
 for split in results:
     display(Markdown(f"**{split}** · `{primary}`"))
@@ -231,7 +231,7 @@ for split in results:
 # excludes chance, comparisons from paired bootstrap differences), so it changes when they do.
 
 # %%
-from eeg2music.report import plain_words_reading
+from eeg2music.evaluation.report import plain_words_reading
 
 ood_songs = record["splits"].get("ood", {}).get("songs", [])
 reading = plain_words_reading(results, record["models"], primary, embedder_note=embedder_note(embedders[0]),
@@ -246,8 +246,8 @@ display(Markdown("\n\n".join(reading)))
 # example clips, and `report.html`, a single file with the figures and audio embedded, to share.
 
 # %%
-from eeg2music.report import write_evaluation
-from eeg2music.sample import choose_examples
+from eeg2music.evaluation.report import write_evaluation
+from eeg2music.sampling.clips import choose_examples
 
 mel_figure = record["folder"] / "mel_comparison.png"
 if mel_figure.is_file():

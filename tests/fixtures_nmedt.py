@@ -1,7 +1,7 @@
 """NMED-T files written the way other tools write them — for testing readers on the real formats.
 
-These writers are deliberately independent of ``eeg2music`` (no ``eeg2music.simulate``, no
-``eeg2music.nmedt.write_mat_v73``): cleaned files go through :func:`scipy.io.savemat` (MATLAB v5, as
+These writers are deliberately independent of ``eeg2music`` (no ``eeg2music.data.simulate``, no
+``eeg2music.data.matfile.write_mat_v73``): cleaned files go through :func:`scipy.io.savemat` (MATLAB v5, as
 the public ``songNN_Imputed.mat`` files), raw files are built with :mod:`h5py` node by node as
 MATLAB's ``save -v7.3`` lays them out — a 512-byte MATLAB header in the HDF5 user block, ``X``
 stored transposed as ``(T, 129)``, ``fs`` as a ``(1, 1)`` double, and ``DIN_1`` as a ``(N, 4)``

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music.alignment import (
-    EEGAudioAligner,
-    build_aligner_for,
-    init_controlnet_from,
-    retrieval_accuracy,
-    train_alignment,
-)
-from eeg2music.backbone import build_tiny_backbone
-from eeg2music.controlnet import EEGControlNet
+from eeg2music.models.aligner import EEGAudioAligner, build_aligner_for, init_controlnet_from
+from eeg2music.training.alignment import retrieval_accuracy, train_alignment
+from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.models.controlnet import EEGControlNet
 
 CHANNELS, SFREQ, CLIP_SECONDS = 6, 25.0, 3.5
 SAMPLES = int(round(SFREQ * CLIP_SECONDS))  # 88: one EEG sample per latent frame

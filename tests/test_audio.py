@@ -1,17 +1,17 @@
-"""AudioLDM2's mel front end (eeg2music.audio) against a hand computation, and Griffin-Lim's way back."""
+"""AudioLDM2's mel front end (eeg2music.models.audio) against a hand computation, and Griffin-Lim's way back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from eeg2music import audio
-
-SR = audio.SAMPLE_RATE
+from eeg2music.models.audio import CLIP_FRAMES, CLIP_FRAMES_PADDED, CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, griffin_lim, mel_filterbank, mel_to_linear_magnitude, n_frames, normalize_waveform, padded_frames, waveform_to_mel
 
 
-def tone_clip(seed: int = 0, samples: int = audio.CLIP_SAMPLES) -> np.ndarray:
+SR = SAMPLE_RATE
+
+
+def tone_clip(seed: int = 0, samples: int = CLIP_SAMPLES) -> np.ndarray:
     """A few partials switching on and off, plus a little noise: energy across the mel bands."""
     rng = np.random.default_rng(seed)
     t = np.arange(samples) / SR
@@ -38,16 +38,16 @@ def hand_mel(wave: np.ndarray) -> np.ndarray:
 
 
 def test_clip_geometry_constants():
-    assert (audio.SAMPLE_RATE, audio.CLIP_SECONDS, audio.CLIP_SAMPLES) == (16000, 3.5, 56000)
-    assert audio.CLIP_FRAMES == 350 and audio.CLIP_FRAMES_PADDED == 352
-    assert audio.n_frames(16000) == 100 and audio.padded_frames(350) == 352 and audio.padded_frames(352) == 352
+    assert (SAMPLE_RATE, CLIP_SECONDS, CLIP_SAMPLES) == (16000, 3.5, 56000)
+    assert CLIP_FRAMES == 350 and CLIP_FRAMES_PADDED == 352
+    assert n_frames(16000) == 100 and padded_frames(350) == 352 and padded_frames(352) == 352
     with pytest.raises(ValueError, match="too short"):
-        audio.n_frames(100)
+        n_frames(100)
 
 
 def test_mel_matches_hand_computation():
     wave = tone_clip()
-    mel = audio.waveform_to_mel(wave, normalize=False)
+    mel = waveform_to_mel(wave, normalize=False)
     assert mel.shape == (1, 1, 352, 64) and mel.dtype == torch.float32
     expected = hand_mel(wave)
     assert expected.shape == (350, 64)
@@ -62,30 +62,30 @@ def test_mel_matches_hand_computation():
 
 def test_normalisation_is_audioldms():
     wave = tone_clip(1)
-    normalized = audio.normalize_waveform(wave)
+    normalized = normalize_waveform(wave)
     assert abs(float(normalized.mean())) < 1e-6
     assert float(normalized.abs().max()) == pytest.approx(0.5, abs=1e-6)
     np.testing.assert_allclose(
-        audio.waveform_to_mel(wave).numpy(), audio.waveform_to_mel(normalized, normalize=False).numpy(), atol=1e-5
+        waveform_to_mel(wave).numpy(), waveform_to_mel(normalized, normalize=False).numpy(), atol=1e-5
     )
     # normalised, a clip's level no longer matters
-    np.testing.assert_allclose(audio.waveform_to_mel(wave).numpy(), audio.waveform_to_mel(3.0 * wave).numpy(), atol=1e-4)
+    np.testing.assert_allclose(waveform_to_mel(wave).numpy(), waveform_to_mel(3.0 * wave).numpy(), atol=1e-4)
 
 
 def test_batch_layout_and_independence():
     waves = np.stack([tone_clip(0), tone_clip(2)])
-    batch = audio.waveform_to_mel(torch.from_numpy(waves))
+    batch = waveform_to_mel(torch.from_numpy(waves))
     assert batch.shape == (2, 1, 352, 64)
     for i in range(2):
-        np.testing.assert_allclose(batch[i : i + 1].numpy(), audio.waveform_to_mel(waves[i]).numpy(), atol=1e-4)
-    unpadded = audio.waveform_to_mel(waves, pad_to_multiple=1)
+        np.testing.assert_allclose(batch[i : i + 1].numpy(), waveform_to_mel(waves[i]).numpy(), atol=1e-4)
+    unpadded = waveform_to_mel(waves, pad_to_multiple=1)
     assert unpadded.shape == (2, 1, 350, 64)
     with pytest.raises(ValueError, match="batch, samples"):
-        audio.waveform_to_mel(np.zeros((1, 2, 56000), np.float32))
+        waveform_to_mel(np.zeros((1, 2, 56000), np.float32))
 
 
 def test_mel_filters_are_slaney_up_to_8_khz():
-    basis = audio.mel_filterbank()
+    basis = mel_filterbank()
     assert basis.shape == (64, 513) and basis.dtype == np.float32
     freqs = np.fft.rfftfreq(1024, 1 / 16000)
     assert basis[:, freqs >= 8000].max() == 0.0
@@ -94,28 +94,28 @@ def test_mel_filters_are_slaney_up_to_8_khz():
 
 
 def test_mel_to_linear_magnitude_solves_the_nonnegative_least_squares():
-    mel = audio.waveform_to_mel(tone_clip(3))
-    magnitude = audio.mel_to_linear_magnitude(mel)
+    mel = waveform_to_mel(tone_clip(3))
+    magnitude = mel_to_linear_magnitude(mel)
     assert magnitude.shape == (1, 513, 352) and float(magnitude.min()) >= 0.0
     target = mel[0, 0].exp().T.double()
-    projected = torch.from_numpy(audio.mel_filterbank()).double() @ magnitude[0].double()
+    projected = torch.from_numpy(mel_filterbank()).double() @ magnitude[0].double()
     assert float((projected - target).norm() / target.norm()) < 0.05
 
 
 def test_griffin_lim_returns_aligned_clips_with_the_same_mel():
     wave = tone_clip(4)
-    wave[: audio.CLIP_SAMPLES // 2] = 0.3  # silence (after the mean is removed) then music
-    mel = audio.waveform_to_mel(wave)
-    rebuilt = audio.griffin_lim(mel, n_iter=32)
+    wave[: CLIP_SAMPLES // 2] = 0.3  # silence (after the mean is removed) then music
+    mel = waveform_to_mel(wave)
+    rebuilt = griffin_lim(mel, n_iter=32)
     assert rebuilt.shape == (1, 56000) and rebuilt.dtype == torch.float32
     # aligned to the sample: the music starts where it started (± a quarter hop)
     energy = np.convolve(rebuilt[0].numpy() ** 2, np.ones(80) / 80, mode="same")
     onset = int(np.argmax(energy > 0.05 * energy.max()))
     assert abs(onset - 28000) < 200
     # and its mel is close to the one it was made from where there is signal
-    again = audio.waveform_to_mel(rebuilt)[0, 0, :350]
+    again = waveform_to_mel(rebuilt)[0, 0, :350]
     loud = mel[0, 0, :350] > -6.0
     assert float((again - mel[0, 0, :350])[loud].abs().mean()) < 0.6
-    assert audio.griffin_lim(mel, n_iter=2, length=None).shape == (1, 352 * 160)
+    assert griffin_lim(mel, n_iter=2, length=None).shape == (1, 352 * 160)
     with pytest.raises(ValueError, match="n_iter"):
-        audio.griffin_lim(mel, n_iter=0)
+        griffin_lim(mel, n_iter=0)

@@ -1,4 +1,4 @@
-"""The backbone (eeg2music.backbone): the real AudioLDM2-music configuration on the meta device, the
+"""The backbone (eeg2music.models.backbone): the real AudioLDM2-music configuration on the meta device, the
 loading path of a diffusers AudioLDM2 folder (a tiny one written here with save_pretrained, offline),
 the tiny backbone's save/load, shapes, constant conditioning, a training smoke run and the metrics."""
 
@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music import backbone as B
-from eeg2music.audio import CLIP_SAMPLES, HOP_LENGTH, SAMPLE_RATE
+from eeg2music.models.audio import CLIP_SAMPLES, HOP_LENGTH, SAMPLE_RATE
+from eeg2music.data.song_audio import SongSplit, audio_fingerprint
+from eeg2music.evaluation.backbone_quality import evaluate_backbone, latent_statistics, mel_level_db, mel_statistics, rms_dbfs
+from eeg2music.evaluation.metrics import frechet_distance
+from eeg2music.models.backbone import BACKBONE_MARKER, Backbone, SHIPPED_BACKBONE_DIR, TRAINING_FILE, audioldm2_scheduler_config, build_audioldm2_music_on_meta, diffusion_target, encode_constant_prompt, load_backbone, min_snr_weight, tiny_scheduler_config
+from eeg2music.models.tiny_backbone import TinyTrainingSettings, build_tiny_backbone, install_shipped_backbone, prepare_backbone_folder, tiny_backbone_config, tiny_conditioning, train_tiny_backbone
 
 # --------------------------------------------------------------------------------------------------
 # A tiny AudioLDM2Pipeline in the real diffusers layout (every component, tokenizers built offline)
@@ -81,7 +85,7 @@ def tiny_audioldm2_pipeline():
     return AudioLDM2Pipeline(
         vae=vae, text_encoder=clap, text_encoder_2=t5, projection_model=projection, language_model=gpt2,
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, feature_extractor=ClapFeatureExtractor(), unet=unet,
-        scheduler=DDIMScheduler(**B.audioldm2_scheduler_config()), vocoder=vocoder,
+        scheduler=DDIMScheduler(**audioldm2_scheduler_config()), vocoder=vocoder,
     )
 
 
@@ -93,8 +97,8 @@ def audioldm2_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> B.Backbone:
-    return B.build_tiny_backbone(seed=3, size="smoke")
+def tiny(tmp_path_factory) -> Backbone:
+    return build_tiny_backbone(seed=3, size="smoke")
 
 
 def synthetic_songs(seconds: float = 12.0) -> dict[int, np.ndarray]:
@@ -113,7 +117,7 @@ def synthetic_songs(seconds: float = 12.0) -> dict[int, np.ndarray]:
 
 
 def test_audioldm2_music_configuration_on_meta():
-    real = B.build_audioldm2_music_on_meta()
+    real = build_audioldm2_music_on_meta()
     assert real.kind == "audioldm2" and real.unet.device.type == "meta" and real.vae.device.type == "meta"
     assert tuple(real.unet.config.block_out_channels) == (128, 256, 384, 640)
     assert real.latent_shape == (8, 88, 16) and real.vae_scale_factor == 4
@@ -140,22 +144,22 @@ def test_audioldm2_music_configuration_on_meta():
 
 def test_missing_folder_says_what_to_download_and_where(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
-        B.load_backbone(tmp_path / "audioldm2-music")
+        load_backbone(tmp_path / "audioldm2-music")
     message = str(error.value)
     assert "cvssp/audioldm2-music" in message and "model_index.json" in message and "audioldm2-music" in message
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="backbone.json"):
-        B.load_backbone(tmp_path / "empty")
+        load_backbone(tmp_path / "empty")
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError):
-        B.load_backbone(tmp_path / "file")
+        load_backbone(tmp_path / "file")
 
 
 def test_audioldm2_folder_loads_offline_and_caches_the_constant_conditioning(audioldm2_folder, tmp_path, monkeypatch):
     from diffusers import AudioLDM2Pipeline
 
     cache = tmp_path / "cache"
-    real = B.load_backbone(audioldm2_folder, conditioning_cache=cache)
+    real = load_backbone(audioldm2_folder, conditioning_cache=cache)
     assert real.kind == "audioldm2" and real.vocoder is not None and real.latent_shape == (8, 88, 16)
     assert set(real.conditioning) == {"encoder_hidden_states", "encoder_hidden_states_1", "encoder_attention_mask_1"}
     assert real.conditioning["encoder_hidden_states"].shape == (1, 8, GPT2_WIDTH)
@@ -165,7 +169,7 @@ def test_audioldm2_folder_loads_offline_and_caches_the_constant_conditioning(aud
 
     # the cache holds exactly what the pipeline's own text stack gives for the empty prompt
     pipeline = AudioLDM2Pipeline.from_pretrained(audioldm2_folder, local_files_only=True)
-    expected = B.encode_constant_prompt(pipeline, "")
+    expected = encode_constant_prompt(pipeline, "")
     for name, tensor in expected.items():
         torch.testing.assert_close(real.conditioning[name], tensor)
 
@@ -174,12 +178,12 @@ def test_audioldm2_folder_loads_offline_and_caches_the_constant_conditioning(aud
         raise AssertionError("the text encoders ran although the conditioning is cached")
 
     monkeypatch.setattr(AudioLDM2Pipeline, "from_pretrained", refuse)
-    again = B.load_backbone(audioldm2_folder, conditioning_cache=cache)
+    again = load_backbone(audioldm2_folder, conditioning_cache=cache)
     for name in expected:
         torch.testing.assert_close(again.conditioning[name], real.conditioning[name])
     # a different prompt is a different cache entry (and would need the text stack)
     with pytest.raises(AssertionError, match="text encoders ran"):
-        B.load_backbone(audioldm2_folder, conditioning_cache=cache, prompt="a song")
+        load_backbone(audioldm2_folder, conditioning_cache=cache, prompt="a song")
 
     # the whole chain runs with the HiFi-GAN vocoder: noise → UNet (with the conditioning) → VAE → waveform
     latents = torch.randn(2, *real.latent_shape)
@@ -190,10 +194,10 @@ def test_audioldm2_folder_loads_offline_and_caches_the_constant_conditioning(aud
 
 
 def test_audioldm2_backbone_saves_without_its_text_stack(audioldm2_folder, tmp_path):
-    real = B.load_backbone(audioldm2_folder, conditioning_cache=tmp_path / "cache")
+    real = load_backbone(audioldm2_folder, conditioning_cache=tmp_path / "cache")
     saved = real.save(tmp_path / "saved")
     assert (saved / "vocoder").is_dir() and not (saved / "text_encoder").exists()
-    again = B.load_backbone(saved)
+    again = load_backbone(saved)
     assert again.kind == "audioldm2" and again.vocoder is not None
     mel = torch.randn(1, 1, 352, 64)
     torch.testing.assert_close(again.mel_to_wave(mel), real.mel_to_wave(mel))
@@ -208,7 +212,7 @@ def test_not_an_audioldm2_pipeline_is_refused(audioldm2_folder, tmp_path):
     index["_class_name"] = "StableDiffusionPipeline"
     (other / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="not an AudioLDM2 pipeline"):
-        B.load_backbone(other)
+        load_backbone(other)
 
 
 def test_tiny_backbone_round_trip_is_exact_and_safetensors(tiny, tmp_path):
@@ -219,7 +223,7 @@ def test_tiny_backbone_round_trip_is_exact_and_safetensors(tiny, tmp_path):
     assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
     info = json.loads((path / "backbone.json").read_text())
     assert info["kind"] == "tiny" and info["latent_shape"] == [8, 88, 16]
-    loaded = B.load_backbone(path)
+    loaded = load_backbone(path)
     assert loaded.kind == "tiny" and loaded.vocoder is None
     for name in ("vae", "unet"):
         ours, theirs = getattr(tiny, name).state_dict(), getattr(loaded, name).state_dict()
@@ -231,7 +235,7 @@ def test_tiny_backbone_round_trip_is_exact_and_safetensors(tiny, tmp_path):
     tiny.save(path)
     (path / "backbone.json").unlink()
     with pytest.raises(FileNotFoundError, match="interrupted"):
-        B.load_backbone(path)
+        load_backbone(path)
 
 
 def test_tiny_backbone_shapes_from_waveform_to_waveform(tiny):
@@ -257,8 +261,8 @@ def test_constant_conditioning_is_cached_with_the_weights_and_expanded_without_c
     assert tokens.shape == (5, 8, 32) and tokens.stride(0) == 0  # a view of the batch-1 tensor
     torch.testing.assert_close(tokens[3], tiny.conditioning["encoder_hidden_states"][0])
     # fixed seeded tokens: the same seed gives the same conditioning, another seed another one
-    torch.testing.assert_close(B.tiny_conditioning(3)["encoder_hidden_states"], tiny.conditioning["encoder_hidden_states"])
-    assert not torch.equal(B.tiny_conditioning(4)["encoder_hidden_states"], tiny.conditioning["encoder_hidden_states"])
+    torch.testing.assert_close(tiny_conditioning(3)["encoder_hidden_states"], tiny.conditioning["encoder_hidden_states"])
+    assert not torch.equal(tiny_conditioning(4)["encoder_hidden_states"], tiny.conditioning["encoder_hidden_states"])
     from safetensors.torch import load_file
 
     saved = load_file(str(tiny.save(tmp_path / "t") / "conditioning.safetensors"))
@@ -279,43 +283,43 @@ def test_sampling_is_reproducible_with_a_generator(tiny):
 
 def test_song_split_holds_out_each_songs_tail():
     songs = synthetic_songs(12.0)
-    split = B.SongSplit.from_audio(songs, holdout_seconds=7.0)
+    split = SongSplit.from_audio(songs, holdout_seconds=7.0)
     assert all(len(split.train[s]) == 5 * SAMPLE_RATE for s in songs)
     clips, labels = split.heldout_clips()
     assert clips.shape == (4, CLIP_SAMPLES) and labels.tolist() == [21, 21, 22, 22]
     np.testing.assert_array_equal(clips[0], songs[21][5 * SAMPLE_RATE : 5 * SAMPLE_RATE + CLIP_SAMPLES])
     with pytest.raises(ValueError, match="less than one"):
-        B.SongSplit.from_audio(songs, holdout_seconds=10.0)
+        SongSplit.from_audio(songs, holdout_seconds=10.0)
 
 
 def test_frechet_distance_and_mel_statistics():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((400, 3))
     a -= a.mean(0)  # centred: scaling then leaves the mean where it is
-    assert B.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
     shifted = a + np.array([3.0, 0.0, 4.0])
-    assert B.frechet_distance(a, shifted) == pytest.approx(25.0, rel=1e-6)
+    assert frechet_distance(a, shifted) == pytest.approx(25.0, rel=1e-6)
     scaled = 2.0 * a  # same mean; Tr(Σ + 4Σ − 2·2Σ) = Tr(Σ)
-    assert B.frechet_distance(a, scaled) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)
+    assert frechet_distance(a, scaled) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-6)
     mel = torch.randn(4, 1, 352, 64)
-    features = B.mel_statistics(mel)
+    features = mel_statistics(mel)
     assert features.shape == (4, 16)
     np.testing.assert_allclose(features[:, 0], mel[:, 0, :350, :8].mean((1, 2)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_train_tiny_backbone_smoke_writes_a_complete_folder(tmp_path, monkeypatch):
     songs = synthetic_songs(12.0)
-    monkeypatch.setattr(B, "load_song_audio", lambda data_root, songs_=None: songs)
-    settings = B.TinyTrainingSettings.preset("smoke", vae_steps=3, unet_steps=3, steps_per_epoch=2)
-    initial = B.build_tiny_backbone(seed=0, size="smoke")
-    path = B.train_tiny_backbone(tmp_path / "data", tmp_path / "tiny", seed=0, device="cpu", settings=settings,
+    monkeypatch.setattr("eeg2music.models.tiny_backbone.load_song_audio", lambda data_root, songs_=None: songs)
+    settings = TinyTrainingSettings.preset("smoke", vae_steps=3, unet_steps=3, steps_per_epoch=2)
+    initial = build_tiny_backbone(seed=0, size="smoke")
+    path = train_tiny_backbone(tmp_path / "data", tmp_path / "tiny", seed=0, device="cpu", settings=settings,
                                  progress=False, command="pytest")
     assert (path / "backbone.json").is_file() and not list(tmp_path.glob(".tiny.*"))
-    trained = B.load_backbone(path)
+    trained = load_backbone(path)
     assert trained.kind == "tiny" and trained.metadata["trained"] is True
     record = json.loads((path / "training.json").read_text())
     assert record["settings"]["vae_steps"] == 3 and record["command"] == "pytest"
-    assert record["data"]["songs"] == [21, 22] and record["data"]["fingerprint"] == B.audio_fingerprint(songs)
+    assert record["data"]["songs"] == [21, 22] and record["data"]["fingerprint"] == audio_fingerprint(songs)
     assert [entry["step"] for entry in record["log"] if entry["stage"] == "unet"] == [2, 3]
     assert np.isfinite(record["heldout_reconstruction"]["mel_l1"])
     # the VAE and the UNet moved away from their initial weights, and the latent scale was measured
@@ -324,12 +328,12 @@ def test_train_tiny_backbone_smoke_writes_a_complete_folder(tmp_path, monkeypatc
         assert any(not torch.equal(before[k], after[k]) for k in before)
     assert trained.scaling_factor == pytest.approx(record["latent_scaling_factor"]) and trained.scaling_factor != 0.18215
     with pytest.raises(ValueError, match="multiple of 4"):
-        B.train_tiny_backbone(tmp_path / "data", tmp_path / "bad", settings=settings.__class__(vae_crop_frames=30))
+        train_tiny_backbone(tmp_path / "data", tmp_path / "bad", settings=settings.__class__(vae_crop_frames=30))
 
 
 def test_evaluate_backbone_reports_reconstruction_and_distances(tiny):
-    split = B.SongSplit.from_audio(synthetic_songs(12.0), holdout_seconds=7.0)
-    evaluation = B.evaluate_backbone(tiny, split, n_samples=4, num_inference_steps=2, batch_size=4, progress=False)
+    split = SongSplit.from_audio(synthetic_songs(12.0), holdout_seconds=7.0)
+    evaluation = evaluate_backbone(tiny, split, n_samples=4, num_inference_steps=2, batch_size=4, progress=False)
     metrics = evaluation.metrics
     assert metrics["reconstruction"]["n_clips"] == 4 and np.isfinite(metrics["reconstruction"]["snr_db"])
     frechet = metrics["frechet"]["mel_statistics"]
@@ -354,34 +358,34 @@ def test_evaluate_backbone_reports_reconstruction_and_distances(tiny):
 
 def test_latent_statistics_and_levels():
     latents = torch.randn(3, 8, 88, 16) * torch.arange(1, 9).view(1, 8, 1, 1) + 2.0
-    features = B.latent_statistics(latents)
+    features = latent_statistics(latents)
     assert features.shape == (3, 16)
     np.testing.assert_allclose(features[:, :8], latents.mean(dim=(2, 3)).numpy(), rtol=1e-5)
     np.testing.assert_allclose(features[:, 8:], latents.std(dim=(2, 3)).numpy(), rtol=1e-5)
     # a mel 1 natural-log unit louder everywhere is 20·log10(e) ≈ 8.69 dB louder in every band and overall
     mel = torch.randn(2, 1, 352, 64)
-    level, bands = B.mel_level_db(mel)
-    louder_level, louder_bands = B.mel_level_db(mel + 1.0)
+    level, bands = mel_level_db(mel)
+    louder_level, louder_bands = mel_level_db(mel + 1.0)
     assert louder_level - level == pytest.approx(8.6859, abs=1e-3)
     np.testing.assert_allclose(louder_bands - bands, 8.6859, atol=1e-3)
-    assert B.rms_dbfs(np.full((2, 100), 0.1)) == pytest.approx(-20.0)
+    assert rms_dbfs(np.full((2, 100), 0.1)) == pytest.approx(-20.0)
 
 
 def test_v_prediction_schedule_reaches_zero_snr_and_learns_the_clip():
-    scheduler_config = B.tiny_scheduler_config()
+    scheduler_config = tiny_scheduler_config()
     assert scheduler_config["prediction_type"] == "v_prediction" and scheduler_config["rescale_betas_zero_snr"]
-    tiny = B.build_tiny_backbone(seed=0, size="smoke")
+    tiny = build_tiny_backbone(seed=0, size="smoke")
     scheduler = tiny.scheduler
     assert float(scheduler.alphas_cumprod[-1]) == 0.0  # the last training step is pure noise
     z0, noise = torch.randn(2, 8, 88, 16), torch.randn(2, 8, 88, 16)
     t = torch.tensor([999, 999])
     # at zero SNR the v-target is −z0: the model is asked for the clip itself, not the (free) noise
-    torch.testing.assert_close(B.diffusion_target(scheduler, z0, noise, t), -z0)
-    assert torch.isfinite(B.min_snr_weight(scheduler, t, 5.0)).all()
-    epsilon = B.build_tiny_backbone(seed=0, size="smoke", prediction_type="epsilon", zero_terminal_snr=False)
-    torch.testing.assert_close(B.diffusion_target(epsilon.scheduler, z0, noise, t), noise)
+    torch.testing.assert_close(diffusion_target(scheduler, z0, noise, t), -z0)
+    assert torch.isfinite(min_snr_weight(scheduler, t, 5.0)).all()
+    epsilon = build_tiny_backbone(seed=0, size="smoke", prediction_type="epsilon", zero_terminal_snr=False)
+    torch.testing.assert_close(diffusion_target(epsilon.scheduler, z0, noise, t), noise)
     with pytest.raises(ValueError, match="zero_terminal_snr"):
-        B.tiny_scheduler_config("epsilon", zero_terminal_snr=True)
+        tiny_scheduler_config("epsilon", zero_terminal_snr=True)
     # DDIM with trailing spacing starts where training's noise is pure
     sampler = __import__("diffusers").DDIMScheduler.from_config(scheduler.config)
     sampler.set_timesteps(20)
@@ -389,34 +393,34 @@ def test_v_prediction_schedule_reaches_zero_snr_and_learns_the_clip():
 
 
 def test_training_presets_and_unknown_settings():
-    smoke = B.TinyTrainingSettings.preset("smoke")
-    assert smoke.size == "smoke" and smoke.vae_steps < B.TinyTrainingSettings.preset("default").vae_steps
-    assert B.TinyTrainingSettings.preset("shipped").unet_steps > B.TinyTrainingSettings.preset("default").unet_steps
+    smoke = TinyTrainingSettings.preset("smoke")
+    assert smoke.size == "smoke" and smoke.vae_steps < TinyTrainingSettings.preset("default").vae_steps
+    assert TinyTrainingSettings.preset("shipped").unet_steps > TinyTrainingSettings.preset("default").unet_steps
     with pytest.raises(ValueError, match="unknown training preset"):
-        B.TinyTrainingSettings.preset("huge")
+        TinyTrainingSettings.preset("huge")
     with pytest.raises(ValueError, match="unknown training setting"):
-        B.TinyTrainingSettings.preset("smoke", epochs=3)
+        TinyTrainingSettings.preset("smoke", epochs=3)
     with pytest.raises(ValueError, match="size"):
-        B.tiny_backbone_config("large")
+        tiny_backbone_config("large")
 
 
 def test_shipped_backbone_installs_and_loads(tmp_path, monkeypatch):
     target = tmp_path / "installed"
     # make demo starts from it: a checkout without it cannot run the default chain in its budget
-    assert (B.SHIPPED_BACKBONE_DIR / B.BACKBONE_MARKER).is_file(), f"{B.SHIPPED_BACKBONE_DIR} is missing"
-    weights = sum(p.stat().st_size for p in B.SHIPPED_BACKBONE_DIR.rglob("*.safetensors"))
+    assert (SHIPPED_BACKBONE_DIR / BACKBONE_MARKER).is_file(), f"{SHIPPED_BACKBONE_DIR} is missing"
+    weights = sum(p.stat().st_size for p in SHIPPED_BACKBONE_DIR.rglob("*.safetensors"))
     assert weights <= 20 * 2**20, "the shipped backbone must stay within 20 MB"
-    shipped = B.load_backbone(B.install_shipped_backbone(target))
+    shipped = load_backbone(install_shipped_backbone(target))
     assert shipped.kind == "tiny" and shipped.latent_shape == (8, 88, 16) and shipped.metadata["trained"]
-    record = json.loads((target / B.TRAINING_FILE).read_text())
+    record = json.loads((target / TRAINING_FILE).read_text())
     assert record["command"] and "seed" in record and record["settings"]["unet_steps"] > 0
-    assert record["settings"] == dataclasses.asdict(B.TinyTrainingSettings.preset("shipped"))  # the recipe it documents
+    assert record["settings"] == dataclasses.asdict(TinyTrainingSettings.preset("shipped"))  # the recipe it documents
     # notebook 00's rule: an existing complete folder is reused, not overwritten
-    folder, source = B.prepare_backbone_folder("", target, tmp_path / "unused-data")
+    folder, source = prepare_backbone_folder("", target, tmp_path / "unused-data")
     assert (folder, source) == (target.resolve(), "existing")
 
 
 def test_without_a_shipped_backbone_the_error_says_how_to_make_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(B, "SHIPPED_BACKBONE_DIR", tmp_path / "nothing")
+    monkeypatch.setattr("eeg2music.models.tiny_backbone.SHIPPED_BACKBONE_DIR", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no shipped tiny backbone"):
-        B.install_shipped_backbone(tmp_path / "installed")
+        install_shipped_backbone(tmp_path / "installed")

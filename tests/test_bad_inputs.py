@@ -43,11 +43,19 @@ from fixtures_nmedt import (
 )
 
 from conftest import NOTEBOOKS_DIR
-from eeg2music import nmedt
-from eeg2music import train as T
-from eeg2music.nmedt import NMEDTError
+from eeg2music.data.nmedt import NMEDTError
 from eeg2music.params import ParameterError
 from eeg2music.utils import DiskFullError, ModelFolderError, WeightsFileError
+from eeg2music.data.cache import build_cache
+from eeg2music.data.nmedt import read_stimulus, scan_nmedt
+from eeg2music.data.recordings import iter_recordings, read_recording
+from eeg2music.evaluation.embedders import load_clap_audio_state_dict, load_encodec_state_dict
+from eeg2music.models.model_folder import MODEL_CONFIG_NAME, load_trained_model, write_model_folder
+from eeg2music.sampling.clips import write_wav as write_sample_wav
+from eeg2music.train import main
+from eeg2music.training.checkpoints import CHECKPOINTS_DIR_NAME, CHECKPOINT_MARKER, list_checkpoints, resolve_resume, save_checkpoint
+from eeg2music.training.config import TrainConfig
+from eeg2music.training.loop import train
 
 SHIPPED_BACKBONE = Path(__file__).resolve().parents[1] / "eeg2music" / "assets" / "tiny_backbone"
 
@@ -388,7 +396,7 @@ def test_a_damaged_nmedt_file_is_named(build, layout, error, text, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(error) as err:
-            list(nmedt.iter_recordings(tmp_path, layout))
+            list(iter_recordings(tmp_path, layout))
     assert str(path) in str(err.value) and text in str(err.value), str(err.value)
 
 
@@ -397,27 +405,27 @@ def test_a_damaged_nmedt_file_is_named(build, layout, error, text, tmp_path):
 def test_a_wrong_folder_is_named(case, tmp_path):
     root = tmp_path / "nmedt"
     if case == "missing":
-        call, error, text = (lambda: nmedt.scan_nmedt(root)), FileNotFoundError, "does not exist"
+        call, error, text = (lambda: scan_nmedt(root)), FileNotFoundError, "does not exist"
     elif case == "a file":
         root.write_text("x")
-        call, error, text = (lambda: nmedt.scan_nmedt(root)), FileNotFoundError, "is not a folder"
+        call, error, text = (lambda: scan_nmedt(root)), FileNotFoundError, "is not a folder"
     elif case == "empty":
         root.mkdir()
-        call, error, text = (lambda: nmedt.scan_nmedt(root)), FileNotFoundError, "no NMED-T files found"
+        call, error, text = (lambda: scan_nmedt(root)), FileNotFoundError, "no NMED-T files found"
     elif case == "other mat files":
         root.mkdir()
         (root / "eeg.mat").write_bytes(b"x")
-        call, error, text = (lambda: nmedt.scan_nmedt(root)), FileNotFoundError, "found other .mat files: ['eeg.mat']"
+        call, error, text = (lambda: scan_nmedt(root)), FileNotFoundError, "found other .mat files: ['eeg.mat']"
     else:
         _cleaned(_mkdir(root))
         if case == "layout absent":
-            call, error, text = (lambda: list(nmedt.iter_recordings(root, "raw"))), FileNotFoundError, "no raw NMED-T files"
+            call, error, text = (lambda: list(iter_recordings(root, "raw"))), FileNotFoundError, "no raw NMED-T files"
         elif case == "unknown song":
-            call, error, text = (lambda: list(nmedt.iter_recordings(root, "cleaned", songs=[31]))), ValueError, "[31]"
+            call, error, text = (lambda: list(iter_recordings(root, "cleaned", songs=[31]))), ValueError, "[31]"
         elif case == "unknown layout":
-            call, error, text = (lambda: list(nmedt.iter_recordings(root, "both"))), ValueError, "'both'"
+            call, error, text = (lambda: list(iter_recordings(root, "both"))), ValueError, "'both'"
         else:
-            call, error, text = (lambda: nmedt.scan_nmedt(root, stimuli_dir=tmp_path / "audio")), FileNotFoundError, "stimuli_dir"
+            call, error, text = (lambda: scan_nmedt(root, stimuli_dir=tmp_path / "audio")), FileNotFoundError, "stimuli_dir"
     with pytest.raises(error) as err:
         call()
     assert text in str(err.value), str(err.value)
@@ -443,10 +451,11 @@ def paired(tmp_path):
 
 
 def _pair(root, **kwargs):
-    from eeg2music.windows import WindowSpec, pair_eeg_and_audio
+    from eeg2music.data.windows import WindowSpec
+    from eeg2music.data.pairing import pair_eeg_and_audio
 
     spec = kwargs.pop("spec", WindowSpec())
-    return pair_eeg_and_audio(nmedt.scan_nmedt(root, kwargs.pop("stimuli_dir", None)), "auto", spec, **kwargs)
+    return pair_eeg_and_audio(scan_nmedt(root, kwargs.pop("stimuli_dir", None)), "auto", spec, **kwargs)
 
 
 def test_a_consistent_folder_pairs(paired):
@@ -459,8 +468,9 @@ def test_item2_a_wav_shorter_than_its_eeg_stops_naming_it(paired):
     wav = paired.root / "stimuli" / WAV_NAMES[21]
     write_wav(wav, np.zeros((20 * 1000, 2)), 1000)  # 20 s of a 278 s song
     with pytest.warns(UserWarning, match="lasts 20.0 s, but NMED-T's song 21"):
-        folder = nmedt.scan_nmedt(paired.root)
-    from eeg2music.windows import WindowSpec, pair_eeg_and_audio
+        folder = scan_nmedt(paired.root)
+    from eeg2music.data.windows import WindowSpec
+    from eeg2music.data.pairing import pair_eeg_and_audio
 
     with pytest.raises(NMEDTError) as err:
         pair_eeg_and_audio(folder, "auto", WindowSpec())
@@ -495,8 +505,8 @@ def test_item4_an_excerpt_or_another_studys_songs_are_read_with_a_warning(tmp_pa
                            (2, 3), 10.0)
         write_wav(root / "stimuli" / WAV_NAMES[song], np.zeros(20 * 1000), 1000)
     with pytest.warns(UserWarning, match=r"Oino.wav: this WAV of song 22 lasts 20.0 s, but NMED-T's song 22 \(Oino\) lasts 271 s"):
-        folder = nmedt.scan_nmedt(root)
-    raws = list(nmedt.iter_recordings(folder))
+        folder = scan_nmedt(root)
+    raws = list(iter_recordings(folder))
     assert len(raws) == 4 and {r.n_times for r in raws} == {200}
     pairing = _pair(root)
     assert pairing.eeg_seconds == {21: 20.0, 22: 20.0} and pairing.lost_windows == {}
@@ -510,8 +520,8 @@ def test_item4_raw_recordings_of_other_songs_are_cut_at_their_wavs(tmp_path):
     for song in (21, 22):
         write_wav(root / "stimuli" / WAV_NAMES[song], np.zeros(20 * 1000), 1000)
     with pytest.warns(UserWarning, match="lasts 20.0 s, but NMED-T's song 21"):
-        folder = nmedt.scan_nmedt(root)
-    raws = list(nmedt.iter_recordings(folder, "raw"))
+        folder = scan_nmedt(root)
+    raws = list(iter_recordings(folder, "raw"))
     assert [r.n_times for r in raws] == [400, 400]
     np.testing.assert_allclose(raws[1].get_data(), X[:, onsets[22]:onsets[22] + 400] * 1e-6)
 
@@ -519,7 +529,7 @@ def test_item4_raw_recordings_of_other_songs_are_cut_at_their_wavs(tmp_path):
 def test_item4_without_wavs_the_catalogue_error_says_how_to_read_other_songs(tmp_path):
     path = write_cleaned_song(tmp_path / "song21_Imputed.mat", 21, np.zeros((125, 200, 2)), (2, 3), 10.0)
     with pytest.raises(NMEDTError) as err:
-        list(nmedt.iter_recordings(tmp_path))
+        list(iter_recordings(tmp_path))
     assert str(path) in str(err.value) and "add their stimulus WAVs" in str(err.value) and "stimuli_dir" in str(err.value)
 
 
@@ -555,7 +565,7 @@ def test_item6_a_folder_holding_only_the_held_out_song(tmp_path):
     ({"spec": {"lag_seconds": -400.0}}, "would start before their recording"),
 ])
 def test_the_folder_must_fit_the_split_parameters(paired, kwargs, text):
-    from eeg2music.windows import WindowSpec
+    from eeg2music.data.windows import WindowSpec
 
     kwargs = dict(kwargs)
     if "spec" in kwargs:
@@ -575,7 +585,7 @@ def test_item16_an_empty_or_unreadable_wav_is_refused_by_name(paired, case):
     else:
         wav.write_text("not a wav\n" * 100)
     with pytest.raises(NMEDTError) as err:
-        nmedt.read_stimulus(paired.root, 22)
+        read_stimulus(paired.root, 22)
     assert str(wav) in str(err.value)
     with pytest.raises(NMEDTError) as err:
         _pair(paired.root)
@@ -585,7 +595,7 @@ def test_item16_an_empty_or_unreadable_wav_is_refused_by_name(paired, case):
 def test_a_missing_wav_for_the_reader_names_where_it_looked(paired):
     (paired.root / "stimuli" / WAV_NAMES[21]).unlink()
     with pytest.raises(FileNotFoundError) as err:
-        nmedt.read_stimulus(paired.root, 21)
+        read_stimulus(paired.root, 21)
     assert "FirstFires.wav" in str(err.value) and str(paired.root / "stimuli") in str(err.value)
     assert "-p stimuli_dir" in str(err.value)
 
@@ -596,14 +606,14 @@ def test_a_missing_wav_for_the_reader_names_where_it_looked(paired):
 
 
 def _index(tmp_path, seconds=35.0, songs=(21, 22, 23), subjects=(2, 3), sfreq=10.0):
-    from eeg2music.preprocess import CachedRecording
+    from eeg2music.data.cache import CachedRecording
 
     recordings = tuple(CachedRecording(subject, song, "", int(seconds * sfreq)) for song in songs for subject in subjects)
     return SimpleNamespace(path=tmp_path, songs=tuple(songs), subjects=tuple(subjects), sfreq=sfreq, recordings=recordings)
 
 
 def test_item11_a_negative_lag_gives_the_true_reason(tmp_path, capsys):
-    from eeg2music.windows import WindowSpec, make_splits
+    from eeg2music.data.windows import WindowSpec, make_splits
 
     splits = make_splits(_index(tmp_path), WindowSpec(val_chunks=1, test_chunks=1, lag_seconds=-5.0))
     printed = capsys.readouterr().out
@@ -618,7 +628,7 @@ def test_item11_a_negative_lag_gives_the_true_reason(tmp_path, capsys):
 @pytest.mark.parametrize("kwargs, field", [({"val_fraction": 1.2}, "val_fraction"), ({"clip_seconds": 0}, "clip_seconds"),
                                            ({"gap_chunks": -1}, "gap_chunks"), ({"lag_seconds": float("nan")}, "lag_seconds")])
 def test_a_bad_window_spec_names_the_field(kwargs, field):
-    from eeg2music.windows import WindowSpec
+    from eeg2music.data.windows import WindowSpec
 
     with pytest.raises(ValueError, match=f"WindowSpec.{field}"):
         WindowSpec(**kwargs)
@@ -627,15 +637,15 @@ def test_a_bad_window_spec_names_the_field(kwargs, field):
 @pytest.mark.parametrize("kwargs, field", [({"bad_channels": "ignore"}, "bad_channels"),
                                            ({"filtering": "bandpass"}, "filtering")])
 def test_a_bad_preprocessing_names_the_field(kwargs, field):
-    from eeg2music.preprocess import Preprocessing
+    from eeg2music.data.preprocessing import Preprocessing
 
     with pytest.raises(ValueError, match=f"Preprocessing.{field}"):
         Preprocessing(**kwargs)
 
 
 def test_missing_preprocess_outputs_say_what_to_run(tmp_path):
-    from eeg2music.preprocess import open_cache
-    from eeg2music.windows import load_stage_windows
+    from eeg2music.data.cache import open_cache
+    from eeg2music.data.pairing import load_stage_windows
 
     with pytest.raises(FileNotFoundError, match="02_preprocess"):
         load_stage_windows(tmp_path)
@@ -652,9 +662,10 @@ def dead_channel_folder(tmp_path):
 
 
 def test_item12_an_all_nan_channel_names_file_participant_and_the_notebook_parameter(dead_channel_folder, tmp_path):
-    from eeg2music.preprocess import BadChannelError, build_cache, trace_steps
+    from eeg2music.data.preprocessing import BadChannelError, trace_steps
+    from eeg2music.data.cache import build_cache
 
-    raw = nmedt.read_recording(dead_channel_folder.parent, 3, 21)  # (the dead channel is passed on, by name)
+    raw = read_recording(dead_channel_folder.parent, 3, 21)  # (the dead channel is passed on, by name)
     with pytest.raises(BadChannelError) as err:
         trace_steps(raw)  # what notebook 02 runs first, on its example recording
     message = str(err.value)
@@ -669,7 +680,7 @@ def test_item12_an_all_nan_channel_names_file_participant_and_the_notebook_param
 
 
 def test_item8_subjects_that_are_not_numbers_in_the_sampling_function():
-    from eeg2music.sample import select_clips
+    from eeg2music.sampling.clips import select_clips
 
     with pytest.raises(ValueError, match=r"'subjects'.*participant numbers"):
         select_clips(SimpleNamespace(windows=[], index=SimpleNamespace(subject_index=lambda s: 0)), "test",
@@ -677,7 +688,7 @@ def test_item8_subjects_that_are_not_numbers_in_the_sampling_function():
 
 
 def test_item11_n_boot_0_is_refused_before_any_resampling():
-    from eeg2music.report import evaluate_samples
+    from eeg2music.evaluation.report import evaluate_samples
 
     record = {"clips": [], "models": {}}
     for name in ("n_boot", "n_perm"):
@@ -699,17 +710,17 @@ def unet():
 
 @pytest.fixture()
 def controlnet_folder(tmp_path, unet):
-    from eeg2music.controlnet import EEGControlNet
+    from eeg2music.models.controlnet import EEGControlNet
 
     model = EEGControlNet.from_unet(unet, eeg_channels=8, eeg_sfreq=20.0, clip_seconds=3.5, latent_frames=88,
                                     latent_bins=16, n_subjects=2, subject_cond=False)
     folder = tmp_path / "run" / "model"
-    T.write_model_folder(folder, "controlnet", model, {"subject_cond": False})
+    write_model_folder(folder, "controlnet", model, {"subject_cond": False})
     return folder
 
 
 def test_a_model_folder_loads_when_intact(controlnet_folder):
-    assert T.load_trained_model(controlnet_folder).kind == "controlnet"
+    assert load_trained_model(controlnet_folder).kind == "controlnet"
 
 
 def test_item7_a_config_json_of_another_model(controlnet_folder):
@@ -718,7 +729,7 @@ def test_item7_a_config_json_of_another_model(controlnet_folder):
     content["_class_name"] = "EEGConvNet"
     config.write_text(json.dumps(content))
     with pytest.raises(ModelFolderError) as err:
-        T.load_trained_model(controlnet_folder)
+        load_trained_model(controlnet_folder)
     first = str(err.value).splitlines()[0]
     assert str(controlnet_folder / "controlnet") in first and "EEGConvNet" in first and "EEGControlNet" in first
 
@@ -729,22 +740,22 @@ def test_item7_a_controlnet_config_with_another_channel_count(controlnet_folder)
     content["eeg_channels"] = 16  # the weights were made for 8
     config.write_text(json.dumps(content))
     with pytest.raises(ModelFolderError) as err:
-        T.load_trained_model(controlnet_folder)
+        load_trained_model(controlnet_folder)
     first = str(err.value).splitlines()[0]
     assert str(controlnet_folder / "controlnet") in first and "projector.layers.0.weight" in first
     assert "16" in first and "8" in first and "expects shape" in first
 
 
 def test_a_model_folder_of_an_unknown_kind(controlnet_folder):
-    (controlnet_folder / T.MODEL_CONFIG_NAME).write_text(json.dumps({"model": "gan"}))
+    (controlnet_folder / MODEL_CONFIG_NAME).write_text(json.dumps({"model": "gan"}))
     with pytest.raises(ValueError, match=r"eeg2music_model.json: 'model' is 'gan'"):
-        T.load_trained_model(controlnet_folder)
+        load_trained_model(controlnet_folder)
 
 
 def test_a_folder_that_is_no_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        T.load_trained_model(tmp_path)
-    assert str(tmp_path) in str(err.value) and T.MODEL_CONFIG_NAME in str(err.value)
+        load_trained_model(tmp_path)
+    assert str(tmp_path) in str(err.value) and MODEL_CONFIG_NAME in str(err.value)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "zero bytes", "not safetensors"])
@@ -757,7 +768,7 @@ def test_item13_damaged_weights_are_named_in_the_first_line(controlnet_folder, d
     else:
         weights.write_bytes((64).to_bytes(8, "little") + b"{not json" + b" " * 200)
     with pytest.raises(WeightsFileError) as err:
-        T.load_trained_model(controlnet_folder)
+        load_trained_model(controlnet_folder)
     first = str(err.value).splitlines()[0]
     assert first.startswith(str(weights))
     assert {"truncated": "truncated", "zero bytes": "empty (0 bytes)", "not safetensors": "not a safetensors file"}[damage] in first
@@ -769,7 +780,7 @@ def backbone_copy(tmp_path):
 
 
 def test_item13_a_truncated_backbone_unet(backbone_copy):
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     weights = backbone_copy / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])
@@ -779,7 +790,7 @@ def test_item13_a_truncated_backbone_unet(backbone_copy):
 
 
 def test_item7_a_backbone_whose_unet_config_is_another_models(backbone_copy):
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     shutil.copy(backbone_copy / "vae" / "config.json", backbone_copy / "unet" / "config.json")
     with pytest.raises(ModelFolderError) as err:
@@ -790,7 +801,7 @@ def test_item7_a_backbone_whose_unet_config_is_another_models(backbone_copy):
 
 @pytest.mark.parametrize("case", ["missing", "no marker", "a file"])
 def test_a_missing_or_unfinished_backbone_folder(case, tmp_path):
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     path = tmp_path / "backbone"
     if case == "no marker":
@@ -814,18 +825,17 @@ def test_a_malicious_pickle_is_never_executed(where, tmp_path, controlnet_folder
     if where == "model folder":
         (controlnet_folder / "controlnet" / "diffusion_pytorch_model.safetensors").unlink()
         _malicious(controlnet_folder / "controlnet" / "diffusion_pytorch_model.bin", marker)
-        call, error, text = (lambda: T.load_trained_model(controlnet_folder)), ModelFolderError, "never unpickled"
+        call, error, text = (lambda: load_trained_model(controlnet_folder)), ModelFolderError, "never unpickled"
     elif where == "backbone unet":
-        from eeg2music.backbone import load_backbone
+        from eeg2music.models.backbone import load_backbone
 
         (backbone_copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
         _malicious(backbone_copy / "unet" / "diffusion_pytorch_model.bin", marker)
         call, error, text = (lambda: load_backbone(backbone_copy)), ModelFolderError, str(backbone_copy / "unet")
     else:
-        from eeg2music import embedders
 
         path = _malicious(tmp_path / ("clap.pt" if where == "clap_checkpoint" else "encodec.th"), marker)
-        loader = embedders.load_clap_audio_state_dict if where == "clap_checkpoint" else embedders.load_encodec_state_dict
+        loader = load_clap_audio_state_dict if where == "clap_checkpoint" else load_encodec_state_dict
         call, error, text = (lambda: loader(path)), ValueError, where
     with pytest.raises(error) as err:
         call()
@@ -840,20 +850,20 @@ def test_a_malicious_pickle_is_never_executed(where, tmp_path, controlnet_folder
 
 def _earlier_run(run: Path) -> Path:
     """A run folder holding an earlier run's complete checkpoint (and its model folder)."""
-    checkpoint = run / T.CHECKPOINTS_DIR_NAME / "checkpoint-000008"
+    checkpoint = run / CHECKPOINTS_DIR_NAME / "checkpoint-000008"
     (checkpoint / "convnet").mkdir(parents=True)
     (checkpoint / "convnet" / "diffusion_pytorch_model.safetensors").write_bytes(b"earlier weights")
-    (checkpoint / T.CHECKPOINT_MARKER).write_text(json.dumps({"step": 8}))
+    (checkpoint / CHECKPOINT_MARKER).write_text(json.dumps({"step": 8}))
     return checkpoint
 
 
 def test_item1_a_bad_backbone_on_the_command_line_keeps_the_earlier_checkpoints(tmp_path, capsys):
     earlier = _earlier_run(tmp_path / "RUN" / "r")
-    code = T.main(["--smoke", "true", "--steps", "24", "--checkpoint_every", "4", "--out_dir", str(tmp_path / "RUN"),
+    code = main(["--smoke", "true", "--steps", "24", "--checkpoint_every", "4", "--out_dir", str(tmp_path / "RUN"),
                    "--run_name", "r", "--backbone", "/nonexistent", "--model", "convnet"])
     error = capsys.readouterr().err
     assert code == 2 and "parameter 'backbone'" in error and "/nonexistent" in error and "Traceback" not in error
-    assert (earlier / T.CHECKPOINT_MARKER).is_file() and T.list_checkpoints(tmp_path / "RUN" / "r")[0][0] == 8
+    assert (earlier / CHECKPOINT_MARKER).is_file() and list_checkpoints(tmp_path / "RUN" / "r")[0][0] == 8
 
 
 @pytest.mark.parametrize("argv, text", [
@@ -868,7 +878,7 @@ def test_item1_a_bad_backbone_on_the_command_line_keeps_the_earlier_checkpoints(
     (["--device", "tpu"], "'device'"),
 ])
 def test_the_training_command_line_refuses_before_any_work(argv, text, tmp_path, capsys):
-    code = T.main(["--smoke", "true", "--out_dir", str(tmp_path / "RUN"), *argv])
+    code = main(["--smoke", "true", "--out_dir", str(tmp_path / "RUN"), *argv])
     error = capsys.readouterr().err
     assert code == 2 and text in error and "Traceback" not in error, error
     assert not (tmp_path / "RUN").exists()
@@ -876,13 +886,13 @@ def test_the_training_command_line_refuses_before_any_work(argv, text, tmp_path,
 
 def test_an_unknown_command_line_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        T.main(["--stepz", "5"])
+        main(["--stepz", "5"])
     assert exit_info.value.code == 2 and "--stepz" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def shipped_backbone():
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     return load_backbone(SHIPPED_BACKBONE)
 
@@ -892,22 +902,22 @@ def test_item1_and_15_a_run_failing_after_its_start_keeps_checkpoints_and_cleans
     the temporary folders a killed checkpoint write left are removed when the run folder is next used."""
     run = tmp_path / "RUN" / "r"
     earlier = _earlier_run(run)
-    partial = run / T.CHECKPOINTS_DIR_NAME / ".checkpoint-000012.k1ll3d.partial"
+    partial = run / CHECKPOINTS_DIR_NAME / ".checkpoint-000012.k1ll3d.partial"
     (partial / "convnet").mkdir(parents=True)
     (run / ".model.x7.partial").mkdir()
     empty = tmp_path / "not_a_cache"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"parameter 'run_dir'.*neither"):
-        T.train(T.TrainConfig(model="convnet", smoke=True, out_dir=str(tmp_path / "RUN"), run_name="r",
+        train(TrainConfig(model="convnet", smoke=True, out_dir=str(tmp_path / "RUN"), run_name="r",
                               run_dir=str(empty), device="cpu"), backbone=shipped_backbone, progress=False)
-    assert (earlier / T.CHECKPOINT_MARKER).is_file()
+    assert (earlier / CHECKPOINT_MARKER).is_file()
     assert not partial.exists() and not (run / ".model.x7.partial").exists()
 
 
 def test_resume_from_a_folder_without_checkpoints(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(FileNotFoundError, match=r"parameter 'resume'.*neither a complete checkpoint"):
-        T.resolve_resume(str(tmp_path / "run"), tmp_path / "run")
+        resolve_resume(str(tmp_path / "run"), tmp_path / "run")
 
 
 # ==================================================================================================
@@ -916,16 +926,15 @@ def test_resume_from_a_folder_without_checkpoints(tmp_path):
 
 
 def test_item14_a_full_disk_while_writing_a_wav(tmp_path, monkeypatch):
-    from eeg2music import sample
 
     def full(*args, **kwargs):
         raise sf.LibsndfileError(2, "Error writing: ")  # what libsndfile says on ENOSPC: "System error."
 
     monkeypatch.setattr(sf, "write", full)
-    monkeypatch.setattr(sample, "free_bytes", lambda path: 0)
+    monkeypatch.setattr("eeg2music.sampling.clips.free_bytes", lambda path: 0)
     target = tmp_path / "05_sample" / "wav" / "true" / "song21_chunk000.wav"
     with pytest.raises(DiskFullError) as err:
-        sample.write_wav(target, np.zeros(1600))
+        write_sample_wav(target, np.zeros(1600))
     assert str(target) in str(err.value) and "the disk is full" in str(err.value)
     assert list(target.parent.iterdir()) == []
 
@@ -943,15 +952,14 @@ def test_item14_a_full_disk_while_sampling_names_the_wav_folder(tmp_path, monkey
 
 
 def test_item14_a_full_disk_while_building_the_cache(paired, tmp_path, monkeypatch):
-    from eeg2music import preprocess
 
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(preprocess, "_write_recording", full)
+    monkeypatch.setattr("eeg2music.data.cache._write_recording", full)
     cache = tmp_path / "cache"
     with pytest.raises(DiskFullError) as err:
-        preprocess.build_cache(paired.root, None, cache, progress=False, overlap_io=False)
+        build_cache(paired.root, None, cache, progress=False, overlap_io=False)
     assert str(cache) in str(err.value) and "the disk is full" in str(err.value)
     assert leftovers(cache) == [] and not list(cache.glob("cleaned_*"))
 
@@ -959,7 +967,7 @@ def test_item14_a_full_disk_while_building_the_cache(paired, tmp_path, monkeypat
 def test_item14_a_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from eeg2music.convnet import EEGConvNet
+    from eeg2music.models.convnet import EEGConvNet
 
     model = EEGConvNet(eeg_channels=4, eeg_sfreq=20.0, hidden_channels=8)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -971,10 +979,10 @@ def test_item14_a_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     folder = tmp_path / "r" / "checkpoints" / "checkpoint-000004"
     with pytest.raises(DiskFullError) as err:
-        T.save_checkpoint(folder, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        save_checkpoint(folder, model=model, optimizer=optimizer, lr_scheduler=scheduler,
                           accelerator=SimpleNamespace(scaler=None), state={"step": 4}, model_config={}, kind="convnet")
     assert str(folder) in str(err.value) and "the disk is full" in str(err.value)
-    assert not folder.exists() and leftovers(folder.parent) == [] and T.list_checkpoints(tmp_path / "r") == []
+    assert not folder.exists() and leftovers(folder.parent) == [] and list_checkpoints(tmp_path / "r") == []
 
 
 def test_item14_a_full_disk_while_writing_json(tmp_path, monkeypatch):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music import embedders
-from eeg2music.audio import SAMPLE_RATE
+from eeg2music.models.audio import SAMPLE_RATE
+from eeg2music.evaluation.embedders import AudioLDM2ClapEmbedder, Embedder, EncodecEmbedder, LaionClapEmbedder, MelEnvelopeEmbedder, MelStatsEmbedder, VAELatentEmbedder, embed_audio, load_clap_audio_state_dict, make_embedders, resample
 
 CLIP = int(3.5 * SAMPLE_RATE)
 
@@ -83,7 +83,7 @@ def laion_clap_checkpoint(tmp_path_factory):
 
 def test_laion_clap_loads_audio_tower_and_matches_the_library(laion_clap_checkpoint):
     path, reference, config = laion_clap_checkpoint
-    embedder = embedders.LaionClapEmbedder(path)
+    embedder = LaionClapEmbedder(path)
     assert embedder._model is None  # construction does not build the network
     waves = clips(2)
     out = embedder.embed(waves)
@@ -94,7 +94,7 @@ def test_laion_clap_loads_audio_tower_and_matches_the_library(laion_clap_checkpo
     from eeg2music._compat import import_laion_clap
 
     clap = import_laion_clap()
-    audio48k = embedders.resample(waves, SAMPLE_RATE, 48_000)
+    audio48k = resample(waves, SAMPLE_RATE, 48_000)
     quantized = clap.data.int16_to_float32(clap.data.float32_to_int16(audio48k))
     features = [clap.data.get_audio_features({}, torch.from_numpy(x), 480_000, data_truncating="rand_trunc",
                                              data_filling="repeatpad", audio_cfg=config["audio_cfg"]) for x in quantized]
@@ -106,15 +106,15 @@ def test_laion_clap_loads_audio_tower_and_matches_the_library(laion_clap_checkpo
 
 def test_laion_clap_rejects_bad_checkpoints(tmp_path, laion_clap_checkpoint):
     with pytest.raises(FileNotFoundError, match="clap_checkpoint"):
-        embedders.LaionClapEmbedder(tmp_path / "missing.pt")
+        LaionClapEmbedder(tmp_path / "missing.pt")
     pickled = tmp_path / "pickled.pt"
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1e-4)}, pickled)
     with pytest.raises(ValueError, match="weights_only"):
-        embedders.load_clap_audio_state_dict(pickled)
+        load_clap_audio_state_dict(pickled)
     text_only = tmp_path / "text_only.pt"
     torch.save({"state_dict": {"module.text_branch.weight": torch.zeros(2)}}, text_only)
     with pytest.raises(ValueError, match="no LAION-CLAP audio branch"):
-        embedders.load_clap_audio_state_dict(text_only)
+        load_clap_audio_state_dict(text_only)
     # a tensor of the wrong shape: named in the error, nothing half-loaded
     path, _, _ = laion_clap_checkpoint
     state = torch.load(path, weights_only=True)
@@ -122,7 +122,7 @@ def test_laion_clap_rejects_bad_checkpoints(tmp_path, laion_clap_checkpoint):
     reshaped = tmp_path / "reshaped.pt"
     torch.save(state, reshaped)
     with pytest.raises(ValueError, match=r"does not fit LAION-CLAP HTSAT-tiny.*1 of another shape.*audio_projection.2.bias"):
-        embedders.LaionClapEmbedder(reshaped).model
+        LaionClapEmbedder(reshaped).model
 
 
 # --- EnCodec --------------------------------------------------------------------------------------
@@ -142,13 +142,13 @@ def test_encodec_from_released_layout(tmp_path, encodec_model):
 
     save_file({k: v.contiguous() for k, v in encodec_model.state_dict().items()}, str(converted))
     waves = clips(2, seconds=1.0)  # the encoder's cost grows with length; shapes and values are what we test
-    embedder = embedders.EncodecEmbedder(released)
+    embedder = EncodecEmbedder(released)
     frames = embedder.embed_frames(waves)
     assert frames.shape == (2, 75, 128)  # 75 frames/s
     with torch.no_grad():
-        direct = encodec_model.encoder(torch.from_numpy(embedders.resample(waves, SAMPLE_RATE, 24_000))[:, None])
+        direct = encodec_model.encoder(torch.from_numpy(resample(waves, SAMPLE_RATE, 24_000))[:, None])
     np.testing.assert_allclose(frames, direct.transpose(1, 2).numpy(), atol=1e-5)
-    pooled = embedders.EncodecEmbedder(converted).embed(waves)
+    pooled = EncodecEmbedder(converted).embed(waves)
     assert pooled.shape == (2, 128)
     np.testing.assert_allclose(pooled, frames.mean(axis=1), atol=1e-6)
 
@@ -157,7 +157,7 @@ def test_encodec_rejects_foreign_weights(tmp_path):
     path = tmp_path / "other.th"
     torch.save({"encoder.model.0.conv.conv.bias": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="does not fit EnCodec 24 kHz"):
-        embedders.EncodecEmbedder(path).model
+        EncodecEmbedder(path).model
 
 
 # --- AudioLDM2's CLAP ----------------------------------------------------------------------------
@@ -172,23 +172,23 @@ def test_audioldm2_clap_from_folder(tmp_path):
     model.save_pretrained(tmp_path / "text_encoder")
     extractor = ClapFeatureExtractor(frequency_min=50, truncation="rand_trunc")  # laion/clap-htsat-unfused's
     extractor.save_pretrained(tmp_path / "feature_extractor")
-    embedder = embedders.AudioLDM2ClapEmbedder(tmp_path)
+    embedder = AudioLDM2ClapEmbedder(tmp_path)
     waves = clips(2)
     out = embedder.embed(waves)
     assert out.shape == (2, 512)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
-    features = extractor(list(embedders.resample(waves, SAMPLE_RATE, 48_000)), sampling_rate=48_000, return_tensors="pt")
+    features = extractor(list(resample(waves, SAMPLE_RATE, 48_000)), sampling_rate=48_000, return_tensors="pt")
     with torch.no_grad():
         expected = model.get_audio_features(**features)
     expected = getattr(expected, "pooler_output", expected)
     np.testing.assert_allclose(out, torch.nn.functional.normalize(expected, dim=-1).numpy(), atol=1e-5)
     with pytest.raises(FileNotFoundError, match="audioldm2_dir"):
-        embedders.AudioLDM2ClapEmbedder(tmp_path / "text_encoder")
+        AudioLDM2ClapEmbedder(tmp_path / "text_encoder")
 
 
 # --- the offline set ------------------------------------------------------------------------------
 def test_mel_stats_are_interpretable():
-    embedder = embedders.MelStatsEmbedder()
+    embedder = MelStatsEmbedder()
     t = np.arange(CLIP) / SAMPLE_RATE
     tone_a4 = 0.3 * np.sin(2 * np.pi * 440.0 * t)
     clicks = np.zeros(CLIP)
@@ -203,21 +203,21 @@ def test_mel_stats_are_interpretable():
     assert feature["centroid_mean"] == pytest.approx(440.0, rel=0.1)
     assert dict(zip(embedder.feature_names, out[1]))["tempo_bpm"] == pytest.approx(120.0, rel=0.05)
     # the same clips at 44.1 kHz give (nearly) the same statistics: input is resampled to 16 kHz
-    at_44k = embedders.resample(np.stack([tone_a4, clicks]), SAMPLE_RATE, 44_100)
+    at_44k = resample(np.stack([tone_a4, clicks]), SAMPLE_RATE, 44_100)
     np.testing.assert_allclose(embedder.embed(at_44k, sample_rate=44_100)[0, :128], out[0, :128], atol=0.05)
 
 
 @pytest.fixture(scope="module")
 def tiny_backbone():
-    """The project's tiny backbone (eeg2music.backbone), untrained: its VAE gives (8, 88, 16) latents."""
-    from eeg2music.backbone import build_tiny_backbone
+    """The project's tiny backbone (eeg2music.models.backbone), untrained: its VAE gives (8, 88, 16) latents."""
+    from eeg2music.models.tiny_backbone import build_tiny_backbone
 
     return build_tiny_backbone(seed=0)
 
 
 def test_vae_latent_embedder(tiny_backbone):
     backbone = tiny_backbone
-    embedder = embedders.VAELatentEmbedder(backbone)
+    embedder = VAELatentEmbedder(backbone)
     waves = clips(3)
     frames = embedder.embed_frames(waves)
     assert frames.shape == (3, 88, 128)
@@ -226,31 +226,31 @@ def test_vae_latent_embedder(tiny_backbone):
         latents = backbone.encode(backbone.wave_to_mel(torch.from_numpy(waves)))
     np.testing.assert_allclose(pooled, latents.mean(dim=2).reshape(3, 128).numpy(), atol=1e-5)
     with pytest.raises(TypeError, match="backbone"):
-        embedders.VAELatentEmbedder(object())
+        VAELatentEmbedder(object())
 
 
 # --- the set and batching ---------------------------------------------------------------------------
 def test_make_embedders_offline_default_and_paths(tmp_path, laion_clap_checkpoint, tiny_backbone):
-    offline = embedders.make_embedders()
+    offline = make_embedders()
     assert [e.name for e in offline] == ["mel-stats", "mel-envelope"]
-    with_backbone = embedders.make_embedders(backbone=tiny_backbone)
+    with_backbone = make_embedders(backbone=tiny_backbone)
     assert [e.name for e in with_backbone] == ["mel-stats", "mel-envelope", "vae-latent"]
-    assert all(isinstance(e, embedders.Embedder) for e in with_backbone)
+    assert all(isinstance(e, Embedder) for e in with_backbone)
     assert all("clap" not in e.name and "encodec" not in e.name for e in with_backbone)
     path, _, _ = laion_clap_checkpoint
-    real = embedders.make_embedders(clap_checkpoint=path, backbone=tiny_backbone)
+    real = make_embedders(clap_checkpoint=path, backbone=tiny_backbone)
     assert [e.name for e in real] == ["laion-clap", "mel-envelope"] and real[0]._model is None
     with pytest.raises(FileNotFoundError, match="encodec_weights"):
-        embedders.make_embedders(encodec_weights=tmp_path / "missing.th")
+        make_embedders(encodec_weights=tmp_path / "missing.th")
 
 
 def test_embed_audio_batches_like_one_call():
-    embedder = embedders.MelStatsEmbedder()
+    embedder = MelStatsEmbedder()
     waves = clips(5)
-    np.testing.assert_allclose(embedders.embed_audio(embedder, waves, batch_size=2, progress=False),
+    np.testing.assert_allclose(embed_audio(embedder, waves, batch_size=2, progress=False),
                                embedder.embed(waves), rtol=1e-5)
     with pytest.raises(ValueError, match="embed_frames"):
-        embedders.embed_audio(embedder, waves, frames=True, progress=False)
+        embed_audio(embedder, waves, frames=True, progress=False)
     with pytest.raises(ValueError, match="shape"):
         embedder.embed(np.zeros((2, 3, 4)))
     with pytest.raises(ValueError, match="NaN"):
@@ -266,7 +266,7 @@ def test_mel_envelope_is_the_band_time_course_without_the_clip_mean():
     tone = np.sin(2 * np.pi * 1000 * t)
     early, late = tone * (t < 1.75), tone * (t >= 1.75)
     noise = 1e-3 * rng.standard_normal((2, n))
-    embedder = embedders.MelEnvelopeEmbedder()
+    embedder = MelEnvelopeEmbedder()
     assert embedder.dim == 35 * 8 and len(embedder.feature_names) == embedder.dim
     out = embedder.embed(np.stack([early, late]) + noise, sr)
     assert out.shape == (2, 280) and out.dtype == np.float32
@@ -280,4 +280,4 @@ def test_mel_envelope_is_the_band_time_course_without_the_clip_mean():
     with pytest.raises(ValueError, match="shorter"):
         embedder.embed(tone[None, : sr], sr)
     with pytest.raises(ValueError, match="band_groups"):
-        embedders.MelEnvelopeEmbedder(band_groups=7)
+        MelEnvelopeEmbedder(band_groups=7)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from conftest import NOTEBOOKS_DIR, REPO_ROOT, run_notebook
+from conftest import NOTEBOOKS_DIR, run_notebook
 from eeg2music.params import read_parameter_specs
 
 NOTEBOOKS = [
@@ -156,7 +156,8 @@ def test_papermill_sees_every_parameter_with_its_comment(name, tmp_path):
 @pytest.mark.slow
 def test_04_train_first_on_a_fresh_run_folder_installs_the_shipped_backbone(tmp_path, monkeypatch):
     """The README's first command on a fresh clone: no stage has run, notebook 04 must not train a substitute."""
-    from eeg2music.backbone import SHIPPED_BACKBONE_DIR, _weights_digest, backbone_provenance
+    from eeg2music.models.backbone import SHIPPED_BACKBONE_DIR
+    from eeg2music.models.tiny_backbone import _weights_digest, backbone_provenance
 
     fresh = tmp_path / "outputs"
     monkeypatch.setenv("EEG2MUSIC_OUTPUTS", str(fresh))

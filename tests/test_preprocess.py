@@ -1,4 +1,4 @@
-"""eeg2music.preprocess: each step against hand-computed values, the pipeline, and the on-disk cache."""
+"""eeg2music.data.preprocessing: each step against hand-computed values, the pipeline, and the on-disk cache."""
 
 from __future__ import annotations
 
@@ -11,24 +11,11 @@ import mne
 import numpy as np
 import pytest
 
-from eeg2music import preprocess as pp
-from eeg2music.preprocess import (
-    FACE_CHANNELS,
-    BadChannelError,
-    Preprocessing,
-    build_cache,
-    center_on_first_samples,
-    clamp,
-    drop_face_channels,
-    filter_like_cleaned_release,
-    find_bad_channels,
-    open_cache,
-    preprocess_array,
-    preprocess_raw,
-    robust_scale,
-    trace_steps,
-)
+from eeg2music.data.preprocessing import FACE_CHANNELS, BadChannelError, Preprocessing, center_on_first_samples, clamp, drop_face_channels, filter_like_cleaned_release, find_bad_channels, preprocess_array, preprocess_raw, robust_scale, trace_steps
+from eeg2music.data.cache import build_cache, open_cache
 from fixtures_nmedt import make_nmedt_folder, write_cleaned_song
+from eeg2music.data.cache import _write_recording
+from eeg2music.data.preprocessing import BLOCK_SAMPLES, CACHE_FORMAT_VERSION, _working_input, preprocess_working
 
 CLEANED_NAMES = [f"E{i}" for i in range(1, 125)] + ["Cz"]
 RAW_NAMES = [f"E{i}" for i in range(1, 129)] + ["Cz"]
@@ -69,7 +56,7 @@ def test_key_is_stable_and_tracks_every_field():
 
 def test_key_depends_on_the_format_version(monkeypatch):
     before = Preprocessing().key()
-    monkeypatch.setattr(pp, "CACHE_FORMAT_VERSION", pp.CACHE_FORMAT_VERSION + 1)
+    monkeypatch.setattr("eeg2music.data.preprocessing.CACHE_FORMAT_VERSION", CACHE_FORMAT_VERSION + 1)
     assert Preprocessing().key() != before
 
 
@@ -180,7 +167,7 @@ def test_pipeline_equals_the_formula():
 ])
 def test_fused_steps_equal_the_traced_steps_to_the_bit(cfg):
     """Untraced, centre → scale → clamp run fused block by block; traced, one after the other: same bits."""
-    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=3 * pp.BLOCK_SAMPLES / 1000.0 + 0.5)  # blocks + a remainder
+    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=3 * BLOCK_SAMPLES / 1000.0 + 0.5)  # blocks + a remainder
     raw._data[7, 100:110] += 3e-3  # an artefact for the clamp
     fused = preprocess_raw(raw.copy(), cfg)
     traced = trace_steps(raw, cfg)[-1]
@@ -190,25 +177,25 @@ def test_fused_steps_equal_the_traced_steps_to_the_bit(cfg):
 
 def test_cache_files_are_what_numpy_saves_for_the_finished_array(tmp_path):
     """The cache applies centre → scale → clamp while writing: the file is np.save's of the result, byte for byte."""
-    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=2 * pp.BLOCK_SAMPLES / 1000.0 + 0.3)
-    working = pp._working_input(raw.get_data(), RAW_NAMES, 1000.0, Preprocessing())
-    result, scaling = pp._preprocess_working(working, Preprocessing(), "test recording")
+    raw = random_raw(RAW_NAMES, sfreq=1000.0, seconds=2 * BLOCK_SAMPLES / 1000.0 + 0.3)
+    working = _working_input(raw.get_data(), RAW_NAMES, 1000.0, Preprocessing())
+    result, scaling = preprocess_working(working, Preprocessing(), "test recording")
     assert scaling is not None and result.data.flags.f_contiguous
     finished = scaling.apply(result.data.copy(order="F"))
     np.save(tmp_path / "numpy.npy", finished)
-    pp._write_recording(tmp_path / "cache.npy", result.data, scaling)
+    _write_recording(tmp_path / "cache.npy", result.data, scaling)
     assert (tmp_path / "cache.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
     np.testing.assert_array_equal(result.data, finished)  # the writer scaled the array in place
     np.testing.assert_array_equal(np.load(tmp_path / "cache.npy", mmap_mode="r"), preprocess_raw(raw).data)
     with pytest.raises(ValueError, match="time-major"):
-        pp._write_recording(tmp_path / "c_order.npy", np.ascontiguousarray(finished))
+        _write_recording(tmp_path / "c_order.npy", np.ascontiguousarray(finished))
 
 
 def test_working_input_scales_casts_and_finds_each_channel_range():
     rng = np.random.default_rng(3)
-    data_uv = np.asfortranarray(rng.normal(0.0, 20.0, size=(129, 2 * pp.BLOCK_SAMPLES + 7)))
-    data_uv[4, pp.BLOCK_SAMPLES + 3] = np.nan
-    working = pp._working_input(data_uv, RAW_NAMES, 1000.0, Preprocessing(), scale=1e-6)
+    data_uv = np.asfortranarray(rng.normal(0.0, 20.0, size=(129, 2 * BLOCK_SAMPLES + 7)))
+    data_uv[4, BLOCK_SAMPLES + 3] = np.nan
+    working = _working_input(data_uv, RAW_NAMES, 1000.0, Preprocessing(), scale=1e-6)
     expected = (data_uv[:124] * 1e-6).astype(np.float32)
     assert working.data.flags.f_contiguous and working.data.dtype == np.float32 and working.ch_names == RAW_NAMES[:124]
     np.testing.assert_array_equal(working.data, expected)
@@ -217,7 +204,7 @@ def test_working_input_scales_casts_and_finds_each_channel_range():
         np.testing.assert_array_equal(working.high, expected.max(axis=1))
     assert np.isnan(working.low[4]) and np.isnan(working.high[4]) and np.isfinite(np.delete(working.low, 4)).all()
     with pytest.raises(ValueError, match="no samples"):
-        pp._working_input(data_uv[:, :0], RAW_NAMES, 1000.0, Preprocessing())
+        _working_input(data_uv[:, :0], RAW_NAMES, 1000.0, Preprocessing())
 
 
 def test_centring_is_absorbed_by_robust_scaling():
@@ -333,8 +320,8 @@ def test_build_cache_matches_the_pipeline_on_both_layouts(nmedt, tmp_path, layou
 
 def test_cache_is_reused_and_invalidated(nmedt, tmp_path, monkeypatch):
     calls = []
-    real = pp._preprocess_working  # the per-recording work build_cache does after reading
-    monkeypatch.setattr(pp, "_preprocess_working", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = preprocess_working  # the per-recording work build_cache does after reading
+    monkeypatch.setattr("eeg2music.data.cache.preprocess_working", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = build_cache(nmedt.root, Preprocessing(), tmp_path, songs=[22, 23], progress=False)
     assert len(calls) == 4
     again = build_cache(nmedt.root, Preprocessing(), tmp_path, songs=[22, 23], progress=False)
@@ -360,7 +347,7 @@ def test_changed_data_rebuilds(tmp_path):
 
 
 def test_interrupted_build_is_never_read(nmedt, tmp_path, monkeypatch):
-    real = pp._preprocess_working  # the per-recording work of build_cache
+    real = preprocess_working  # the per-recording work of build_cache
     calls = []
 
     def dies_on_the_third(*args, **kwargs):
@@ -369,13 +356,13 @@ def test_interrupted_build_is_never_read(nmedt, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pp, "_preprocess_working", dies_on_the_third)
+    monkeypatch.setattr("eeg2music.data.cache.preprocess_working", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(nmedt.root, Preprocessing(), tmp_path, progress=False)
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # no cache, no latest.json
     with pytest.raises(FileNotFoundError, match="no complete preprocessed cache"):
         open_cache(tmp_path)
-    monkeypatch.setattr(pp, "_preprocess_working", real)
+    monkeypatch.setattr("eeg2music.data.cache.preprocess_working", real)
     index = build_cache(nmedt.root, Preprocessing(), tmp_path, progress=False)
     assert len(index.recordings) == 6
 
@@ -393,7 +380,7 @@ def test_overlapped_and_sequential_builds_write_the_same_cache(nmedt, tmp_path):
 def test_a_failed_overlapped_build_leaves_no_thread_running(nmedt, tmp_path, monkeypatch):
     import threading
 
-    real = pp._preprocess_working  # the per-recording work of build_cache
+    real = preprocess_working  # the per-recording work of build_cache
     calls = []
 
     def fails_on_the_second(*args, **kwargs):
@@ -402,7 +389,7 @@ def test_a_failed_overlapped_build_leaves_no_thread_running(nmedt, tmp_path, mon
             raise ValueError("broken recording")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pp, "_preprocess_working", fails_on_the_second)
+    monkeypatch.setattr("eeg2music.data.cache.preprocess_working", fails_on_the_second)
     with pytest.raises(ValueError, match="broken recording"):
         build_cache(nmedt.root, Preprocessing(), tmp_path, layout="raw", progress=False)
     alive = [t.name for t in threading.enumerate() if t.name.startswith("eeg2music-")]
@@ -413,16 +400,16 @@ def test_killed_build_is_never_read_and_is_cleaned_up(nmedt, tmp_path):
     """A build killed with SIGKILL leaves a temporary folder: not read, and removed by the next build."""
     script = (
         "import os, signal\n"
-        "import eeg2music.preprocess as pp\n"
-        "real = pp._preprocess_working\n"
+        "import eeg2music.data.cache as cache\n"
+        "real = cache.preprocess_working\n"
         "calls = []\n"
         "def killer(*a, **k):\n"
         "    calls.append(1)\n"
         # the third: the writer saves recording 2 only after recording 1's file is complete
         "    if len(calls) == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(*a, **k)\n"
-        "pp._preprocess_working = killer\n"
-        f"pp.build_cache({str(nmedt.root)!r}, None, {str(tmp_path)!r}, progress=False)\n"
+        "cache.preprocess_working = killer\n"
+        f"cache.build_cache({str(nmedt.root)!r}, None, {str(tmp_path)!r}, progress=False)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == -9, done.stderr
@@ -469,7 +456,7 @@ def test_flat_channel_is_reported_by_name_through_the_cache(flat_channel_folder,
 
 def test_nan_in_a_file_is_named_through_the_cache(tmp_path):
     """The cache's reader folds the reader's finiteness check into its own pass: same errors, same names."""
-    from eeg2music.nmedt import NMEDTError
+    from eeg2music.data.nmedt import NMEDTError
 
     rng = np.random.default_rng(0)
     data = rng.normal(0, 10.0, size=(125, 2710, 2))
@@ -499,7 +486,7 @@ def test_open_cache_without_a_cache_says_what_to_run(tmp_path):
 def test_notebook_02_on_the_raw_layout_with_a_held_out_subject(tmp_path, session_outputs):
     from conftest import run_notebook
 
-    from eeg2music.windows import load_stage_windows
+    from eeg2music.data.pairing import load_stage_windows
 
     out = tmp_path / "out"
     run_notebook("02_preprocess", tmp_path / "run", smoke=True, layout="raw", loso_subject=3, lag_seconds=0.2, out_dir=str(out))

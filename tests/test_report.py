@@ -2,7 +2,7 @@
 
 Results are small and synthetic: embeddings built so that one "model" is identifiable (its embedding is
 the true clip's plus a little noise) and another is not (random), evaluated with the real
-:func:`eeg2music.metrics.evaluate_embeddings`; plus a hand-written metrics dict for the edge cases.
+:func:`eeg2music.evaluation.metrics.evaluate_embeddings`; plus a hand-written metrics dict for the edge cases.
 """
 
 from __future__ import annotations
@@ -16,21 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eeg2music.metrics import evaluate_embeddings
-from eeg2music.report import (
-    comparison_table,
-    embed_samples,
-    evaluate_samples,
-    paired_differences,
-    permutation_table,
-    plain_words_reading,
-    plot_confusions,
-    plot_distributions,
-    plot_identification,
-    verdict,
-    write_evaluation,
-)
-from eeg2music.sample import SAMPLES_NAME, load_samples, write_wav
+from eeg2music.evaluation.metrics import evaluate_embeddings
+from eeg2music.evaluation.report import comparison_table, embed_samples, evaluate_samples, paired_differences, permutation_table, plain_words_reading, verdict, write_evaluation
+from eeg2music.plots import plot_confusions, plot_distributions, plot_identification
+from eeg2music.sampling.clips import SAMPLES_NAME, load_samples, write_wav
 from eeg2music.utils import write_json
 
 MODELS = {

@@ -16,26 +16,15 @@ import pytest
 import soundfile
 import torch
 
-from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE
-from eeg2music.backbone import build_tiny_backbone
-from eeg2music.controlnet import EEGControlNet, perturb_zero_convs
-from eeg2music.convnet import EEGConvNet
-from eeg2music.sample import (
-    DEFAULT_RUNS,
-    SAMPLES_NAME,
-    EEGMusicPipeline,
-    choose_examples,
-    clip_generators,
-    clip_seed,
-    load_samples,
-    make_scheduler,
-    read_wav,
-    sample_models,
-    select_clips,
-    write_wav,
-)
-from eeg2music.train import TrainedModel
-from eeg2music.windows import WindowRef
+from eeg2music.models.audio import CLIP_SAMPLES, SAMPLE_RATE
+from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.models.controlnet import EEGControlNet
+from eeg2music.models.controlnet_diagnostics import perturb_zero_convs
+from eeg2music.models.convnet import EEGConvNet
+from eeg2music.sampling.clips import DEFAULT_RUNS, SAMPLES_NAME, choose_examples, load_samples, read_wav, sample_models, select_clips, write_wav
+from eeg2music.sampling.pipeline import EEGMusicPipeline, clip_generators, clip_seed, make_scheduler
+from eeg2music.models.model_folder import TrainedModel
+from eeg2music.data.windows import WindowRef
 
 LATENT = (8, 88, 16)
 CHANNELS, SFREQ, SECONDS = 6, 40.0, 3.5
@@ -329,7 +318,7 @@ def test_default_runs_match_the_demo():
 # --- notebook 05's inputs ------------------------------------------------------------------------------
 
 def test_ensure_models_reuses_registers_and_refuses(tmp_path, monkeypatch):
-    from eeg2music.sample import ensure_models
+    from eeg2music.sampling.inputs import ensure_models
 
     monkeypatch.setenv("EEG2MUSIC_OUTPUTS", str(tmp_path / "outputs"))
     # The unconditional model has nothing to train: a missing default run is registered on the spot.
@@ -347,7 +336,7 @@ def test_ensure_models_reuses_registers_and_refuses(tmp_path, monkeypatch):
 
 
 def test_models_must_share_backbone_and_data(tmp_path):
-    from eeg2music.sample import check_models_agree
+    from eeg2music.sampling.inputs import check_models_agree
 
     data = {"cache_key": "k1", "sfreq": 125.0, "channels": ["E1"], "subjects": [2, 3], "window_spec": {"lag_seconds": 0.0},
             "cache_dir": "/somewhere"}

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-from eeg2music import nmedt, simulate
-from eeg2music.audio import auditory_features
+from eeg2music.models.audio import auditory_features
 from eeg2music.params import ParameterError
+from eeg2music.data.forward_model import build_forward_model
+from eeg2music.data.music import synthesize_song
+from eeg2music.data.nmedt import SONGS, read_stimulus, scan_nmedt
+from eeg2music.data.recordings import iter_recordings, read_recording, song_onsets
+from eeg2music.data.simulate import PRESETS, envelope_decoding, load_simulation, resolve_simulation_parameters, simulate_nmedt
 
 # 3 participants × 3 songs of 15 s: enough for a leave-one-song-out backward model, fast to simulate
 SMALL = {"n_subjects": 3, "songs": [21, 22, 23], "song_seconds": 15.0}
@@ -20,7 +24,7 @@ SMALL = {"n_subjects": 3, "songs": [21, 22, 23], "song_seconds": 15.0}
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """The smoke preset, both layouts (as tests of other stages use it)."""
-    return simulate.simulate_nmedt(tmp_path_factory.mktemp("sim") / "smoke", seed=3, preset="smoke", progress=False)
+    return simulate_nmedt(tmp_path_factory.mktemp("sim") / "smoke", seed=3, preset="smoke", progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -29,15 +33,15 @@ def smoke(tmp_path_factory):
 
 
 def test_presets_and_overrides_are_type_checked():
-    smoke = simulate.resolve_simulation_parameters("smoke")
+    smoke = resolve_simulation_parameters("smoke")
     assert smoke["n_subjects"] == 3 and smoke["songs"] == [21, 22, 23] and smoke["layouts"] == ["cleaned", "raw"]
-    default = simulate.resolve_simulation_parameters("default")
+    default = resolve_simulation_parameters("default")
     assert default["n_subjects"] == 20 and len(default["songs"]) == 10 and default["layouts"] == ["cleaned"]
     assert default["song_seconds"] >= 12 * 3.5
-    custom = simulate.resolve_simulation_parameters("smoke", n_subjects="2", songs="21,24", layouts="raw", snr_db=-6.0)
+    custom = resolve_simulation_parameters("smoke", n_subjects="2", songs="21,24", layouts="raw", snr_db=-6.0)
     assert custom["n_subjects"] == 2 and custom["songs"] == [21, 24] and custom["layouts"] == ["raw"]
     assert custom["snr"] == pytest.approx(10 ** (-6 / 20))
-    full = simulate.resolve_simulation_parameters("full")
+    full = resolve_simulation_parameters("full")
     assert full["song_seconds"] == 0 and set(full["layouts"]) == {"cleaned", "raw"}
 
 
@@ -55,9 +59,9 @@ def test_presets_and_overrides_are_type_checked():
 )
 def test_bad_simulation_parameters_are_named(overrides, message):
     with pytest.raises(ParameterError, match=message):
-        simulate.resolve_simulation_parameters("smoke", **overrides)
+        resolve_simulation_parameters("smoke", **overrides)
     with pytest.raises(ParameterError, match="unknown simulation preset"):
-        simulate.resolve_simulation_parameters("huge")
+        resolve_simulation_parameters("huge")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,12 +71,12 @@ def test_bad_simulation_parameters_are_named(overrides, message):
 
 def test_songs_are_deterministic_and_distinct():
     sr, seconds = 16000, 8.0
-    songs = {sid: simulate.synthesize_song(sid, seconds, sr, seed=0) for sid in nmedt.SONGS}
+    songs = {sid: synthesize_song(sid, seconds, sr, seed=0) for sid in SONGS}
     for audio in songs.values():
         assert audio.dtype == np.float32 and audio.shape == (int(seconds * sr),)
         assert 0.5 < np.max(np.abs(audio)) <= 0.9 + 1e-6
-    np.testing.assert_array_equal(songs[21], simulate.synthesize_song(21, seconds, sr, seed=0))
-    assert not np.allclose(songs[21], simulate.synthesize_song(21, seconds, sr, seed=1))
+    np.testing.assert_array_equal(songs[21], synthesize_song(21, seconds, sr, seed=0))
+    assert not np.allclose(songs[21], synthesize_song(21, seconds, sr, seed=1))
     # timbre: each song's average band profile differs clearly from every other song's
     profiles = {}
     for sid, audio in songs.items():
@@ -86,12 +90,12 @@ def test_songs_are_deterministic_and_distinct():
 def test_songs_follow_their_tempo():
     """The onset envelope of each song is periodic at its NMED-T tempo (or a multiple of it)."""
     for sid in (21, 26, 30):
-        audio = simulate.synthesize_song(sid, 20.0, 16000, seed=0)
+        audio = synthesize_song(sid, 20.0, 16000, seed=0)
         onsets = auditory_features(audio, 16000, 100.0).onsets
         onsets = onsets - onsets.mean()
         spectrum = np.abs(np.fft.rfft(onsets * np.hanning(len(onsets))))
         freqs = np.fft.rfftfreq(len(onsets), 1 / 100.0)
-        beat_hz = nmedt.SONGS[sid].bpm / 60.0
+        beat_hz = SONGS[sid].bpm / 60.0
         band = (freqs > 0.5) & (freqs < 10.0)
         strongest = freqs[band][np.argmax(spectrum[band])]
         ratio = strongest / beat_hz
@@ -124,7 +128,7 @@ def test_auditory_features_follow_a_click_train():
 
 
 def test_forward_model_topographies():
-    model = simulate.build_forward_model(0, [2, 3, 4])
+    model = build_forward_model(0, [2, 3, 4])
     names = model.channel_names
     auditory = model.patterns[0, 0] + model.patterns[0, 1]  # both auditory cortices (Cz reference)
     auditory = auditory - auditory.mean()
@@ -156,7 +160,7 @@ def test_smoke_dataset_is_written_in_the_nmedt_formats(smoke):
     record = json.loads((smoke / "simulation.json").read_text())
     assert record["preset"] == "smoke" and record["seed"] == 3 and record["snr"] == pytest.approx(0.25)
     assert set(record["forward_model"]["subjects"]) == {"2", "3", "4"}
-    folder = nmedt.scan_nmedt(smoke)
+    folder = scan_nmedt(smoke)
     assert folder.simulated and folder.layouts == ("cleaned", "raw")
     assert folder.songs[21].duration_s == 15.0 and sorted(folder.stimuli) == [21, 22, 23]
     # the cleaned files are plain MATLAB v5 with the NMED-T variables
@@ -165,19 +169,19 @@ def test_smoke_dataset_is_written_in_the_nmedt_formats(smoke):
     assert [str(s[0]) for s in contents["subs22"].ravel()] == ["P02", "P03", "P04"]
     # the raw files are MATLAB v7.3: the onsets found from DIN_1 are the simulated ones
     for name, truth in record["raw_recordings"].items():
-        onsets = nmedt.song_onsets(smoke / name, folder.songs)
+        onsets = song_onsets(smoke / name, folder.songs)
         assert onsets == {int(k): v for k, v in truth["onset_samples"].items()}
-    raws = list(nmedt.iter_recordings(folder, "raw"))
+    raws = list(iter_recordings(folder, "raw"))
     assert len(raws) == 9 and all(r.n_times == 15 * 1000 and r.info["sfreq"] == 1000.0 for r in raws)
     assert all(np.all(r.get_data(picks=["Cz"]) == 0) for r in raws)
-    cleaned = list(nmedt.iter_recordings(folder, "cleaned"))
+    cleaned = list(iter_recordings(folder, "cleaned"))
     assert len(cleaned) == 9 and all(len(r.ch_names) == 125 for r in cleaned)
-    stimulus = nmedt.read_stimulus(folder, 23)
+    stimulus = read_stimulus(folder, 23)
     assert len(stimulus) == 15 * 16000
 
 
 def test_cleaned_eeg_is_in_a_realistic_range(smoke):
-    raw = nmedt.read_recording(smoke, 3, 21, layout="cleaned")
+    raw = read_recording(smoke, 3, 21, layout="cleaned")
     data_uv = raw.get_data() * 1e6
     assert 5 < data_uv.std() < 40  # µV, as scalp EEG
     assert abs(data_uv.mean(axis=0)).max() < 1e-3  # average reference
@@ -188,7 +192,7 @@ def test_cleaned_eeg_is_in_a_realistic_range(smoke):
 
 
 def test_raw_eeg_has_line_noise_and_offsets(smoke):
-    raw = nmedt.read_recording(smoke, 2, 22, layout="raw")
+    raw = read_recording(smoke, 2, 22, layout="raw")
     data_uv = raw.get_data(picks=raw.ch_names[:128]) * 1e6  # all but the Cz reference
     offsets = data_uv.mean(axis=1)
     assert offsets.std() > 100  # electrode offsets of hundreds of µV, as in raw EGI recordings
@@ -202,32 +206,32 @@ def test_raw_eeg_has_line_noise_and_offsets(smoke):
 
 def test_simulation_is_deterministic_and_atomic(tmp_path, monkeypatch):
     kwargs = dict(seed=5, preset="smoke", layouts=["cleaned"], n_subjects=1, songs=[24], song_seconds=6.0, progress=False)
-    first = simulate.simulate_nmedt(tmp_path / "a", **kwargs)
-    second = simulate.simulate_nmedt(tmp_path / "b", **kwargs)
+    first = simulate_nmedt(tmp_path / "a", **kwargs)
+    second = simulate_nmedt(tmp_path / "b", **kwargs)
     np.testing.assert_array_equal(scipy.io.loadmat(first / "song24_Imputed.mat")["data24"], scipy.io.loadmat(second / "song24_Imputed.mat")["data24"])
-    other = simulate.simulate_nmedt(tmp_path / "c", **{**kwargs, "seed": 6})
+    other = simulate_nmedt(tmp_path / "c", **{**kwargs, "seed": 6})
     assert not np.array_equal(scipy.io.loadmat(first / "song24_Imputed.mat")["data24"], scipy.io.loadmat(other / "song24_Imputed.mat")["data24"])
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(simulate, "_write_raw", broken)
+    monkeypatch.setattr("eeg2music.data.simulate._write_raw", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        simulate.simulate_nmedt(tmp_path / "d", **{**kwargs, "layouts": ["cleaned", "raw"]})
+        simulate_nmedt(tmp_path / "d", **{**kwargs, "layouts": ["cleaned", "raw"]})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no half-written folder
     with pytest.raises(RuntimeError):
-        simulate.simulate_nmedt(first, **{**kwargs, "layouts": ["raw"]})
+        simulate_nmedt(first, **{**kwargs, "layouts": ["raw"]})
     assert (first / "simulation.json").is_file()  # an existing dataset survives a failed rewrite
 
 
 def test_load_simulation_rebuilds_the_forward_model(smoke):
-    record, model = simulate.load_simulation(smoke)
+    record, model = load_simulation(smoke)
     assert model.subjects == record["subjects"] == [2, 3, 4]
     truth = record["forward_model"]["subjects"]["3"]
     assert model.latency_s[1] * 1000 == pytest.approx(truth["latency_ms"], abs=1e-3)
     assert model.signal_scale_uv == record["forward_model"]["signal_scale_uv"] > 0
     with pytest.raises(FileNotFoundError, match="simulation.json"):
-        simulate.load_simulation(smoke / "stimuli")
+        load_simulation(smoke / "stimuli")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,21 +240,21 @@ def test_load_simulation_rebuilds_the_forward_model(smoke):
 
 
 def test_ridge_backward_model_recovers_the_envelope_at_the_default_snr(smoke):
-    result = simulate.envelope_decoding(smoke, layout="cleaned")
-    print(f"default SNR ({simulate.PRESETS['default']['snr']}): r = {result['r_true']:.3f}, control r = {result['r_control']:.3f}")
+    result = envelope_decoding(smoke, layout="cleaned")
+    print(f"default SNR ({PRESETS['default']['snr']}): r = {result['r_true']:.3f}, control r = {result['r_control']:.3f}")
     assert result["r_true"] > 0.5
     assert result["r_true"] > result["r_control"] + 0.3
     assert all(r["r_true"] > r["r_control"] for r in result["per_recording"])
 
 
 def test_ridge_backward_model_falls_to_the_control_without_signal(tmp_path):
-    silent = simulate.simulate_nmedt(tmp_path / "snr0", seed=3, preset="smoke", layouts=["cleaned"], snr=0.0, progress=False, **SMALL)
-    result = simulate.envelope_decoding(silent, layout="cleaned")
+    silent = simulate_nmedt(tmp_path / "snr0", seed=3, preset="smoke", layouts=["cleaned"], snr=0.0, progress=False, **SMALL)
+    result = envelope_decoding(silent, layout="cleaned")
     print(f"SNR 0: r = {result['r_true']:.3f}, control r = {result['r_control']:.3f}")
     assert abs(result["r_true"]) < 0.15
     assert abs(result["r_true"] - result["r_control"]) < 0.15
 
 
 def test_envelope_decoding_works_on_the_raw_layout(smoke):
-    result = simulate.envelope_decoding(smoke, layout="raw", subjects=[2, 3])
+    result = envelope_decoding(smoke, layout="raw", subjects=[2, 3])
     assert result["layout"] == "raw" and result["r_true"] > result["r_control"] + 0.2

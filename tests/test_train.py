@@ -22,21 +22,18 @@ import pytest
 import safetensors.torch
 import torch
 
-from eeg2music import train as T
 from eeg2music.params import ParameterError
-from eeg2music.train import (
-    CHECKPOINT_MARKER,
-    LOG_COLUMNS,
-    MODEL_CONFIG_NAME,
-    StepBatches,
-    TrainConfig,
-    list_checkpoints,
-    load_trained_model,
-    register_unconditional,
-    resolve_resume,
-    train,
-)
+from eeg2music.training.checkpoints import CHECKPOINT_MARKER, list_checkpoints, resolve_resume
+from eeg2music.training.loop import LOG_COLUMNS, train
+from eeg2music.models.model_folder import MODEL_CONFIG_NAME, load_trained_model, register_unconditional
+from eeg2music.training.data import StepBatches
+from eeg2music.training.config import TrainConfig
 from fixtures_nmedt import make_nmedt_folder
+from eeg2music.train import main
+from eeg2music.training.checkpoints import optimizer_state_from_safetensors, optimizer_state_to_safetensors, rng_state, save_checkpoint, set_rng_state
+from eeg2music.training.config import DEFAULT_LEARNING_RATES, SMOKE_DEFAULTS, default_control_min_timestep, default_learning_rate
+from eeg2music.training.data import clip_latents, load_training_data, step_generator
+from eeg2music.training.objectives import DiffusionObjective, mismatched_offset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    from eeg2music.preprocess import build_cache
+    from eeg2music.data.cache import build_cache
 
     root = tmp_path_factory.mktemp("nmedt_train")
     make_nmedt_folder(root, layouts=("cleaned",), songs=(21, 22, 23), subjects=(2, 3), cleaned_fs=25.0,
@@ -57,7 +54,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def backbone_dir(tmp_path_factory) -> Path:
-    from eeg2music.backbone import build_tiny_backbone
+    from eeg2music.models.tiny_backbone import build_tiny_backbone
 
     path = tmp_path_factory.mktemp("backbone") / "tiny"
     build_tiny_backbone(seed=0, size="smoke").save(path)
@@ -66,7 +63,7 @@ def backbone_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def backbone(backbone_dir):
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     return load_backbone(backbone_dir, device=torch.device("cpu"))
 
@@ -74,11 +71,11 @@ def backbone(backbone_dir):
 @pytest.fixture(scope="session")
 def latent_cache(tmp_path_factory, cache_dir, backbone_dir) -> Path:
     """Clip latents encoded once for the whole session (the runs below share them)."""
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     folder = tmp_path_factory.mktemp("latents")
     cfg = TrainConfig(run_dir=str(cache_dir), backbone=str(backbone_dir), latent_cache_dir=str(folder), smoke=True)
-    T.load_training_data(cfg.resolved(), load_backbone(backbone_dir, device=torch.device("cpu")), progress=False)
+    load_training_data(cfg.resolved(), load_backbone(backbone_dir, device=torch.device("cpu")), progress=False)
     return folder
 
 
@@ -109,7 +106,7 @@ RUNS = [("controlnet", True), ("controlnet", False), ("convnet", True), ("convne
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory, cache_dir, backbone_dir, latent_cache):
     """Each kind trained for a few steps; with the backbone's weights before and after."""
-    from eeg2music.backbone import load_backbone
+    from eeg2music.models.backbone import load_backbone
 
     out_dir = tmp_path_factory.mktemp("runs")
     runs = {}
@@ -134,7 +131,7 @@ def test_smoke_run_writes_the_model_folder_contract(smoke_runs, kind, subject_co
     assert len(meta["data"]["channels"]) == 124 and meta["data"]["subjects"] == [2, 3]
     assert meta["data"]["window_spec"]["clip_seconds"] == 3.5
     assert meta["training"]["subject_cond"] is subject_cond
-    assert meta["training"]["lr"] == T.DEFAULT_LEARNING_RATES["tiny"], "lr 0 resolves to the tiny backbone's rate"
+    assert meta["training"]["lr"] == DEFAULT_LEARNING_RATES["tiny"], "lr 0 resolves to the tiny backbone's rate"
     assert meta["training"]["control_min_timestep"] == 500, "-1 resolves to the tiny backbone's default"
     assert (result.model_dir / kind / "diffusion_pytorch_model.safetensors").is_file()
 
@@ -211,15 +208,15 @@ def test_latent_cache_is_keyed_by_the_vae_and_checked(tmp_path, backbone):
     clips = [(22, 0), (22, 1)]
     audio = {22: np.random.default_rng(0).normal(0, 0.1, 2 * 56000).astype(np.float32)}
     audio_of = lambda song, chunk: audio[song][chunk * 56000:(chunk + 1) * 56000]  # noqa: E731
-    first = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
-    again = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    first = clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    again = clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
     assert again.encoded == 0 and torch.equal(again.latents, first.latents)
     first.path.write_bytes(b"not a safetensors file")  # damaged: ignored and encoded again, never trusted
-    repaired = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    repaired = clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
     assert repaired.encoded == 2 and torch.equal(repaired.latents, first.latents)
     with torch.no_grad():
         next(backbone.vae.parameters()).add_(1e-3)
-    second = T.clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
+    second = clip_latents(backbone, clips, audio_of, tmp_path, {"data": "x"}, progress=False)
     assert first.encoded == second.encoded == 2 and first.path != second.path
 
 
@@ -248,7 +245,7 @@ def test_a_failed_save_leaves_no_checkpoint(tmp_path, cache_dir, backbone_dir, l
     def broken_rng_state():
         raise OSError("disk full")
 
-    monkeypatch.setattr(T, "rng_state", broken_rng_state)
+    monkeypatch.setattr("eeg2music.training.checkpoints.rng_state", broken_rng_state)
     cfg = config(tmp_path, cache_dir, backbone_dir, latent_cache, model="convnet", subject_cond=False)
     with pytest.raises(OSError, match="disk full"):
         train(cfg, backbone=backbone, progress=False)
@@ -264,13 +261,13 @@ def test_starting_afresh_removes_the_earlier_checkpoints_only_once_it_has_its_ow
     earlier = train(cfg, backbone=backbone, progress=False)
     assert [step for step, _ in list_checkpoints(earlier.run_dir)] == [4, 6]
     seen = []
-    real_save = T.save_checkpoint
+    real_save = save_checkpoint
 
     def spy(folder, **kwargs):
         seen.append((folder.name, [step for step, _ in list_checkpoints(earlier.run_dir)]))
         return real_save(folder, **kwargs)
 
-    monkeypatch.setattr(T, "save_checkpoint", spy)
+    monkeypatch.setattr("eeg2music.training.loop.save_checkpoint", spy)
     again = train(dataclasses.replace(cfg, steps=4), backbone=backbone, progress=False)
     # the first save of the new run still sees the earlier checkpoints; afterwards only the new ones remain
     assert seen[0] == ("checkpoint-000002", [4, 6])
@@ -282,7 +279,7 @@ def test_explicit_learning_rate_is_used(tmp_path, cache_dir, backbone_dir, laten
     cfg = config(tmp_path, cache_dir, backbone_dir, latent_cache, model="convnet", subject_cond=False, steps=1, lr=3e-4)
     result = train(cfg, backbone=backbone, progress=False)
     assert result.summary["config"]["lr"] == 3e-4 and result.log[0]["lr"] == 3e-4
-    assert T.default_learning_rate("audioldm2") == 1e-4  # the paper's, for the real backbone
+    assert default_learning_rate("audioldm2") == 1e-4  # the paper's, for the real backbone
 
 
 def test_resume_refuses_other_settings(tmp_path, cache_dir, backbone_dir, latent_cache, backbone):
@@ -353,7 +350,7 @@ def test_step_batches_depend_only_on_seed_and_step():
 
 
 def test_step_noise_depends_only_on_seed_step_and_rank():
-    draw = lambda *a: torch.randn(5, generator=T.step_generator(*a))  # noqa: E731
+    draw = lambda *a: torch.randn(5, generator=step_generator(*a))  # noqa: E731
     assert torch.equal(draw(0, 7), draw(0, 7))
     assert not torch.equal(draw(0, 7), draw(0, 8)) and not torch.equal(draw(0, 7), draw(1, 7))
     assert not torch.equal(draw(0, 7, 0), draw(0, 7, 1))
@@ -364,25 +361,25 @@ def test_optimizer_and_rng_state_round_trip_without_pickle():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.95, 0.999))
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
-    tensors, meta = T.optimizer_state_to_safetensors(optimizer.state_dict())
+    tensors, meta = optimizer_state_to_safetensors(optimizer.state_dict())
     meta = json.loads(json.dumps(meta))
-    restored = T.optimizer_state_from_safetensors(tensors, meta)
+    restored = optimizer_state_from_safetensors(tensors, meta)
     original = optimizer.state_dict()
     assert restored["param_groups"] == original["param_groups"]
     for pid, entries in original["state"].items():
         assert all(torch.equal(restored["state"][pid][k], v) for k, v in entries.items())
-    rng_tensors, rng_meta = T.rng_state()
+    rng_tensors, rng_meta = rng_state()
     expected = (torch.rand(3), np.random.rand(), __import__("random").random())
-    T.set_rng_state(rng_tensors, json.loads(json.dumps(rng_meta)))
+    set_rng_state(rng_tensors, json.loads(json.dumps(rng_meta)))
     assert torch.equal(torch.rand(3), expected[0]) and np.random.rand() == expected[1]
     assert __import__("random").random() == expected[2]
 
 
 def test_validation_controls_pair_windows_with_other_clips():
     keys = [(22, 0), (22, 0), (22, 1), (23, 0)]
-    offset = T.mismatched_offset(keys)
+    offset = mismatched_offset(keys)
     assert offset is not None and all(keys[i] != keys[(i + offset) % 4] for i in range(4))
-    assert T.mismatched_offset([(22, 0), (22, 0)]) is None
+    assert mismatched_offset([(22, 0), (22, 0)]) is None
 
 
 def test_config_is_type_checked():
@@ -396,13 +393,13 @@ def test_config_is_type_checked():
         TrainConfig(model="gan")
     with pytest.raises(ParameterError, match="unknown parameter"):
         TrainConfig.from_overrides({"learning_rate": 1})
-    assert TrainConfig(smoke=True).resolved().steps == T.SMOKE_DEFAULTS["controlnet"]["steps"]
+    assert TrainConfig(smoke=True).resolved().steps == SMOKE_DEFAULTS["controlnet"]["steps"]
     assert TrainConfig(model="convnet", steps=7).resolved().steps == 7
     assert TrainConfig(subject_cond=False).name == "controlnet" and TrainConfig(model="convnet", subject_cond=False).name == "convnet"
 
 
 def test_cli_reports_a_bad_value_before_any_work(capsys):
-    assert T.main(["--steps", "many"]) == 2
+    assert main(["--steps", "many"]) == 2
     assert "steps" in capsys.readouterr().err
 
 
@@ -434,7 +431,7 @@ def test_real_benchmark_needs_cuda():
 
 @pytest.mark.parametrize("sfreq, samples", [(125.0, 438), (1000.0, 3500), (25.0, 88)])
 def test_convnet_maps_a_window_to_a_latent(sfreq, samples, tmp_path):
-    from eeg2music.convnet import EEGConvNet
+    from eeg2music.models.convnet import EEGConvNet
 
     torch.manual_seed(0)
     net = EEGConvNet(eeg_channels=124, eeg_sfreq=sfreq, n_subjects=3, subject_cond=True, hidden_channels=16).eval()
@@ -447,7 +444,7 @@ def test_convnet_maps_a_window_to_a_latent(sfreq, samples, tmp_path):
 
 
 def test_convnet_rejects_bad_input():
-    from eeg2music.convnet import EEGConvNet
+    from eeg2music.models.convnet import EEGConvNet
 
     net = EEGConvNet(eeg_channels=124, eeg_sfreq=125.0, n_subjects=2, subject_cond=True, hidden_channels=16)
     with pytest.raises(ValueError, match=r"124 channels, 438 samples.*\(2, 120, 438\)"):
@@ -460,13 +457,13 @@ def test_convnet_rejects_bad_input():
 
 
 def test_controlnet_timesteps_are_drawn_from_control_min_timestep_up(backbone):
-    objective = T.DiffusionObjective(backbone, min_timestep=700)
+    objective = DiffusionObjective(backbone, min_timestep=700)
     _, timesteps = objective.draw((4000, 8, 4, 4), torch.Generator().manual_seed(0))
     assert int(timesteps.min()) == 700 and int(timesteps.max()) == objective.num_train_timesteps - 1
-    _, everywhere = T.DiffusionObjective(backbone).draw((4000, 8, 4, 4), torch.Generator().manual_seed(0))
+    _, everywhere = DiffusionObjective(backbone).draw((4000, 8, 4, 4), torch.Generator().manual_seed(0))
     assert int(everywhere.min()) == 0  # the paper's: the whole schedule
     with pytest.raises(ParameterError, match="control_min_timestep"):
-        T.DiffusionObjective(backbone, min_timestep=objective.num_train_timesteps)
+        DiffusionObjective(backbone, min_timestep=objective.num_train_timesteps)
     with pytest.raises(ParameterError, match="control_min_timestep"):
         TrainConfig(control_min_timestep=-2)
-    assert T.default_control_min_timestep("audioldm2") == 0 and T.default_control_min_timestep("tiny") == 500
+    assert default_control_min_timestep("audioldm2") == 0 and default_control_min_timestep("tiny") == 500

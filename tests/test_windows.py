@@ -1,4 +1,4 @@
-"""eeg2music.windows: window arithmetic, split disjointness, LOSO, dropped windows, the Dataset."""
+"""eeg2music.data.windows: window arithmetic, split disjointness, LOSO, dropped windows, the Dataset."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music.preprocess import CachedRecording, CacheIndex, Preprocessing, build_cache
+from eeg2music.data.cache import CachedRecording, CacheIndex, build_cache
+from eeg2music.data.preprocessing import Preprocessing
 from eeg2music.utils import write_json
-from eeg2music.windows import (
-    EEGMusicWindows,
-    load_stage_windows,
-    write_preprocess_summary,
-    WindowSpec,
-    chunk_start_sample,
-    load_windows,
-    make_splits,
-    window_samples,
-)
+from eeg2music.data.windows import EEGMusicWindows, WindowSpec, chunk_start_sample, make_splits, window_samples
+from eeg2music.data.pairing import load_stage_windows, write_preprocess_summary, load_windows
 from fixtures_nmedt import WAV_NAMES, make_nmedt_folder, write_wav
 
 

@@ -1,9 +1,9 @@
 """Evaluation of the reconstructions and the listening report (notebook 06).
 
 The stage reads what notebook 05 wrote (``samples.json`` and the WAVs), embeds every true and every
-generated clip with each embedder (:func:`eeg2music.embedders.make_embedders`: LAION-CLAP and EnCodec
+generated clip with each embedder (:func:`eeg2music.evaluation.embedders.make_embedders`: LAION-CLAP and EnCodec
 when their weights are given, an offline set otherwise), and computes the paper's metrics plus
-identification with :func:`eeg2music.metrics.evaluate_embeddings`, separately for every
+identification with :func:`eeg2music.evaluation.metrics.evaluate_embeddings`, separately for every
 split × model × embedder:
 
 ``results[split][run][embedder] = evaluate_embeddings(generated, true, songs, chunks, ...)``
@@ -30,40 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .backbone import describe_provenance
-from .params import ParameterError
-from .sample import choose_examples, clip_order
-from .utils import atomic_file, atomic_write_text
+from ..models.audio import SAMPLE_RATE
+from ..models.tiny_backbone import describe_provenance
+from ..params import ParameterError
+from ..sampling.clips import clip_order, read_wav
+from ..utils import atomic_write_text, write_json
+from .embedders import embed_audio
+from .metrics import evaluate_embeddings, results_table
 
-__all__ = [
-    "TABLE_METRICS",
-    "SPLIT_LABELS",
-    "clip_order",
-    "load_waves",
-    "embed_samples",
-    "evaluate_samples",
-    "comparison_table",
-    "paired_differences",
-    "verdict",
-    "plain_words_reading",
-    "choose_examples",
-    "plot_identification",
-    "plot_distributions",
-    "plot_confusions",
-    "format_entry",
-    "wav_bytes",
-    "Report",
-    "write_report",
-    "EMBEDDER_NOTES",
-    "embedder_note",
-    "permutation_table",
-    "metrics_frame",
-    "build_report",
-    "write_evaluation",
-]
-
-#: The comparison table's columns: metric key of :func:`eeg2music.metrics.evaluate_embeddings` → header.
+#: The comparison table's columns: metric key of :func:`eeg2music.evaluation.metrics.evaluate_embeddings` → header.
 TABLE_METRICS = (
     ("fad", "FAD ↓"),
     ("cosine", "cosine (CLAP score) ↑"),
@@ -72,18 +47,17 @@ TABLE_METRICS = (
     ("song_id_top1", "song-ID top-1 ↑"),
     ("segment_id_top1", "segment-ID top-1 ↑"),
 )
+
+
 #: How the report names the splits.
 SPLIT_LABELS = {"test": "in-distribution (held-out test chunks)", "ood": "out-of-distribution (an unseen song)"}
+
+
 _PERCENT_METRICS = {"song_id_top1", "song_id_top3", "segment_id_top1", "segment_id_top5"}
 
 
-# --------------------------------------------------------------------------------------------------
-# Embedding the samples
-# --------------------------------------------------------------------------------------------------
-
 def load_waves(paths: Sequence[str | Path], n_samples: int | None = None) -> np.ndarray:
     """Read clips (16 kHz mono WAVs written by notebook 05) into one ``(n, samples)`` float32 array."""
-    from .sample import read_wav
 
     waves = [read_wav(p, SAMPLE_RATE, n_samples) for p in paths]
     return np.stack(waves) if waves else np.zeros((0, n_samples or 0), np.float32)
@@ -101,9 +75,9 @@ def embed_samples(
     Parameters
     ----------
     record : dict
-        From :func:`eeg2music.sample.load_samples` (rows carry ``true_path`` / ``generated_path``).
+        From :func:`eeg2music.sampling.clips.load_samples` (rows carry ``true_path`` / ``generated_path``).
     embedders : sequence
-        :class:`eeg2music.embedders.Embedder` objects (``name``, ``embed(waves, sample_rate)``).
+        :class:`eeg2music.evaluation.embedders.Embedder` objects (``name``, ``embed(waves, sample_rate)``).
     batch_size : int
         Clips per ``embed`` call.
     progress : bool
@@ -115,7 +89,6 @@ def embed_samples(
         Embedder name → {absolute WAV path (str) → embedding (dim,)}. A true clip heard by several
         listeners is embedded once.
     """
-    from .embedders import embed_audio
 
     paths = sorted({str(r["true_path"]) for r in record["clips"]} | {str(r["generated_path"]) for r in record["clips"]})
     waves = load_waves(paths, int(record["clip_samples"]))
@@ -139,12 +112,12 @@ def evaluate_samples(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """:func:`eeg2music.metrics.evaluate_embeddings` for every split × model × embedder.
+    """:func:`eeg2music.evaluation.metrics.evaluate_embeddings` for every split × model × embedder.
 
     Parameters
     ----------
     record : dict
-        The sampling record (:func:`eeg2music.sample.load_samples`).
+        The sampling record (:func:`eeg2music.sampling.clips.load_samples`).
     embeddings : dict
         From :func:`embed_samples`.
     standardize : dict, optional
@@ -166,7 +139,6 @@ def evaluate_samples(
     ParameterError
         ``n_boot`` or ``n_perm`` below 1: the report's intervals and p-values could not be computed.
     """
-    from .metrics import evaluate_embeddings
 
     for name, value in (("n_boot", n_boot), ("n_perm", n_perm)):
         if value < 1:
@@ -199,10 +171,6 @@ def evaluate_samples(
                       + (f", song-ID {song['value']:.0%} (chance {song['chance']:.0%})" if song else ""))
     return results
 
-
-# --------------------------------------------------------------------------------------------------
-# Tables and verdicts
-# --------------------------------------------------------------------------------------------------
 
 def _format_value(metric: str, value: float | None) -> str:
     if value is None or not np.isfinite(value):
@@ -314,10 +282,6 @@ def _runs_of_kind(models: Mapping[str, Mapping[str, Any]], kind: str, subject_co
     return [run for run, m in models.items() if m.get("kind") == kind
             and (subject_cond is None or bool(m.get("subject_cond")) == subject_cond)]
 
-
-# --------------------------------------------------------------------------------------------------
-# The plain-words reading
-# --------------------------------------------------------------------------------------------------
 
 def _pct(value: float) -> str:
     return f"{100 * value:.0f} %"
@@ -528,132 +492,16 @@ def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mappin
     return "**Other embedders.** " + "; ".join(parts) + " (full tables below)."
 
 
-# --------------------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------------------
-
-def _save(fig, path: Path) -> Path:
-    with atomic_file(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    return path
-
-
-def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[str], out_path: str | Path,
-                        split: str = "test"):
-    """Song-ID and segment-ID top-1 with 95 % CIs per model and embedder, against chance (dashed)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    rows = []
-    for run, per_embedder in results.get(split, {}).items():
-        for embedder in embedders:
-            for metric, name in (("song_id_top1", "song-ID top-1"), ("segment_id_top1", "segment-ID top-1")):
-                entry = per_embedder.get(embedder, {}).get("metrics", {}).get(metric)
-                if entry is not None:
-                    rows.append({"model": labels.get(run, run), "embedder": embedder, "metric": name,
-                                 "value": entry["value"], "low": entry["ci_low"], "high": entry["ci_high"],
-                                 "chance": entry["chance"]})
-    frame = pd.DataFrame(rows)
-    metrics = list(dict.fromkeys(frame["metric"])) if len(frame) else []
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        part = frame[frame["metric"] == metric].reset_index(drop=True)
-        sns.barplot(data=part, x="model", y="value", hue="embedder", ax=ax, errorbar=None, alpha=0.85)
-        # Error bars from the bootstrap intervals, placed on the bars seaborn drew.
-        for container, (_, group) in zip(ax.containers, part.groupby("embedder", sort=False)):
-            for bar, (_, row) in zip(container, group.iterrows()):
-                x = bar.get_x() + bar.get_width() / 2
-                ax.errorbar(x, row["value"], yerr=[[row["value"] - row["low"]], [row["high"] - row["value"]]],
-                            color="black", capsize=3, lw=1)
-        for chance in sorted(set(part["chance"])):
-            ax.axhline(chance, ls="--", color="gray", lw=1)
-        ax.set_title(f"{metric} ({split}); dashed: chance")
-        ax.set_ylabel("fraction of clips")
-        ax.set_xlabel("")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=15)
-    fig.tight_layout()
-    _save(fig, Path(out_path))
-    return fig
-
-
-def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path):
-    """Per-clip cosine and song rank per model, test and OOD side by side (seaborn box + strip plots)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    rows = []
-    for split, per_run in results.items():
-        for run, per_embedder in per_run.items():
-            clips = per_embedder.get(embedder, {}).get("per_clip")
-            if not clips:
-                continue
-            for i in range(len(clips["cosine"])):
-                rows.append({"split": split, "model": labels.get(run, run), "cosine": clips["cosine"][i],
-                             "segment rank": clips.get("segment_rank", [np.nan] * (i + 1))[i],
-                             "song rank": clips.get("song_rank", [np.nan] * (i + 1))[i]})
-    frame = pd.DataFrame(rows)
-    panels = [c for c in ("cosine", "song rank", "segment rank") if c in frame and frame[c].notna().any()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    for ax, column in zip(axes[0], panels):
-        data = frame[frame[column].notna()]
-        sns.boxplot(data=data, x="model", y=column, hue="split", ax=ax, fliersize=0, linewidth=1)
-        sns.stripplot(data=data, x="model", y=column, hue="split", ax=ax, dodge=True, size=2.5, alpha=0.5,
-                      palette="dark:black", legend=False)
-        ax.set_xlabel("")
-        ax.set_title(f"per-clip {column} ({embedder})" + (" — 1 is best" if "rank" in column else ""))
-        ax.tick_params(axis="x", rotation=15)
-    fig.tight_layout()
-    _save(fig, Path(out_path))
-    return fig
-
-
-def plot_confusions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path, split: str = "test"):
-    """Song-ID confusion matrices (rows: song heard; columns: song named; row-normalised), one per model."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    runs = [r for r, per in results.get(split, {}).items() if embedder in per and per[embedder]["n_songs"] > 1]
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.8), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        confusion = results[split][run][embedder]["song_confusion"]
-        counts = np.asarray(confusion["counts"], float)
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
-        songs = confusion["songs"]
-        sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="mako", square=True, cbar=ax is axes[0][-1],
-                    xticklabels=songs, yticklabels=songs)
-        accuracy = results[split][run][embedder]["metrics"]["song_id_top1"]["value"]
-        ax.set_title(f"{labels.get(run, run)}\nsong-ID {100 * accuracy:.0f} %", fontsize=10)
-        ax.set_xlabel("song named")
-        ax.set_ylabel("song heard")
-    fig.suptitle(f"Song identification ({split}, {embedder}); chance = 1 / {len(confusion['songs']) if runs else '?'}",
-                 fontsize=10)
-    fig.tight_layout()
-    _save(fig, Path(out_path))
-    return fig
-
-
-# --------------------------------------------------------------------------------------------------
-# Clips embedded in the report
-# --------------------------------------------------------------------------------------------------
-
 def wav_bytes(path: str | Path) -> bytes:
     """A clip as 16-bit PCM WAV bytes (clipped to ±1), small enough to embed in a report."""
     import soundfile
 
-    from .sample import read_wav
 
     wave = np.clip(read_wav(path, SAMPLE_RATE, None), -1.0, 1.0)
     buffer = io.BytesIO()
     soundfile.write(buffer, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     return buffer.getvalue()
 
-
-# --------------------------------------------------------------------------------------------------
-# The report document: Markdown + self-contained HTML from the same blocks
-# --------------------------------------------------------------------------------------------------
 
 def _inline_html(text: str) -> str:
     """Escape, then render the two inline Markdown forms the report uses: **bold** and `code`."""
@@ -811,10 +659,6 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.2f} s"
 
 
-# --------------------------------------------------------------------------------------------------
-# Putting it together (notebook 06)
-# --------------------------------------------------------------------------------------------------
-
 #: What each embedder is, in the report's words (the offline ones say plainly that they are stand-ins).
 EMBEDDER_NOTES = {
     "laion-clap": "LAION-CLAP audio embeddings (48 kHz, 512-d), as in the paper",
@@ -828,6 +672,8 @@ EMBEDDER_NOTES = {
     "vae-latent": "an offline stand-in, not EnCodec: the backbone's own VAE latents averaged over time, "
                   "i.e. the space the diffusion model generates in; not a perceptual embedding",
 }
+
+
 OFFLINE_EMBEDDERS = ("mel-stats", "mel-envelope", "vae-latent")
 
 
@@ -862,7 +708,6 @@ def permutation_table(results, split: str, embedder: str, labels: Mapping[str, s
 
 def metrics_frame(results, labels: Mapping[str, str]) -> "pandas.DataFrame":  # noqa: F821
     """Every number in tidy form (``metrics.csv``): split, model, label, embedder, metric, value, CI, p…"""
-    from .metrics import results_table
 
     frame = results_table(results, names=("split", "model", "embedder"))
     frame.insert(2, "model_label", frame["model"].map(lambda run: labels.get(run, run)))
@@ -894,7 +739,7 @@ def build_report(
     figures : dict
         Caption → PNG path.
     examples : sequence of dict
-        :func:`eeg2music.sample.choose_examples`' clips to embed as players.
+        :func:`eeg2music.sampling.clips.choose_examples`' clips to embed as players.
     settings : dict
         Anything to list under "Settings" (n_boot, n_perm, seed, folders…).
     """
@@ -991,7 +836,6 @@ def write_evaluation(
     dict
         ``metrics_json``, ``metrics_csv``, ``markdown``, ``html`` paths.
     """
-    from .utils import write_json
 
     out_dir = Path(out_dir)
     labels = {run: m.get("label", run) for run, m in record["models"].items()}

@@ -15,15 +15,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backbone import (
-    BACKBONE_MARKER,
+from .data.nmedt import SIMULATION_FILE
+from .data.simulate import simulate_nmedt
+from .models.backbone import BACKBONE_MARKER, load_backbone
+from .models.tiny_backbone import (
     backbone_provenance,
     describe_provenance,
     install_shipped_backbone,
     train_tiny_backbone,
 )
-from .nmedt import SIMULATION_FILE
 from .paths import simulated_data_root, stage_dir
+from .utils import resolve_device
 
 
 def _smoke_suffix(smoke: bool) -> str:
@@ -56,7 +58,6 @@ def ensure_dataset(data_root: str | os.PathLike = "", *, smoke: bool = False, se
                 f"songNN_Imputed.mat files and/or raw PP_R_raw.mat files), or leave it empty for the simulator."
             )
         return path
-    from .simulate import simulate_nmedt
 
     path = default_data_root(smoke)
     if (path / SIMULATION_FILE).is_file():
@@ -105,8 +106,6 @@ def ensure_backbone_dir(
 
 def ensure_backbone(backbone: str | os.PathLike = "", *, smoke: bool = False, seed: int = 0, device: str = "auto"):
     """Load the backbone named by ``backbone`` (see :func:`ensure_backbone_dir`)."""
-    from .backbone import load_backbone
-    from .utils import resolve_device
 
     path = ensure_backbone_dir(backbone, smoke=smoke, seed=seed, device=device)
     return load_backbone(path, device=resolve_device(device))

@@ -1,6 +1,6 @@
 """Audio embedders for the metrics: LAION-CLAP and EnCodec (the paper's), AudioLDM2's CLAP, and an offline set.
 
-An *embedder* turns a batch of clips into one vector per clip; :mod:`eeg2music.metrics` compares those
+An *embedder* turns a batch of clips into one vector per clip; :mod:`eeg2music.evaluation.metrics` compares those
 vectors. Every embedder follows the :class:`Embedder` protocol:
 
 * ``name`` — how tables and files call it (``"laion-clap"``, ``"encodec"``, ``"audioldm2-clap"``,
@@ -58,22 +58,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-
-__all__ = [
-    "Embedder",
-    "resample",
-    "embed_audio",
-    "MelStatsEmbedder",
-    "MelEnvelopeEmbedder",
-    "VAELatentEmbedder",
-    "LaionClapEmbedder",
-    "EncodecEmbedder",
-    "AudioLDM2ClapEmbedder",
-    "load_clap_audio_state_dict",
-    "load_encodec_state_dict",
-    "make_embedders",
-]
+from .._compat import hub_offline, import_encodec, import_laion_clap, real_import_error
+from ..models.audio import SAMPLE_RATE, normalize_waveform, waveform_to_mel
+from ..utils import resolve_device
 
 
 @runtime_checkable
@@ -90,9 +77,6 @@ class Embedder(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------------------------------
-# input handling
-# --------------------------------------------------------------------------------------------------
 def _as_waves(waves: Any, who: str) -> np.ndarray:
     """``(B, samples)`` float32 C-contiguous NumPy array from an array or tensor; a clear error otherwise."""
     if hasattr(waves, "detach"):
@@ -177,7 +161,6 @@ class _TorchEmbedder:
 
     @property
     def device(self):
-        from .utils import resolve_device
 
         return resolve_device(self._device_spec)
 
@@ -198,9 +181,6 @@ class _TorchEmbedder:
         return f"{type(self).__name__}(name={self.name!r}, sample_rate={self.sample_rate}, dim={self.dim})"
 
 
-# --------------------------------------------------------------------------------------------------
-# LAION-CLAP
-# --------------------------------------------------------------------------------------------------
 def _torch_load_weights(path: Path, parameter: str) -> Mapping[str, Any]:
     import torch
 
@@ -240,7 +220,6 @@ def load_clap_audio_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
 def _clap_architecture(state: Mapping[str, Any]) -> tuple[str, bool]:
     """(LAION-CLAP model-config name, fusion?) that fits the checkpoint's tensor shapes."""
-    from ._compat import import_laion_clap
 
     clap = import_laion_clap()
     embed_dim = int(state["audio_projection.0.weight"].shape[1])
@@ -268,7 +247,6 @@ def _build_clap_audio_tower(amodel: str, fusion: bool):
     import torch
     from torch import nn
 
-    from ._compat import import_laion_clap
 
     clap = import_laion_clap()
     if amodel not in clap.factory._MODEL_CONFIGS:
@@ -332,7 +310,6 @@ class LaionClapEmbedder(_TorchEmbedder):
         state = load_clap_audio_state_dict(self.checkpoint)
         amodel, fusion = _clap_architecture(state) if self.amodel == "auto" else (self.amodel, any(".fusion_model." in k for k in state))
         if fusion:
-            from ._compat import real_import_error
 
             if real_import_error("torchaudio") is not None:
                 raise RuntimeError(f"clap_checkpoint: {self.checkpoint} is a fusion model, whose preprocessing needs torchaudio, which does not import here")
@@ -355,7 +332,6 @@ class LaionClapEmbedder(_TorchEmbedder):
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         import torch
 
-        from ._compat import import_laion_clap
 
         clap = import_laion_clap()
         array = self._prepare(waves, sample_rate)
@@ -374,9 +350,6 @@ class LaionClapEmbedder(_TorchEmbedder):
             return model(batch).float().cpu().numpy()
 
 
-# --------------------------------------------------------------------------------------------------
-# EnCodec
-# --------------------------------------------------------------------------------------------------
 def load_encodec_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """EnCodec weights from a ``.safetensors`` file, or a torch file (``encodec_24khz-d7cc33bc.th``)
     read with ``torch.load(weights_only=True)``."""
@@ -418,7 +391,6 @@ class EncodecEmbedder(_TorchEmbedder):
         self.weights = _existing_file(weights, "encodec_weights", "EnCodec 24 kHz weights (encodec_24khz-d7cc33bc.th or .safetensors)")
 
     def _load(self):
-        from ._compat import import_encodec
 
         encodec = import_encodec()
         model = encodec.EncodecModel.encodec_model_24khz(pretrained=False)
@@ -442,9 +414,6 @@ class EncodecEmbedder(_TorchEmbedder):
         return self.embed_frames(waves, sample_rate).mean(axis=1)
 
 
-# --------------------------------------------------------------------------------------------------
-# the CLAP inside AudioLDM2
-# --------------------------------------------------------------------------------------------------
 class AudioLDM2ClapEmbedder(_TorchEmbedder):
     """The CLAP audio encoder of a local AudioLDM2 folder (``ClapModel.get_audio_features``), 48 kHz.
 
@@ -471,7 +440,6 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         self._feature_extractor = None
 
     def _load(self):
-        from ._compat import hub_offline
 
         hub_offline()
         from transformers import ClapFeatureExtractor, ClapModel
@@ -500,9 +468,6 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         return torch.nn.functional.normalize(features, dim=-1).float().cpu().numpy()
 
 
-# --------------------------------------------------------------------------------------------------
-# the offline default
-# --------------------------------------------------------------------------------------------------
 class MelStatsEmbedder:
     """Interpretable audio statistics of each clip (librosa), at 16 kHz — an offline stand-in, not CLAP.
 
@@ -543,7 +508,6 @@ class MelStatsEmbedder:
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         import librosa
 
-        from .audio import normalize_waveform, waveform_to_mel
 
         array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
         wave = normalize_waveform(array).numpy().astype(np.float32)
@@ -620,7 +584,6 @@ class MelEnvelopeEmbedder:
         self.feature_names = [f"t{t:02d}_b{b}" for t in range(self.n_bins) for b in range(band_groups)]
 
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        from .audio import normalize_waveform, waveform_to_mel
 
         array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
         wave = normalize_waveform(array).numpy().astype(np.float32)
@@ -644,7 +607,7 @@ class VAELatentEmbedder:
 
     Parameters
     ----------
-    backbone : eeg2music.backbone.Backbone
+    backbone : eeg2music.models.backbone.Backbone
         Anything with ``wave_to_mel(wave (B, S) tensor) -> mel (B, 1, frames, 64)`` and
         ``encode(mel) -> latents (B, 8, time, 16)``; its VAE's device and dtype are used.
 
@@ -662,7 +625,7 @@ class VAELatentEmbedder:
     def __init__(self, backbone: Any):
         for attribute in ("wave_to_mel", "encode"):
             if not callable(getattr(backbone, attribute, None)):
-                raise TypeError(f"backbone: needs a callable {attribute}() (an eeg2music.backbone.Backbone); got {type(backbone).__name__}")
+                raise TypeError(f"backbone: needs a callable {attribute}() (an eeg2music.models.backbone.Backbone); got {type(backbone).__name__}")
         self.backbone = backbone
         latent_shape = getattr(backbone, "latent_shape", (8, 88, 16))
         self.dim = int(latent_shape[0] * latent_shape[2])
@@ -695,9 +658,6 @@ class VAELatentEmbedder:
         return f"VAELatentEmbedder(name={self.name!r}, dim={self.dim}) — the backbone's VAE, not CLAP/EnCodec"
 
 
-# --------------------------------------------------------------------------------------------------
-# the set
-# --------------------------------------------------------------------------------------------------
 def make_embedders(
     clap_checkpoint: str | os.PathLike = "",
     encodec_weights: str | os.PathLike = "",

@@ -3,7 +3,7 @@
 Every function here is *embedding-agnostic*: it takes two arrays of clip embeddings, ``generated``
 and ``true``, shape ``(n_clips, dim)``, whose rows are paired (row ``i`` of ``generated`` was decoded
 from the EEG recorded while the listener heard row ``i`` of ``true``). Which network made the
-embeddings (LAION-CLAP, EnCodec, or an offline stand-in; see :mod:`eeg2music.embedders`) is the
+embeddings (LAION-CLAP, EnCodec, or an offline stand-in; see :mod:`eeg2music.evaluation.embedders`) is the
 caller's business. All arithmetic is float64 NumPy/SciPy.
 
 The paper's metrics (Postolache et al., § Evaluation)
@@ -49,36 +49,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "gaussian_fit",
-    "frechet_distance_gaussians",
-    "frechet_distance",
-    "bootstrap_frechet_distance",
-    "cosine_pairs",
-    "pearson_pairs",
-    "mse_pairs",
-    "clap_score",
-    "pearson_score",
-    "mse_score",
-    "candidate_clips",
-    "identification",
-    "bootstrap_indices",
-    "percentile_ci",
-    "permutation_p_value",
-    "evaluate_embeddings",
-    "results_table",
-]
-
 #: Similarities closer than this count as ties in identification (cosines lie in [-1, 1]).
 TIE_TOLERANCE = 1e-12
+
 
 # Rows of the bootstrap processed together: bounds memory at (chunk × max(n, dim)²) float64 values.
 _BOOT_CHUNK = 32
 
 
-# --------------------------------------------------------------------------------------------------
-# validation
-# --------------------------------------------------------------------------------------------------
 def _as_embeddings(name: str, values: Any, *, min_rows: int = 2) -> np.ndarray:
     """``values`` as a finite float64 array ``(n, dim)``; a clear error otherwise."""
     array = np.asarray(values, dtype=np.float64)
@@ -110,9 +88,6 @@ def _as_labels(name: str, values: Any, n: int) -> np.ndarray:
     return labels
 
 
-# --------------------------------------------------------------------------------------------------
-# Fréchet distance
-# --------------------------------------------------------------------------------------------------
 def gaussian_fit(x: Any) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased sample covariance (``ddof=1``) of embeddings ``x`` of shape ``(n, dim)``."""
     x = _as_embeddings("x", x)
@@ -280,9 +255,6 @@ def bootstrap_frechet_distance(x: Any, y: Any, indices: np.ndarray, *, ridge: fl
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# paired, per-clip metrics
-# --------------------------------------------------------------------------------------------------
 def _unit_rows(name: str, x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
@@ -341,9 +313,6 @@ def mse_score(generated: Any, true: Any) -> float:
     return float(mse_pairs(generated, true).mean())
 
 
-# --------------------------------------------------------------------------------------------------
-# identification
-# --------------------------------------------------------------------------------------------------
 def candidate_clips(true: Any, songs: Any, chunks: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct true clips: one embedding per (song, chunk), with its labels.
 
@@ -486,9 +455,6 @@ def identification(
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# resampling: bootstrap CIs and permutation tests
-# --------------------------------------------------------------------------------------------------
 def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """``(n_boot, n)`` clip indices drawn with replacement: one bootstrap resample per row."""
     return rng.integers(0, n, size=(n_boot, n))
@@ -527,9 +493,6 @@ def permutation_p_value(observed: float, null: Any, better: str) -> float:
     return float((1 + count) / (1 + null.size))
 
 
-# --------------------------------------------------------------------------------------------------
-# one entry point
-# --------------------------------------------------------------------------------------------------
 def _standardize(generated: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """z-score every dimension with the true clips' mean and standard deviation (same constants for both)."""
     mean = true.mean(axis=0)

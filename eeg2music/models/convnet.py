@@ -14,7 +14,7 @@ point of the baseline (what a direct mapping achieves without a generative prior
 
 Architecture (sizes derive from the EEG rate and the latent shape, nothing is tied to one dataset):
 
-``eeg (C, T)`` → optional subject layer (the ControlNet's :class:`~eeg2music.controlnet.SubjectLayer`,
+``eeg (C, T)`` → optional subject layer (the ControlNet's :class:`~eeg2music.models.subject_layer.SubjectLayer`,
 per-subject C × C channel mixing) → **spatial filters** (1 × 1 conv, C → H: learned combinations of
 electrodes, as EEG decoders start) → **strided temporal stages** (kernel 5, stride 2, as many as keep
 at least ``frames`` steps) → linear interpolation to exactly ``frames`` steps (40 ms each) → a
@@ -33,7 +33,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .controlnet import SubjectLayer, clip_samples
+from .projector import clip_samples
+from .subject_layer import SubjectLayer
 
 
 def temporal_strides(n_samples: int, n_frames: int, max_stride: int = 2) -> tuple[int, ...]:
@@ -82,7 +83,7 @@ class EEGConvNet(ModelMixin, ConfigMixin):
     subject_cond : bool
         Whether a per-subject channel-mixing layer is applied to the EEG first.
     allow_unknown_subject : bool
-        Accept subject −1 (a subject not seen in training), see :class:`~eeg2music.controlnet.SubjectLayer`.
+        Accept subject −1 (a subject not seen in training), see :class:`~eeg2music.models.subject_layer.SubjectLayer`.
     hidden_channels : int
         Spatial filters, and the width of the temporal convs (a multiple of 8: GroupNorm uses 8 groups).
     stage_kernel, context_kernel : int

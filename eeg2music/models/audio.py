@@ -24,7 +24,7 @@ estimated iteratively.
 
 The module also holds the *auditory features* of a stimulus (:func:`auditory_features`: band envelopes,
 spectral-flux onsets, beat pulse at an EEG rate), which drive the simulator's EEG
-(:mod:`eeg2music.simulate`) and give the note onsets of :func:`eeg2music.nmedt.note_onsets`.
+(:mod:`eeg2music.data.simulate`) and give the note onsets of :func:`eeg2music.data.summary.note_onsets`.
 """
 
 from __future__ import annotations
@@ -38,27 +38,51 @@ import torch
 
 #: Sample rate of every waveform the backbone reads or writes (Hz).
 SAMPLE_RATE = 16000
+
+
 #: Length of one EEG/music clip (s) — every demo clip of the paper's authors is 3.5 s.
 CLIP_SECONDS = 3.5
+
+
 #: Samples in one clip at :data:`SAMPLE_RATE`.
 CLIP_SAMPLES = int(round(CLIP_SECONDS * SAMPLE_RATE))
+
+
 #: STFT size (samples).
 N_FFT = 1024
+
+
 #: STFT hop (samples): 10 ms, i.e. 100 mel frames per second.
 HOP_LENGTH = 160
+
+
 #: STFT window length (samples; Hann).
 WIN_LENGTH = 1024
+
+
 #: Number of mel bins.
 N_MELS = 64
+
+
 #: Lowest and highest mel filter edge (Hz).
 FMIN = 0.0
+
+
 FMAX = 8000.0
+
+
 #: Floor applied before the log (AudioLDM's ``dynamic_range_compression``); log(1e-5) ≈ -11.51 is silence.
 LOG_FLOOR = 1e-5
+
+
 #: Peak amplitude after AudioLDM's per-clip waveform normalisation.
 NORMALIZED_PEAK = 0.5
+
+
 #: The VAE of AudioLDM2 (and of the tiny backbone) halves time and frequency twice.
 VAE_DOWNSAMPLING = 4
+
+
 #: Reflect padding on each side before the ``center=False`` STFT (AudioLDM's convention).
 STFT_PADDING = (N_FFT - HOP_LENGTH) // 2
 
@@ -81,6 +105,8 @@ def padded_frames(frames: int, multiple: int = VAE_DOWNSAMPLING) -> int:
 
 #: Mel frames of one clip (350) and after padding for the VAE (352).
 CLIP_FRAMES = n_frames(CLIP_SAMPLES)
+
+
 CLIP_FRAMES_PADDED = padded_frames(CLIP_FRAMES)
 
 
@@ -337,13 +363,13 @@ def player(wave: torch.Tensor | np.ndarray, rate: int = SAMPLE_RATE):
     return Audio(np.clip(array.reshape(-1), -1.0, 1.0), rate=rate, normalize=False)
 
 
-# --------------------------------------------------------------------------------------------------
-# Auditory features (what the auditory system follows: the simulator's EEG drivers, note onsets)
-# --------------------------------------------------------------------------------------------------
-
 #: Sample rate the auditory features are computed at (Hz).
 FEATURE_SR = 16000
+
+
 FEATURE_HOP = 64  # 4 ms frames: 250 Hz feature rate before resampling to the EEG rate
+
+
 #: Edges of the octave-wide bands of :attr:`AuditoryFeatures.bands` (Hz).
 FEATURE_BAND_EDGES_HZ = (40.0, 120.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
 

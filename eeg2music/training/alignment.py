@@ -21,83 +21,24 @@ an EEG window's (:func:`retrieval_accuracy`) — segment identification in Défo
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from safetensors.torch import save_file
 
-from .controlnet import EEGProjector, ProjectorPlan, SubjectLayer, projector_plan
-from .metrics import identification
+from ..evaluation.metrics import identification
+from ..models.aligner import EEGAudioAligner, build_aligner_for, init_controlnet_from
+from ..models.model_folder import ALIGNER_FILE, ALIGNER_WEIGHTS, ALIGNMENT_DIR_NAME
+from ..utils import atomic_directory, read_json, write_json
+from .config import TrainConfig
+from .data import INIT_STREAM, TrainingData, derived_seed
 
-#: Defaults of the alignment stage (steps are set per run: 0 = the paper's P from scratch).
-ALIGNMENT_DIM = 16
 ALIGNMENT_LR = 1e-3
-ALIGNMENT_TEMPERATURE = 0.1
-
-
-class EEGAudioAligner(nn.Module):
-    """EEG encoder (S, P, a head) and audio encoder (a head on the VAE latent), embedding into one space.
-
-    Parameters
-    ----------
-    eeg_channels, eeg_sfreq, eeg_samples, clip_seconds
-        The EEG window (as for :class:`~eeg2music.controlnet.EEGControlNet`).
-    latent_channels, latent_frames, latent_bins
-        The clip latent's shape (8, 88, 16 for 3.5 s).
-    first_block_channels : int
-        The UNet's first feature-map width: P's output layout is the ControlNet's.
-    n_subjects : int
-    subject_cond : bool
-        Put the per-subject channel-mixing layer in front of P (as the ControlNet does).
-    dim : int
-        Embedding channels per latent frame.
-    temperature : float
-        Initial softmax temperature of the InfoNCE logits (learned from there).
-    """
-
-    def __init__(self, *, eeg_channels: int, eeg_sfreq: float, eeg_samples: int, clip_seconds: float,
-                 latent_channels: int, latent_frames: int, latent_bins: int, first_block_channels: int,
-                 n_subjects: int, subject_cond: bool, dim: int = ALIGNMENT_DIM,
-                 temperature: float = ALIGNMENT_TEMPERATURE, act_fn: str = "silu"):
-        super().__init__()
-        self.plan = projector_plan(eeg_channels, eeg_sfreq, clip_seconds, latent_frames, latent_bins,
-                                   first_block_channels, eeg_samples=eeg_samples)
-        self.subject_layer = SubjectLayer(n_subjects, eeg_channels) if subject_cond else None
-        self.projector = EEGProjector(self.plan, act_fn=act_fn)
-        width = first_block_channels * latent_bins
-        self.eeg_head = nn.Sequential(nn.GroupNorm(32 if width % 32 == 0 else 1, width), nn.SiLU(),
-                                      nn.Conv1d(width, dim, kernel_size=3, padding=1))
-        self.audio_head = nn.Conv1d(latent_channels * latent_bins, dim, kernel_size=3, padding=1)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
-
-    def embed_eeg(self, eeg: torch.Tensor, subject: Any = None) -> torch.Tensor:
-        """``(B, C, T)`` EEG → unit-norm embeddings ``(B, dim · frames)``."""
-        if self.subject_layer is not None:
-            eeg = self.subject_layer(eeg, subject)
-        features = self.projector(eeg)  # (B, C0, frames, bins), the ControlNet's input layout
-        batch, channels, frames, bins = features.shape
-        features = features.permute(0, 1, 3, 2).reshape(batch, channels * bins, frames)
-        return nn.functional.normalize(self.eeg_head(features).flatten(1), dim=1)
-
-    def embed_audio(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(B, C, frames, bins)`` latents → unit-norm embeddings ``(B, dim · frames)``."""
-        batch, channels, frames, bins = latents.shape
-        features = latents.permute(0, 1, 3, 2).reshape(batch, channels * bins, frames)
-        return nn.functional.normalize(self.audio_head(features).flatten(1), dim=1)
-
-    def loss(self, eeg: torch.Tensor, subject: Any, latents: torch.Tensor, clip_ids: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE; rows of the same clip (``clip_ids``) are all positives of each other."""
-        logits = self.log_scale.exp() * self.embed_eeg(eeg, subject) @ self.embed_audio(latents).T
-        positives = (clip_ids[:, None] == clip_ids[None, :]).float()
-        targets = positives / positives.sum(dim=1, keepdim=True)
-        eeg_to_audio = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
-        audio_to_eeg = -(targets.T * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
-        return 0.5 * (eeg_to_audio + audio_to_eeg)
 
 
 def _clip_ids(songs: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
@@ -143,7 +84,7 @@ def retrieval_accuracy(aligner: EEGAudioAligner, dataset, latents, *, batch_size
                        device: torch.device | str = "cpu", max_windows: int = 0) -> dict[str, float]:
     """Encoder-only decoding: rank every distinct clip of ``dataset`` for each EEG window.
 
-    The ranking is notebook 06's (:func:`eeg2music.metrics.identification`, uncentred: the two encoders
+    The ranking is notebook 06's (:func:`eeg2music.evaluation.metrics.identification`, uncentred: the two encoders
     were trained into one space, there is no generator offset to remove), so the encoder's song-ID and
     the generated audio's are the same measure.
 
@@ -253,50 +194,36 @@ def train_alignment(aligner: EEGAudioAligner, train_set, val_set, latents, *, st
     return AlignmentResult(steps=steps, batch_size=batch_size, seconds=seconds, log=log, retrieval=retrieval)
 
 
-def init_controlnet_from(controlnet: nn.Module, aligner: EEGAudioAligner) -> list[str]:
-    """Copy the aligner's subject layer and projector P into a ControlNet; return the copied parameter names.
+def pretrain_alignment(model, cfg: TrainConfig, backbone, data: TrainingData, run: Path, device, progress: bool):
+    """Contrastive pre-training of S and P (:mod:`eeg2music.training.alignment`), copied into the ControlNet.
 
-    Shapes must match (the aligner was built with the ControlNet's layout); a ControlNet without a
-    subject layer takes P only.
+    The aligner (both encoders) is saved in ``<run>/aligner/`` so its encoder-only retrieval can be
+    measured on the test windows later; the returned record goes into ``train_summary.json``.
     """
-    copied = []
-    targets: Mapping[str, nn.Module | None] = {"projector": controlnet.projector,
-                                               "subject_layer": getattr(controlnet, "subject_layer", None)}
-    for name, target in targets.items():
-        source = getattr(aligner, name)
-        if target is None or source is None:
-            continue
-        target.load_state_dict(source.state_dict())
-        copied += [f"{name}.{key}" for key in source.state_dict()]
-    return copied
+    torch.manual_seed(derived_seed(INIT_STREAM, cfg.seed, 1))
+    aligner = build_aligner_for(model, int(backbone.latent_shape[0]), subject_cond=cfg.subject_cond,
+                                n_subjects=data.n_subjects)
+    result = train_alignment(aligner, data.train, data.val, data.latents, steps=cfg.align_steps,
+                             batch_size=cfg.align_batch_size, seed=cfg.seed, device=device,
+                             eval_every=max(cfg.align_steps // 4, 1), progress=progress)
+    copied = init_controlnet_from(model, aligner.to(next(model.parameters()).device))
+    with atomic_directory(run / ALIGNMENT_DIR_NAME) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in aligner.state_dict().items()},
+                  str(tmp / ALIGNER_WEIGHTS))
+        write_json(tmp / ALIGNER_FILE, {"dim": aligner.eeg_head[-1].out_channels, "subject_cond": cfg.subject_cond,
+                                          "n_subjects": data.n_subjects, "latent_channels": int(backbone.latent_shape[0]),
+                                          "plan": model.plan.to_dict(), "result": result.to_dict()})
+    if progress:
+        print(f"[train] aligned S and P in {result.seconds:.0f} s: validation segment top-1 "
+              f"{result.retrieval['segment_top1']:.0%} (chance {result.retrieval['segment_chance']:.0%}), song "
+              f"{result.retrieval['song_top1']:.0%} (chance {result.retrieval['song_chance']:.0%}); "
+              f"{len(copied)} tensors copied into the ControlNet", flush=True)
+    return {**result.to_dict(), "copied": len(copied), "folder": str(run / ALIGNMENT_DIR_NAME)}
 
 
-def build_aligner_for(layout: nn.Module | ProjectorPlan | Mapping[str, Any], latent_channels: int, *,
-                      subject_cond: bool, n_subjects: int, dim: int = ALIGNMENT_DIM) -> EEGAudioAligner:
-    """An aligner whose S and P have exactly the layout of a ControlNet's (or of its ``plan``, as saved in JSON)."""
-    plan = getattr(layout, "plan", layout)
-    plan = asdict(plan) if isinstance(plan, ProjectorPlan) else plan
-    return EEGAudioAligner(
-        eeg_channels=plan["eeg_channels"], eeg_sfreq=plan["eeg_sfreq"], eeg_samples=plan["eeg_samples"],
-        clip_seconds=plan["clip_seconds"], latent_channels=latent_channels, latent_frames=plan["latent_frames"],
-        latent_bins=plan["latent_bins"], first_block_channels=plan["first_block_channels"], n_subjects=n_subjects,
-        subject_cond=subject_cond, dim=dim,
-    )
-
-
-def plot_alignment(log: Sequence[Mapping[str, float]], chance: Mapping[str, float] | None = None):
-    """InfoNCE loss and held-out retrieval accuracy over the alignment steps."""
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
-    left.plot([e["step"] for e in log], [e["loss"] for e in log], lw=0.8)
-    left.set(xlabel="step", ylabel="InfoNCE loss", title="Contrastive alignment")
-    evaluated = [e for e in log if "val_segment_top1" in e]
-    for key, label in (("val_segment_top1", "segment top-1"), ("val_segment_top10", "segment top-10"),
-                       ("val_song_top1", "song top-1")):
-        right.plot([e["step"] for e in evaluated], [100 * e[key] for e in evaluated], "o-", label=label)
-    for level in (chance or {}).values():
-        right.axhline(100 * level, color="grey", lw=0.8, ls=":")
-    right.set(xlabel="step", ylabel="% of validation windows", title="Encoder-only retrieval (validation)")
-    right.legend()
-    return fig
+def previous_alignment(run: Path, resume_from) -> dict[str, Any] | None:
+    """A resumed run's alignment record (written when the run started)."""
+    record = run / ALIGNMENT_DIR_NAME / ALIGNER_FILE
+    if resume_from is None or not record.is_file():
+        return None
+    return {**read_json(record)["result"], "folder": str(record.parent)}
