@@ -4,7 +4,7 @@ CPU (default)::
 
     python benchmarks/bench_train.py [--model controlnet] [--steps 30] [--batch_size 8]
 
-runs :func:`eeg2music.train.train` for ``--steps`` steps on the default run folder's data and backbone
+runs :func:`eeg2music.training.loop.train` for ``--steps`` steps on the default run folder's data and backbone
 (built if missing, as notebook 04 does; or ``--backbone`` / ``--run_dir``) into a temporary folder, sharing
 the default latent cache, and reports samples/s, seconds per step,
 time per epoch and the estimated time of the demo's run — step time only: validation and checkpoints
@@ -58,19 +58,19 @@ AUDIOLDM2_MUSIC_UNET = dict(
 def bench_cpu(args) -> dict:
     """Train ``args.steps`` steps at demo size (default data and backbone) and report the throughput."""
     from eeg2music.paths import stage_dir
-    from eeg2music.training.config import DEMO_DEFAULTS, TrainConfig
+    from eeg2music.training.config import PRESETS, TrainConfig
     from eeg2music.training.loop import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         cfg = TrainConfig(model=args.model, subject_cond=args.subject_cond, steps=args.steps,
-                          batch_size=args.batch_size, val_every=args.steps, checkpoint_every=args.steps,
+                          batch_size=args.batch_size or None, val_every=args.steps, checkpoint_every=args.steps,
                           backbone=args.backbone, run_dir=args.run_dir, out_dir=tmp, device="cpu", seed=0,
                           latent_cache_dir=str(stage_dir("train") / "latent_cache"))
         result = train(cfg, progress=not args.quiet)
     summary = result.summary
-    demo_steps = DEMO_DEFAULTS[args.model]["steps"]
+    demo_steps = PRESETS["demo"][args.model]["steps"]
     train_windows = summary["data"]["windows"]["train"]
     return {
         "mode": "cpu",

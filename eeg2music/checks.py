@@ -27,7 +27,7 @@ from typing import Any
 
 from .data.nmedt import SONGS
 from .models.backbone import SHIPPED_BACKBONE_DIR
-from .params import ParameterError, coerce_int
+from .params import ParameterError, coerce_float, coerce_int
 from .run_inputs import default_backbone_dir
 from .sampling.clips import SAMPLES_NAME
 from .utils import resolve_device
@@ -134,6 +134,19 @@ def _participants(params: MutableMapping[str, Any], name: str) -> None:
     params[name] = numbers
 
 
+def _optional(params: MutableMapping[str, Any], name: str, coerce: Callable[[str, Any], Any], low: float | None) -> None:
+    """A setting a preset fills: None (or "none"), else a value ``coerce`` reads, at least ``low``."""
+    if name not in params:
+        return
+    value = params[name]
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+        params[name] = None
+        return
+    params[name] = coerce(name, value)
+    if low is not None and params[name] < low:
+        raise ParameterError(f"parameter {name!r}: must be ≥ {low}, got {params[name]}; or None for the preset's")
+
+
 def among(name: str, value: Any, allowed: Sequence[Any], where: Any) -> None:
     """Refuse a value the data does not have (e.g. ``example_subject`` 7 in a folder of participants 2 and 3)."""
     if value not in allowed:
@@ -205,20 +218,23 @@ def train_parameters(params: MutableMapping[str, Any]) -> None:
     _path(params, "run_dir", kind="folder", what="notebook 02's out_dir or a preprocessed cache")
     _data_folders(params, "an NMED-T folder")
     for name in ("steps", "batch_size"):
-        _at_least(params, name, 0, "0 takes the default for the size")
+        _optional(params, name, coerce_int, 1)
+    _optional(params, "lr", coerce_float, None)
+    _optional(params, "control_min_timestep", coerce_int, 0)
     if "align_steps" in params:
         _at_least(params, "align_steps", 0, "0 trains P from scratch with the ControlNet, as the paper")
         _at_least(params, "align_batch_size", 2, "InfoNCE needs other windows as negatives")
         if params["align_steps"] and params.get("model") != "controlnet":
             raise ParameterError(f"parameter 'align_steps': {params['align_steps']} pre-trains the ControlNet's subject "
                                  f"layer and P; model {params.get('model')!r} has none; accepted: 0")
-    _at_least(params, "lr", 0.0, "0 takes the backbone's default")
-    _at_least(params, "control_min_timestep", -1, "-1 takes the backbone's default")
+    if params.get("lr") is not None and params["lr"] <= 0:
+        raise ParameterError(f"parameter 'lr': {params['lr']} is not a learning rate; accepted: a number > 0, "
+                             f"or None for the preset's")
     total = backbone_train_timesteps(str(backbone or ""), bool(params.get("smoke")))
-    if total is not None and params["control_min_timestep"] >= total:
+    if total is not None and params.get("control_min_timestep") is not None and params["control_min_timestep"] >= total:
         raise ParameterError(
             f"parameter 'control_min_timestep': {params['control_min_timestep']} is beyond the backbone's "
-            f"{total}-step noise schedule; accepted: 0 … {total - 1}, or -1 for the backbone's default"
+            f"{total}-step noise schedule; accepted: 0 … {total - 1}, or None for the preset's"
         )
     name = params.get("run_name", "")
     if name and (name in (".", "..") or "/" in name or "\\" in name):

@@ -31,10 +31,11 @@
 subject_cond = True  # per-subject channel-mixing layer on the EEG (the paper's optional subject conditioning)
 model = "controlnet"  # "controlnet" (the paper's model) or "convnet" (the direct-regression baseline)
 backbone = ""  # backbone folder (AudioLDM2-music or tiny); empty: the default tiny backbone
-steps = 0  # optimiser steps; 0: the default for the size (demo: ControlNet 200, ConvNet 400; smoke: 6)
-batch_size = 0  # EEG windows per step; 0: the default for the size
-lr = 0.0  # AdamW learning rate; 0: the backbone's default (tiny 1e-3; AudioLDM2 1e-4, the paper's)
-control_min_timestep = -1  # ControlNet trains and acts at diffusion steps ≥ this; -1: backbone's default (tiny 500; AudioLDM2 0, every step, the paper's)
+preset = "auto"  # settings left at None: "paper", "demo" or "smoke"; "auto": paper for an AudioLDM2 backbone, demo for the tiny one
+steps = None  # optimiser steps; None: the preset's (ControlNet 200, ConvNet 400; smoke 6)
+batch_size = None  # EEG windows per step; None: the preset's (ControlNet 8, ConvNet 16; smoke 2 / 4)
+lr = None  # AdamW learning rate; None: the preset's (paper 1e-4; demo 1e-3, for the tiny backbone)
+control_min_timestep = None  # ControlNet trains and acts at diffusion steps ≥ this; None: the preset's (paper 0, every step; demo 500)
 align_steps = 0  # ControlNet: steps of contrastive EEG-audio pre-training of the subject layer and P first; 0: the paper's P trained from scratch
 align_batch_size = 64  # windows per contrastive step (more windows, more negatives)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
@@ -50,8 +51,9 @@ smoke = False  # tiny sizes for tests: a few steps on the smoke dataset
 # %%
 from eeg2music import checks
 from eeg2music.params import resolve_parameters
+from eeg2music.training.config import PRESET_NAMES
 
-params = resolve_parameters("04_train", globals(), choices={"model": ("controlnet", "convnet")},
+params = resolve_parameters("04_train", globals(), choices={"model": ("controlnet", "convnet"), "preset": PRESET_NAMES},
                             checks=checks.train_parameters)
 
 # %% [markdown]
@@ -81,7 +83,7 @@ from eeg2music.training.data import load_training_data
 from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
-    "model", "subject_cond", "backbone", "steps", "batch_size", "lr", "control_min_timestep", "align_steps",
+    "model", "subject_cond", "backbone", "preset", "steps", "batch_size", "lr", "control_min_timestep", "align_steps",
     "align_batch_size", "resume", "run_dir", "run_name", "out_dir", "data_root", "stimuli_dir", "seed", "device",
     "smoke")}).resolved()
 target = resolve_device(device)
@@ -149,14 +151,14 @@ import torch
 
 from eeg2music.models.backbone import diffusion_target
 from eeg2music.models.controlnet import controlled_noise_prediction
-from eeg2music.training.loop import build_model, with_backbone_defaults
+from eeg2music.training.loop import build_model
 
 batch = [data.train[i] for i in range(4)]
 eeg = torch.stack([item["eeg"] for item in batch]).float()
 subject = torch.tensor([item["subject"] for item in batch])
 z0 = data.latents.lookup([item["song"] for item in batch], [item["chunk"] for item in batch])
 if cfg.model == "controlnet":
-    fresh = build_model(with_backbone_defaults(cfg, backbone_model), backbone_model, data).cpu()
+    fresh = build_model(cfg, backbone_model, data).cpu()
     generator = torch.Generator().manual_seed(seed)
     t = torch.randint(0, backbone_model.scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
     noise = torch.randn(z0.shape, generator=generator)
@@ -195,7 +197,7 @@ if cfg.model == "controlnet":
 # %% [markdown]
 # ## 3. Training
 #
-# One loop, `eeg2music.train.train`, runs here, from the command line
+# One loop, `eeg2music.training.loop.train`, runs here, from the command line
 # (`python -m eeg2music.train --model controlnet --subject_cond true`) and on several GPUs
 # (`accelerate launch -m eeg2music.train …`). It uses AdamW with the paper's settings (betas
 # (0.95, 0.999), ε $10^{-6}$, weight decay $10^{-3}$, gradient clipping at 1), bf16 mixed precision on

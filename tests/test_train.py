@@ -31,7 +31,7 @@ from eeg2music.training.config import TrainConfig
 from fixtures_nmedt import make_nmedt_folder
 from eeg2music.train import main
 from eeg2music.training.checkpoints import optimizer_state_from_safetensors, optimizer_state_to_safetensors, rng_state, save_checkpoint, set_rng_state
-from eeg2music.training.config import DEFAULT_LEARNING_RATES, SMOKE_DEFAULTS, default_control_min_timestep, default_learning_rate
+from eeg2music.training.config import PAPER_LEARNING_RATE, PRESETS
 from eeg2music.training.data import clip_latents, load_training_data, step_generator
 from eeg2music.training.objectives import DiffusionObjective, mismatched_offset
 
@@ -131,8 +131,8 @@ def test_smoke_run_writes_the_model_folder_contract(smoke_runs, kind, subject_co
     assert len(meta["data"]["channels"]) == 124 and meta["data"]["subjects"] == [2, 3]
     assert meta["data"]["window_spec"]["clip_seconds"] == 3.5
     assert meta["training"]["subject_cond"] is subject_cond
-    assert meta["training"]["lr"] == DEFAULT_LEARNING_RATES["tiny"], "lr 0 resolves to the tiny backbone's rate"
-    assert meta["training"]["control_min_timestep"] == 500, "-1 resolves to the tiny backbone's default"
+    assert meta["training"]["lr"] == PRESETS["demo"]["common"]["lr"], "lr None resolves to the tiny backbone's rate"
+    assert meta["training"]["control_min_timestep"] == 500, "None resolves to the tiny backbone's default"
     assert (result.model_dir / kind / "diffusion_pytorch_model.safetensors").is_file()
 
     loaded = load_trained_model(result.run_dir, device="cpu")  # a run folder resolves to its model/
@@ -279,7 +279,7 @@ def test_explicit_learning_rate_is_used(tmp_path, cache_dir, backbone_dir, laten
     cfg = config(tmp_path, cache_dir, backbone_dir, latent_cache, model="convnet", subject_cond=False, steps=1, lr=3e-4)
     result = train(cfg, backbone=backbone, progress=False)
     assert result.summary["config"]["lr"] == 3e-4 and result.log[0]["lr"] == 3e-4
-    assert default_learning_rate("audioldm2") == 1e-4  # the paper's, for the real backbone
+    assert TrainConfig().resolved("audioldm2").lr == PAPER_LEARNING_RATE == 1e-4  # the paper's, for the real backbone
 
 
 def test_resume_refuses_other_settings(tmp_path, cache_dir, backbone_dir, latent_cache, backbone):
@@ -393,7 +393,7 @@ def test_config_is_type_checked():
         TrainConfig(model="gan")
     with pytest.raises(ParameterError, match="unknown parameter"):
         TrainConfig.from_overrides({"learning_rate": 1})
-    assert TrainConfig(smoke=True).resolved().steps == SMOKE_DEFAULTS["controlnet"]["steps"]
+    assert TrainConfig(smoke=True).resolved().steps == PRESETS["smoke"]["controlnet"]["steps"]
     assert TrainConfig(model="convnet", steps=7).resolved().steps == 7
     assert TrainConfig(subject_cond=False).name == "controlnet" and TrainConfig(model="convnet", subject_cond=False).name == "convnet"
 
@@ -466,4 +466,5 @@ def test_controlnet_timesteps_are_drawn_from_control_min_timestep_up(backbone):
         DiffusionObjective(backbone, min_timestep=objective.num_train_timesteps)
     with pytest.raises(ParameterError, match="control_min_timestep"):
         TrainConfig(control_min_timestep=-2)
-    assert default_control_min_timestep("audioldm2") == 0 and default_control_min_timestep("tiny") == 500
+    assert TrainConfig().resolved("audioldm2").control_min_timestep == 0
+    assert TrainConfig().resolved("tiny").control_min_timestep == 500

@@ -161,7 +161,6 @@ class _TorchEmbedder:
 
     @property
     def device(self):
-
         return resolve_device(self._device_spec)
 
     @property
@@ -310,7 +309,6 @@ class LaionClapEmbedder(_TorchEmbedder):
         state = load_clap_audio_state_dict(self.checkpoint)
         amodel, fusion = _clap_architecture(state) if self.amodel == "auto" else (self.amodel, any(".fusion_model." in k for k in state))
         if fusion:
-
             if real_import_error("torchaudio") is not None:
                 raise RuntimeError(f"clap_checkpoint: {self.checkpoint} is a fusion model, whose preprocessing needs torchaudio, which does not import here")
         tower = _build_clap_audio_tower(amodel, fusion)
@@ -391,7 +389,6 @@ class EncodecEmbedder(_TorchEmbedder):
         self.weights = _existing_file(weights, "encodec_weights", "EnCodec 24 kHz weights (encodec_24khz-d7cc33bc.th or .safetensors)")
 
     def _load(self):
-
         encodec = import_encodec()
         model = encodec.EncodecModel.encodec_model_24khz(pretrained=False)
         state = load_encodec_state_dict(self.weights)
@@ -440,7 +437,6 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         self._feature_extractor = None
 
     def _load(self):
-
         hub_offline()
         from transformers import ClapFeatureExtractor, ClapModel
 
@@ -584,7 +580,6 @@ class MelEnvelopeEmbedder:
         self.feature_names = [f"t{t:02d}_b{b}" for t in range(self.n_bins) for b in range(band_groups)]
 
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-
         array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
         wave = normalize_waveform(array).numpy().astype(np.float32)
         logmel = waveform_to_mel(wave, normalize=False, pad_to_multiple=1)[:, 0].numpy()  # (B, frames, 64)

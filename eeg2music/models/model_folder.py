@@ -77,10 +77,8 @@ class TrainedModel:
 
 def _module_class(kind: str):
     if kind == "controlnet":
-
         return EEGControlNet
     if kind == "convnet":
-
         return EEGConvNet
     raise ValueError(f"model kind {kind!r} has no weights; expected one of {list(MODEL_KINDS)}")
 

@@ -55,7 +55,7 @@ def ensure_models(
         Run names (folders of ``train_dir``), e.g. :data:`DEFAULT_RUNS`.
     train_dir : path-like
         Notebook 04's output folder; ``""`` = the default run folder (``outputs/04_train``), where a
-        missing default run is trained now with :func:`eeg2music.train.train` at the size ``smoke``
+        missing default run is trained now with :func:`eeg2music.training.loop.train` at the size ``smoke``
         selects (the unconditional model is registered, it has nothing to train). A missing run in an
         explicit ``train_dir`` is an error: nothing is written into a folder the user chose.
     backbone : path-like
@@ -212,7 +212,6 @@ def sampling_datasets(
     stimuli = data_root if data_root not in ("", None) else True
     stage = Path(run_dir).expanduser().resolve() if run_dir not in ("", None) else None
     if stage is not None or not data.get("cache_dir"):
-
         folder = stage or stage_dir("preprocess")
         if (folder / SUMMARY_FILE).is_file():
             datasets = load_stage_windows(folder, stimuli=stimuli, verbose=progress, stimuli_dir=stimuli_dir or None)

@@ -130,7 +130,7 @@ class EEGMusicPipeline:
     backbone : eeg2music.models.backbone.Backbone
         The frozen latent diffusion model the model was trained with.
     model : eeg2music.train.TrainedModel or None
-        A loaded model folder (:func:`eeg2music.train.load_trained_model`); ``None`` is the
+        A loaded model folder (:func:`eeg2music.models.model_folder.load_trained_model`); ``None`` is the
         unconditional backbone.
 
     Examples
@@ -245,7 +245,6 @@ class EEGMusicPipeline:
         return latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
 
     def _denoise(self, latents, scheduler, eeg, subject, conditioning_scale, guidance_scale, show_progress) -> torch.Tensor:
-
         unet = self.backbone.unet
         batch = latents.shape[0]
         conditioning = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)

@@ -9,42 +9,110 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models.backbone import AUDIOLDM2_MARKER, BACKBONE_MARKER
 from ..models.model_folder import MODEL_KINDS, default_run_name
 from ..params import ParameterError, coerce_mapping
 from ..paths import stage_dir
+from ..utils import read_json
+
+#: The paper's optimiser (Postolache et al., the authors' code defaults): AdamW with these settings.
+PAPER_LEARNING_RATE = 1e-4
+PAPER_BETAS = (0.95, 0.999)
+PAPER_EPS = 1e-6
+PAPER_WEIGHT_DECAY = 1e-3
+PAPER_GRAD_CLIP = 1.0
+
+#: Named presets: the value of every setting a run leaves at ``None``, for all models ("common") and per
+#: model. A run names one with ``preset``; ``"auto"`` takes ``paper`` for an AudioLDM2 backbone and ``demo``
+#: for the tiny one, and a smoke run puts ``smoke``'s sizes on top (:func:`preset_for`).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's setting: learning rate 1e-4, the ControlNet at every diffusion step, batches of 8.
+    "paper": {
+        "common": {"lr": PAPER_LEARNING_RATE, "control_min_timestep": 0,
+                   "checkpoint_every": 100, "val_every": 100, "val_samples": 64},
+        "controlnet": {"steps": 200, "batch_size": 8},
+        "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
+    },
+    # The tiny backbone on two CPU cores, sized to the demo's budget (measured). 1e-3 because at 1e-4 the zero
+    # convolutions barely leave zero in a few hundred steps (on the simulator at demo size: a validation gain
+    # over the EEG-zeroed control of 0.7 standard errors at 1e-4 and 300 steps, 4.8 at 1e-3 and 200 steps).
+    # The ControlNet trains and acts at t >= 500 of 1000 only: the objective values an improvement of the
+    # clean-latent estimate by SNR(t), small exactly at the noise levels where the EEG tells what the noisy
+    # latent does not, so with uniform timesteps the EEG's share of the gradient is lost in the noise of a few
+    # hundred steps (notebook 06's mel-envelope song-ID, ControlNet+subject, 200 steps, 90 test windows,
+    # chance 11 %: every t 17 % (p = 0.06), t >= 500 24 % [17, 33] (p = 0.001)). The low-noise half is left
+    # to the backbone (:class:`~eeg2music.models.controlnet.EEGControlNet` skips its residuals there).
+    "demo": {
+        "common": {"lr": 1e-3, "control_min_timestep": 500,
+                   "checkpoint_every": 100, "val_every": 100, "val_samples": 64},
+        "controlnet": {"steps": 200, "batch_size": 8},
+        "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
+    },
+    # Tests: seconds, not minutes (sizes only, on top of the backbone's preset).
+    "smoke": {
+        "common": {"checkpoint_every": 4, "val_every": 4, "val_samples": 8},
+        "controlnet": {"steps": 6, "batch_size": 2},
+        "convnet": {"steps": 6, "batch_size": 4, "convnet_width": 16},
+    },
+}
+PRESET_NAMES = ("auto", *PRESETS)
+#: The settings a preset fills.
+PRESET_FIELDS = ("steps", "batch_size", "lr", "control_min_timestep", "checkpoint_every", "val_every",
+                 "val_samples", "convnet_width")
+
+
+def preset_for(preset: str, backbone_kind: str | None, smoke: bool = False) -> list[str]:
+    """The presets a run applies, in order: ``paper`` (AudioLDM2) or ``demo`` (tiny) for ``"auto"``, then
+    ``smoke``'s sizes on top for a smoke run (or ``preset="smoke"``)."""
+    base = preset if preset in ("paper", "demo") else ("paper" if backbone_kind == "audioldm2" else "demo")
+    return [base, "smoke"] if (smoke or preset == "smoke") else [base]
+
+
+def backbone_kind_of(backbone: str | Path) -> str:
+    """``"audioldm2"`` or ``"tiny"`` for a backbone folder, from its files alone (``""``: the default tiny one)."""
+    if str(backbone or "") == "":
+        return "tiny"
+    folder = Path(str(backbone)).expanduser()
+    if (folder / BACKBONE_MARKER).is_file():
+        try:
+            return str(read_json(folder / BACKBONE_MARKER).get("kind", "tiny"))
+        except (OSError, ValueError):
+            return "tiny"
+    return "audioldm2" if (folder / AUDIOLDM2_MARKER).is_file() else "tiny"
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved with every checkpoint and model folder.
 
-    Sizes left at 0 take the default for the run's size (:data:`DEMO_DEFAULTS` or
-    :data:`SMOKE_DEFAULTS`), so the same config serves the demo, the tests and a long run.
+    Settings left at ``None`` take the value of the run's preset (:data:`PRESETS`, :meth:`resolved`), so
+    the same config serves the paper's setting, the demo, the tests and a long run.
     """
 
     model: str = "controlnet"  #: "controlnet" or "convnet"
     subject_cond: bool = True  #: per-subject layer on the EEG (the paper's optional subject conditioning)
     backbone: str = ""  #: backbone folder; "" = the default tiny backbone (trained if missing)
+    preset: str = "auto"  #: "paper", "demo", "smoke"; "auto" = paper for AudioLDM2, demo for the tiny backbone (smoke sizes for smoke runs)
     run_dir: str = ""  #: notebook 02's output folder or its cache; "" = the default run folder's
     data_root: str = ""  #: NMED-T folder used when the cache must be built; "" = the simulator
     stimuli_dir: str = ""  #: folder of the stimulus WAVs; "" = the one notebook 02 used, else data_root's own
     out_dir: str = ""  #: folder holding the run folders; "" = outputs/04_train
     run_name: str = ""  #: run folder name; "" = derived from model and subject_cond
-    steps: int = 0  #: optimiser steps (0 = default for the size)
-    batch_size: int = 0  #: windows per step and process (0 = default for the size)
-    lr: float = 0.0  #: AdamW learning rate; 0 = the backbone's default (:func:`default_learning_rate`)
-    betas: tuple[float, float] = (0.95, 0.999)  #: AdamW betas (paper)
-    eps: float = 1e-6  #: AdamW epsilon (paper)
-    weight_decay: float = 1e-3  #: AdamW weight decay (paper)
-    grad_clip: float = 1.0  #: max gradient norm (paper); 0 = no clipping
+    steps: int | None = None  #: optimiser steps (None = the preset's)
+    batch_size: int | None = None  #: windows per step and process (None = the preset's)
+    lr: float | None = None  #: AdamW learning rate (None = the preset's: the paper's 1e-4, the tiny backbone's 1e-3)
+    betas: tuple[float, float] = PAPER_BETAS  #: AdamW betas (paper)
+    eps: float = PAPER_EPS  #: AdamW epsilon (paper)
+    weight_decay: float = PAPER_WEIGHT_DECAY  #: AdamW weight decay (paper)
+    grad_clip: float = PAPER_GRAD_CLIP  #: max gradient norm (paper); 0 = no clipping
     lr_warmup_steps: int = 0  #: linear warm-up, then constant
-    checkpoint_every: int = 0  #: steps between checkpoints (0 = default for the size)
+    checkpoint_every: int | None = None  #: steps between checkpoints (None = the preset's)
     keep_checkpoints: int = 2  #: complete checkpoints kept (older ones are deleted)
-    val_every: int = 0  #: steps between validations (0 = default for the size)
-    val_samples: int = 0  #: validation windows, evenly spread over the val split (0 = default)
+    val_every: int | None = None  #: steps between validations (None = the preset's)
+    val_samples: int | None = None  #: validation windows, evenly spread over the val split (None = the preset's)
     conditioning_scale: float = 1.0  #: ControlNet residual scale during training
-    control_min_timestep: int = -1  #: the ControlNet trains and acts at diffusion steps ≥ this; -1 = the backbone's default (:func:`default_control_min_timestep`)
-    convnet_width: int = 0  #: ConvNet hidden channels (0 = default for the size)
+    control_min_timestep: int | None = None  #: the ControlNet trains and acts at diffusion steps ≥ this (None = the preset's: 0 in the paper's, 500 on the tiny backbone)
+    convnet_width: int | None = None  #: ConvNet hidden channels (None = the preset's)
     align_steps: int = 0  #: ControlNet only: steps of contrastive EEG↔audio pre-training of S and P before the diffusion loss (0 = the paper's P trained from scratch with the ControlNet)
     align_batch_size: int = 64  #: windows per contrastive step (larger batches hold more negatives)
     num_workers: int = 0  #: DataLoader workers (0 = load in the main process)
@@ -60,14 +128,19 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)
         if self.model not in MODEL_KINDS:
             raise ParameterError(f"parameter 'model': {self.model!r} is not one of {list(MODEL_KINDS)}")
+        if self.preset not in PRESET_NAMES:
+            raise ParameterError(f"parameter 'preset': {self.preset!r} is not one of {list(PRESET_NAMES)}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ParameterError(
                 f"parameter 'mixed_precision': {self.mixed_precision!r} is not one of ['auto', 'no', 'bf16', 'fp16']"
             )
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ParameterError(f"parameter 'betas': expected two numbers in [0, 1), got {self.betas}")
-        for name in ("steps", "batch_size", "checkpoint_every", "val_every", "val_samples", "convnet_width",
-                     "num_workers", "lr_warmup_steps", "align_steps"):
+        for name in ("steps", "batch_size", "checkpoint_every", "val_every", "val_samples", "convnet_width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ParameterError(f"parameter {name!r}: must be ≥ 1 (or None for the preset's), got {value}")
+        for name in ("num_workers", "lr_warmup_steps", "align_steps"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"parameter {name!r}: must be ≥ 0, got {getattr(self, name)}")
         if self.align_batch_size < 2:
@@ -77,30 +150,46 @@ class TrainConfig:
                                  f"has none (use 0)")
         if self.keep_checkpoints < 1:
             raise ParameterError(f"parameter 'keep_checkpoints': must be ≥ 1, got {self.keep_checkpoints}")
-        if self.lr < 0:
-            raise ParameterError(f"parameter 'lr': must be > 0 (or 0 for the backbone's default), got {self.lr}")
+        if self.lr is not None and self.lr <= 0:
+            raise ParameterError(f"parameter 'lr': must be > 0 (or None for the preset's), got {self.lr}")
         if self.eps <= 0:
             raise ParameterError(f"parameter 'eps': must be > 0, got {self.eps}")
-        if self.control_min_timestep < -1:
-            raise ParameterError(f"parameter 'control_min_timestep': must be ≥ 0 (or -1 for the backbone's default), "
+        if self.control_min_timestep is not None and self.control_min_timestep < 0:
+            raise ParameterError(f"parameter 'control_min_timestep': must be ≥ 0 (or None for the preset's), "
                                  f"got {self.control_min_timestep}")
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> "TrainConfig":
-        """Build a config from user-typed values (``"true"``, ``"1e-4"``…), type-checked per field."""
-        defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
-        return cls(**coerce_mapping(defaults, dict(overrides)))
+        """Build a config from user-typed values (``"true"``, ``"1e-4"``, ``"none"``…), type-checked per field.
 
-    def resolved(self) -> "TrainConfig":
-        """A copy whose size fields (0 = default) hold the values this run uses."""
-        sizes = SMOKE_DEFAULTS if self.smoke else DEMO_DEFAULTS
+        A setting a preset fills is read like the demo preset's value, or ``None``.
+        """
+        defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
+        typed = {**defaults, **{name: _preset_example(name) for name in PRESET_FIELDS}}
+        values = {}
+        for name, value in dict(overrides).items():
+            if name in PRESET_FIELDS and (value is None or str(value).strip().lower() in ("none", "")):
+                values[name] = None
+            else:
+                values[name] = value
+        given = {k: v for k, v in values.items() if v is not None or k not in PRESET_FIELDS}
+        coerced = coerce_mapping(typed, given)
+        return cls(**{**{k: v for k, v in values.items() if v is None}, **{k: coerced[k] for k in given}})
+
+    def resolved(self, backbone_kind: str | None = None) -> "TrainConfig":
+        """A copy whose settings left at ``None`` hold the values of the run's preset.
+
+        ``backbone_kind`` (``"audioldm2"`` / ``"tiny"``) picks the preset when it is ``"auto"``; by default it
+        is read from the ``backbone`` folder (:func:`backbone_kind_of`).
+        """
+        kind = backbone_kind or backbone_kind_of(self.backbone)
+        filled: dict[str, Any] = {}
+        for name in preset_for(self.preset, kind, self.smoke):
+            filled.update({**PRESETS[name]["common"], **PRESETS[name].get(self.model, {})})
         values = dataclasses.asdict(self)
-        for key, default in sizes.get(self.model, {}).items():
-            if values[key] == 0:
-                values[key] = default
-        for key, default in sizes["common"].items():
-            if values[key] == 0:
-                values[key] = default
+        for key, value in filled.items():
+            if values[key] is None:
+                values[key] = value
         values["betas"] = tuple(values["betas"])
         return TrainConfig(**values)
 
@@ -117,57 +206,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-#: Sizes of the demo run (notebook 04 with default parameters); measured to fit the demo's budget.
-DEMO_DEFAULTS: dict[str, dict[str, int]] = {
-    "common": {"checkpoint_every": 100, "val_every": 100, "val_samples": 64},
-    "controlnet": {"steps": 200, "batch_size": 8},
-    "convnet": {"steps": 400, "batch_size": 16, "convnet_width": 64},
-}
-
-
-#: Sizes of smoke runs (tests): seconds, not minutes.
-SMOKE_DEFAULTS: dict[str, dict[str, int]] = {
-    "common": {"checkpoint_every": 4, "val_every": 4, "val_samples": 8},
-    "controlnet": {"steps": 6, "batch_size": 2},
-    "convnet": {"steps": 6, "batch_size": 4, "convnet_width": 16},
-}
-
-
-#: AdamW learning rate per backbone kind, used when ``lr`` is 0 (see :func:`default_learning_rate`).
-DEFAULT_LEARNING_RATES = {"audioldm2": 1e-4, "tiny": 1e-3}
-
-
-def default_learning_rate(backbone_kind: str | None) -> float:
-    """The learning rate a run uses when ``lr`` is left at 0.
-
-    AudioLDM2: the paper's 1e-4 (its ControlNet trains for many thousands of steps). The tiny backbone:
-    1e-3 — the rate it was itself trained at, and what a run of a few hundred steps on a CPU needs: at
-    1e-4 the zero convolutions barely leave zero in 300 steps (measured on the simulator at demo size:
-    a validation gain over the EEG-zeroed control of 0.7 standard errors at 1e-4 and 300 steps, 4.8 at
-    1e-3 and 200 steps).
-    """
-    return DEFAULT_LEARNING_RATES.get(backbone_kind or "", DEFAULT_LEARNING_RATES["audioldm2"])
-
-
-#: ``control_min_timestep`` per backbone kind, used when it is -1 (see :func:`default_control_min_timestep`).
-DEFAULT_CONTROL_MIN_TIMESTEPS = {"audioldm2": 0, "tiny": 500}
-
-
-def default_control_min_timestep(backbone_kind: str | None) -> int:
-    """The lowest diffusion step at which a run's ControlNet trains and acts, when left at -1.
-
-    AudioLDM2: 0 — every step, as the paper. The tiny backbone on a CPU budget: 500 (of 1000), the
-    noisier half of the schedule. Why: the ε-objective values an improvement of the clean-latent
-    estimate by SNR(t) = ᾱ/(1 − ᾱ), small exactly at the noise levels where the EEG tells what the noisy
-    latent does not, so with uniform timesteps the EEG's share of the gradient is lost in the noise of a
-    few hundred steps. Measured on the simulator at demo size (ControlNet+subject, 200 steps; notebook
-    06's ``mel-envelope`` song-ID of 90 test windows, chance 11 %): timesteps from the whole schedule
-    17 % (permutation p = 0.06), timesteps ≥ 500 24 % [17, 33] (p = 0.001); the validation gain over
-    other windows' EEG rose from 2.9e-5 ± 1.5e-5 to 1.2e-4 ± 0.4e-4. The low-noise half is left to the
-    backbone (:class:`~eeg2music.models.controlnet.EEGControlNet` skips its residuals there), so nothing
-    untrained acts.
-    """
-    return DEFAULT_CONTROL_MIN_TIMESTEPS.get(backbone_kind or "", DEFAULT_CONTROL_MIN_TIMESTEPS["audioldm2"])
+def _preset_example(name: str) -> Any:
+    """A value of the type a preset gives ``name`` (what a user-typed value is read as)."""
+    for model in ("common", "convnet", "controlnet"):
+        if name in PRESETS["demo"].get(model, {}):
+            return PRESETS["demo"][model][name]
+    raise KeyError(name)
 
 
 def _normalise_resume(value: Any) -> str:

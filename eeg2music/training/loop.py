@@ -16,8 +16,8 @@ clips, with the frozen backbone's noise schedule,
 where :math:`\\epsilon_\\theta` is the frozen UNet steered by the ControlNet's residuals. Only the
 ControlNet (with the projector P and the subject layer) is trained, with AdamW as the paper (betas
 (0.95, 0.999), eps 1e-6, weight decay 1e-3, clipping 1.0) at the learning rate of
-:func:`default_learning_rate` unless one is given (the paper's 1e-4 for AudioLDM2; 1e-3 for the tiny
-backbone, whose demo runs last a few hundred steps). The target is the backbone's own: ε for
+:data:`~eeg2music.training.config.PRESETS` unless one is given (the paper's 1e-4 for AudioLDM2; 1e-3 for
+the tiny backbone, whose demo runs last a few hundred steps). The target is the backbone's own: ε for
 AudioLDM2, v for the tiny backbone (:func:`eeg2music.models.backbone.diffusion_target`).
 
 ``model="convnet"``: the baseline regresses :math:`z_0` from the EEG with an MSE
@@ -92,7 +92,7 @@ from .checkpoints import (
     restore_training_state,
     save_checkpoint,
 )
-from .config import TrainConfig, default_control_min_timestep, default_learning_rate
+from .config import TrainConfig
 from .data import (
     INIT_STREAM,
     ClipLatents,
@@ -207,20 +207,10 @@ def _freeze(backbone, device: torch.device, unet_dtype: torch.dtype) -> None:
         module.eval().requires_grad_(False)
 
 
-def with_backbone_defaults(cfg: TrainConfig, backbone) -> TrainConfig:
-    """``cfg`` with ``lr`` (0) and ``control_min_timestep`` (-1) set to the backbone's defaults."""
-    kind = getattr(backbone, "kind", None)
-    if cfg.lr == 0:
-        cfg = dataclasses.replace(cfg, lr=default_learning_rate(kind))
-    if cfg.control_min_timestep < 0:
-        cfg = dataclasses.replace(cfg, control_min_timestep=default_control_min_timestep(kind))
-    return cfg
-
-
 def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
     """The network to train, initialised from the run's seed (the ControlNet copies the UNet's encoder).
 
-    ``cfg`` has its backbone defaults resolved (:func:`train` does it: ``lr``, ``control_min_timestep``).
+    ``cfg`` is resolved (:meth:`TrainConfig.resolved`: the preset's ``convnet_width``, ``control_min_timestep``).
     """
     torch.manual_seed(derived_seed(INIT_STREAM, cfg.seed))
     frames, bins = int(backbone.latent_shape[1]), int(backbone.latent_shape[2])
@@ -228,10 +218,8 @@ def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
                   latent_frames=frames, latent_bins=bins, n_subjects=data.n_subjects,
                   subject_cond=cfg.subject_cond, eeg_samples=data.eeg_samples)
     if cfg.model == "controlnet":
-
         model = EEGControlNet.from_unet(backbone.unet, control_min_timestep=cfg.control_min_timestep, **common)
     else:
-
         model = EEGConvNet(latent_channels=int(backbone.latent_shape[0]), hidden_channels=cfg.convnet_width, **common)
     if model.dtype != torch.float32:  # trained in float32 (master weights), whatever the backbone's dtype
         model.to(dtype=torch.float32)
@@ -313,7 +301,8 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
 
     if overrides:
         config = TrainConfig(**coerce_mapping(dataclasses.asdict(config or TrainConfig()), overrides))
-    cfg = (config or TrainConfig()).resolved()
+    # Every setting left at None takes the run's preset: paper (AudioLDM2) or demo (tiny), smoke sizes for tests.
+    cfg = (config or TrainConfig()).resolved(getattr(backbone, "kind", None))
     check_inputs(cfg, backbone_given=backbone is not None)
     wall_start = time.perf_counter()
     accelerator = make_accelerator(cfg)
@@ -335,7 +324,6 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     unet_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     # The main process first: it builds whatever is missing (tiny backbone, cache, latents); the others then read it.
     if backbone is None:
-
         with accelerator.main_process_first():
             backbone = ensure_backbone(cfg.backbone, smoke=cfg.smoke, seed=cfg.seed, device=str(device))
     _freeze(backbone, device, unet_dtype)
@@ -344,7 +332,6 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
             data = load_training_data(cfg, backbone, progress=progress and main)
     latents = data.latents.to(device)
     kind = cfg.model
-    cfg = with_backbone_defaults(cfg, backbone)
     model = build_model(cfg, backbone, data)
     alignment = None
     if kind == "controlnet" and cfg.align_steps and resume_from is None and main:
