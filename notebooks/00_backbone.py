@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 00 · The backbone: a latent diffusion model of music
 #
+# *Code: `eeg2music.models.backbone`, `eeg2music.models.tiny_backbone`, `eeg2music.evaluation.backbone_quality`; figures in `eeg2music.plots`.*
+#
 # Postolache et al. do not train a music generator: they *steer* a pretrained one, AudioLDM2, with
 # EEG. Before any EEG appears, this notebook opens that generator and checks that it models the music
 # we will ask it to reconstruct. You will see

@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 01 · Exploring NMED-T: EEG of people listening to music
 #
+# *Code: `eeg2music.data.nmedt`, `eeg2music.data.recordings`, `eeg2music.data.simulate`, `eeg2music.data.summary`; figures in `eeg2music.plots`.*
+#
 # Everything downstream learns from one dataset: **NMED-T**, the Naturalistic Music EEG Dataset — Tempo
 # (Losorelli et al., ISMIR 2017). Twenty participants listened to ten complete songs while a 128-electrode
 # EGI HydroCel net recorded their EEG. This notebook meets the dataset the way a reader of its files
@@ -40,7 +42,6 @@ seconds_shown = 10.0  # length of the EEG stretch shown beside the spectrogram, 
 max_erp_recordings = 24  # recordings averaged for the note-onset ERP (participant × song); 0: all
 out_dir = ""  # where dataset_summary.json and the figures go; empty: outputs/01_explore_data
 seed = 0  # seed of the simulated dataset (used only when data_root is "")
-device = "auto"  # unused: exploring runs on the CPU (kept for a uniform interface)
 smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 15 s)
 
 # %%

@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 02 · Preprocessing, windows and splits
 #
+# *Code: `eeg2music.data.preprocessing`, `eeg2music.data.cache`, `eeg2music.data.windows`, `eeg2music.data.pairing`; figures in `eeg2music.plots`.*
+#
 # Before a model can learn to turn EEG into music, the EEG must be made comparable across electrodes,
 # participants and songs, and cut into examples that pair **3.5 s of EEG with the 3.5 s of music** the
 # participant was hearing. This notebook teaches and runs the three parts of that stage:
@@ -44,7 +46,6 @@ gap_chunks = 1  # unused 3.5 s chunks between train, val and test within a song
 allow_stimulus_mismatch = False  # pair a WAV with EEG that lasts over 1 s longer or shorter, cutting the song within the shorter; False stops
 out_dir = ""  # where the cache, summary and figures go; empty: outputs/02_preprocess
 seed = 0  # seed of the simulated dataset (used only when data_root is "")
-device = "auto"  # unused: preprocessing runs on the CPU (kept for a uniform interface)
 smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 15 s)
 
 # %%

@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 03 · The EEG ControlNet: projector, subject layer and zero convolutions
 #
+# *Code: `eeg2music.models.projector`, `eeg2music.models.subject_layer`, `eeg2music.models.controlnet`, `eeg2music.models.controlnet_diagnostics`; figures in `eeg2music.plots`.*
+#
 # The backbone of notebook 00 turns noise into music; it has never seen EEG. Postolache et al. steer it
 # with a **ControlNet** (Zhang et al., 2023): a trainable copy of the UNet's encoder that reads the
 # noisy latent *and* the EEG, and whose features are added to the frozen UNet's skip connections. This
@@ -35,7 +37,6 @@ eeg_channels = 124  # EEG channels after preprocessing (E1 … E124)
 n_subjects = 20  # participants the subject layer keeps a matrix for (NMED-T has 20)
 subject_cond = True  # build the per-subject layer S (False: no subject parameters at all)
 out_dir = ""  # where controlnet_summary.json and the figure go; empty: outputs/03_controlnet
-data_root = ""  # unused here (this notebook reads no EEG); kept so every notebook takes the same command line
 seed = 0  # seeds the initialisation of P and S and the example inputs
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
 smoke = False  # tiny sizes for tests (the smoke backbone, a batch of one)

@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 04 · Training the EEG ControlNet and the ConvNet baseline
 #
+# *Code: `eeg2music.training` (`config`, `data`, `objectives`, `alignment`, `loop`), `eeg2music.models.model_folder`; figures in `eeg2music.plots`.*
+#
 # The backbone of notebook 00 generates music from noise; it has never seen EEG. Here we teach a
 # **ControlNet** (notebook 03) to steer it with the EEG recorded while a participant listened to a clip,
 # as Postolache et al. do, and we train the **ConvNet baseline**, which maps the EEG to the audio latent

@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 05 · Sampling: music reconstructed from EEG, by every model
 #
+# *Code: `eeg2music.sampling.pipeline`, `eeg2music.sampling.inputs`, `eeg2music.sampling.clips`; figures in `eeg2music.plots`.*
+#
 # Notebook 04 trained the decoders. Here we use them: for EEG windows they never saw in training — the
 # held-out **test chunks** of the training songs and the whole **out-of-distribution song** — every model
 # generates the 3.5 s of music it thinks the participant was hearing. You will see

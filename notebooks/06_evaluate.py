@@ -11,6 +11,8 @@
 # %% [markdown]
 # # 06 · Evaluation: how close are the reconstructions, and is it the EEG?
 #
+# *Code: `eeg2music.evaluation.embedders`, `eeg2music.evaluation.metrics`, `eeg2music.evaluation.report`; figures in `eeg2music.plots`.*
+#
 # Notebook 05 reconstructed music from EEG with four models. Here we measure what they got right, with
 # the paper's metrics and with what the paper lacks. You will see
 #
@@ -35,7 +37,6 @@ backbone = ""  # backbone folder for the offline "vae-latent" embedder, "" → t
 n_boot = 1000  # bootstrap resamples of the clips for the 95 % intervals
 n_perm = 1000  # shuffled pairings for the permutation tests
 out_dir = ""  # where metrics and the report go, "" → outputs/06_evaluate
-data_root = ""  # unused here (the clips come from sample_dir), kept for a uniform interface
 seed = 0  # seeds the bootstrap and the permutations
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps" (for the network embedders)
 smoke = False  # tiny sizes for tests: fewer resamples
