@@ -28,9 +28,14 @@ import os
 import sys
 import time
 from pathlib import Path
+
 from eeg2music.data.song_audio import SongSplit, load_song_audio
 from eeg2music.evaluation.backbone_quality import evaluate_backbone
-from eeg2music.models.backbone import BACKBONE_MARKER, SHIPPED_BACKBONE_DIR, load_backbone
+from eeg2music.models.backbone import (
+    BACKBONE_MARKER,
+    SHIPPED_BACKBONE_DIR,
+    load_backbone,
+)
 from eeg2music.models.tiny_backbone import backbone_provenance
 
 

@@ -196,9 +196,9 @@ def case_read(folder: Path, cold: bool = False) -> dict:
 
 def case_preprocess(folder: Path, cache: Path, config: dict, cold: bool = False, overlap_io: bool = True) -> dict:
     """build_cache on the raw layout, as notebook 02 runs it (without the progress bar)."""
+    from eeg2music.data.cache import build_cache
     from eeg2music.data.nmedt import scan_nmedt
     from eeg2music.data.preprocessing import Preprocessing
-    from eeg2music.data.cache import build_cache
 
     nmedt = scan_nmedt(folder)
     cfg = Preprocessing(**config)

@@ -23,7 +23,6 @@ Writes ``<out>/bench_sampler.json`` and prints a table; the numbers go into the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -57,10 +56,14 @@ def main(argv=None) -> int:
     import torch
 
     from eeg2music.evaluation.embedders import make_embedders
-    from eeg2music.run_inputs import ensure_backbone
     from eeg2music.evaluation.report import embed_samples, evaluate_samples
-    from eeg2music.sampling.inputs import check_models_agree, ensure_models, sampling_datasets
+    from eeg2music.run_inputs import ensure_backbone
     from eeg2music.sampling.clips import load_samples, sample_models
+    from eeg2music.sampling.inputs import (
+        check_models_agree,
+        ensure_models,
+        sampling_datasets,
+    )
     from eeg2music.utils import resolve_device, write_json
 
     out = Path(args.out or Path(args.outputs) / "bench_sampler").resolve()

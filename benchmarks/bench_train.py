@@ -102,7 +102,9 @@ def peak_flops(device_name: str, override_tflops: float | None) -> float:
 
 def real_unet(device: torch.device):
     """The AudioLDM2-music UNet at random initialisation (the backbone module's config when it has one)."""
-    from diffusers.pipelines.audioldm2.modeling_audioldm2 import AudioLDM2UNet2DConditionModel
+    from diffusers.pipelines.audioldm2.modeling_audioldm2 import (
+        AudioLDM2UNet2DConditionModel,
+    )
 
     try:
         from eeg2music.models.backbone import build_audioldm2_music_on_meta

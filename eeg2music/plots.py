@@ -15,11 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.forward_model import ForwardModel
-from .data.nmedt import hydrocel_montage
-from .data.preprocessing import TracedStep, hydrocel_info
-from .data.windows import EEGMusicWindows, Splits
-from .models.audio import (
+from .audio import (
     CLIP_SAMPLES,
     FMAX,
     HOP_LENGTH,
@@ -29,6 +25,10 @@ from .models.audio import (
     mel_db,
     n_frames,
 )
+from .data.forward_model import ForwardModel
+from .data.nmedt import hydrocel_montage
+from .data.preprocessing import TracedStep, hydrocel_info
+from .data.windows import EEGMusicWindows, Splits
 from .models.backbone import Backbone
 from .sampling.clips import read_wav
 from .training.loop import read_log
@@ -76,9 +76,23 @@ def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[s
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG (110 dpi, tight box), atomically; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    return path
+
+
+def show_saved(fig, path: str | os.PathLike) -> Path:
+    """Save ``fig`` (:func:`save_figure`), close it and display the PNG: the notebook shows exactly the file."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    path = save_figure(fig, path)
+    plt.close(fig)
+    display(Image(filename=str(path)))
     return path
 
 
@@ -118,7 +132,7 @@ def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", rotation=15)
     fig.tight_layout()
-    _save(fig, Path(out_path))
+    save_figure(fig, out_path)
     return fig
 
 
@@ -150,7 +164,7 @@ def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_pa
         ax.set_title(f"per-clip {column} ({embedder})" + (" — 1 is best" if "rank" in column else ""))
         ax.tick_params(axis="x", rotation=15)
     fig.tight_layout()
-    _save(fig, Path(out_path))
+    save_figure(fig, out_path)
     return fig
 
 
@@ -175,7 +189,7 @@ def plot_confusions(results, labels: Mapping[str, str], embedder: str, out_path:
     fig.suptitle(f"Song identification ({split}, {embedder}); chance = 1 / {len(confusion['songs']) if runs else '?'}",
                  fontsize=10)
     fig.tight_layout()
-    _save(fig, Path(out_path))
+    save_figure(fig, out_path)
     return fig
 
 

@@ -64,15 +64,20 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from eeg2music.models.audio import CLIP_SAMPLES, SAMPLE_RATE, player, waveform_to_mel
-from eeg2music.paths import stage_dir
-from eeg2music.run_inputs import ensure_dataset
-from eeg2music.utils import read_json, resolve_device, seed_everything, write_json
+from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE, player, waveform_to_mel
 from eeg2music.data.song_audio import SongSplit, audio_fingerprint, load_song_audio
 from eeg2music.evaluation.backbone_quality import evaluate_backbone, time_sampling
 from eeg2music.models.backbone import TRAINING_FILE, diffusion_target, load_backbone
-from eeg2music.models.tiny_backbone import TinyTrainingSettings, backbone_provenance, describe_provenance, prepare_backbone_folder
+from eeg2music.models.tiny_backbone import (
+    TinyTrainingSettings,
+    backbone_provenance,
+    describe_provenance,
+    prepare_backbone_folder,
+)
+from eeg2music.paths import stage_dir
 from eeg2music.plots import plot_forward_process, plot_levels, plot_mels
+from eeg2music.run_inputs import ensure_dataset
+from eeg2music.utils import read_json, resolve_device, seed_everything, write_json
 
 seed_everything(seed)
 out_path = stage_dir("backbone", out_dir)
@@ -85,7 +90,7 @@ print(f"device: {torch_device}; outputs → {out_path}")
 # %% [markdown]
 # ## 1. From sound to a mel spectrogram
 #
-# AudioLDM2 never sees a waveform. Its front end, which `eeg2music.models.audio` reproduces exactly, turns
+# AudioLDM2 never sees a waveform. Its front end, which `eeg2music.audio` reproduces exactly, turns
 # 16 kHz audio into a **log-mel spectrogram**: each clip is normalised (mean removed, peak 0.5), cut
 # into 1024-sample Hann windows every 160 samples (10 ms → 100 frames per second), and each window's
 # magnitude spectrum is summed into 64 mel bands between 0 and 8 kHz (a scale spaced like pitch

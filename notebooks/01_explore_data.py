@@ -58,30 +58,21 @@ import matplotlib.pyplot as plt
 import mne
 import numpy as np
 import pandas as pd
-from IPython.display import Audio, Image, display
+from IPython.display import Audio, display
 
-from eeg2music.paths import stage_dir
-from eeg2music.utils import seed_everything, write_json
 from eeg2music.data.nmedt import read_stimulus, scan_nmedt
-from eeg2music.data.recordings import iter_recordings, read_recording, recording_info
+from eeg2music.data.recordings import read_recording, recording_info
 from eeg2music.data.simulate import envelope_decoding, load_simulation
 from eeg2music.data.summary import dataset_summary, onset_evoked
-from eeg2music.plots import plot_eeg_and_music, plot_forward_model
+from eeg2music.paths import stage_dir
+from eeg2music.plots import plot_eeg_and_music, plot_forward_model, show_saved
 from eeg2music.run_inputs import ensure_dataset
+from eeg2music.utils import seed_everything, write_json
 
 mne.set_log_level("error")
 seed_everything(seed)
 started = time.perf_counter()
 out = stage_dir("data", out_dir)  # made when the first figure is saved, once the data has been read
-
-
-def save(fig, name):
-    """Keep a figure as a PNG in out_dir and show that PNG (rendered once)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    display(Image(filename=str(path)))
 
 
 folder = scan_nmedt(ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
@@ -162,7 +153,7 @@ picks = [i for i, name in enumerate(raw.ch_names) if name != "Cz"]  # the refere
 image, _ = mne.viz.plot_topomap(spread[picks], mne.pick_info(raw.info, picks), axes=axes[1], show=False, cmap="viridis")
 fig.colorbar(image, ax=axes[1], label="inter-quartile range (µV)")
 axes[1].set_title(f"P{subject:02d}, song {song}: spread per electrode")
-save(fig, "montage")
+show_saved(fig, out / "montage.png")
 
 # %% [markdown]
 # ## 4 · EEG beside the music
@@ -177,7 +168,7 @@ save(fig, "montage")
 audio = read_stimulus(folder, song, sr=16000) if song in folder.stimuli else None
 if audio is None:
     print(f"no WAV for song {song}: showing the EEG alone (looked in {[str(d) for d in folder.stimuli_dirs]})")
-save(plot_eeg_and_music(raw, audio, 16000, seconds=seconds_shown), "eeg_and_music")
+show_saved(plot_eeg_and_music(raw, audio, 16000, seconds=seconds_shown), out / "eeg_and_music.png")
 if audio is not None:
     display(Audio(audio[: int(seconds_shown * 16000)], rate=16000))
 
@@ -199,7 +190,9 @@ else:
     n1_time = evoked.copy().pick(["E6", "E7", "E106", "E11"] if "E106" in evoked.ch_names else evoked.ch_names[:4]).crop(0.05, 0.2)
     n1_latency = float(n1_time.times[np.argmin(n1_time.data.mean(axis=0))])
     print(f"fronto-central N1 at {1000 * n1_latency:.0f} ms")
-    save(evoked.plot_joint(times=[0.05, n1_latency, 0.2], title=f"ERP to note onsets ({len(used)} recordings)", show=False), "onset_erp")
+    joint = evoked.plot_joint(times=[0.05, n1_latency, 0.2], title=f"ERP to note onsets ({len(used)} recordings)",
+                              show=False)
+    show_saved(joint, out / "onset_erp.png")
 
 # %% [markdown]
 # ## 6 · The simulator and its forward model
@@ -228,7 +221,7 @@ if folder.simulated:
     record, model = load_simulation(folder.root)
     print(f"simulated with preset {record['preset']!r}, seed {record['seed']}, SNR {record['snr']:g} "
           f"({record['snr_db']:.1f} dB)" if record["snr_db"] is not None else "SNR 0 (no music in the EEG)")
-    save(plot_forward_model(model, fs=summary["fs"] if layout == "cleaned" else 125.0), "forward_model")
+    show_saved(plot_forward_model(model, fs=summary["fs"] if layout == "cleaned" else 125.0), out / "forward_model.png")
     truth = pd.DataFrame(record["forward_model"]["subjects"]).T.rename_axis("participant")
     display(truth.head(10))
     display(Audio(read_stimulus(folder, song, sr=16000)[: 8 * 16000], rate=16000))

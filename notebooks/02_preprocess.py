@@ -50,8 +50,8 @@ smoke = False  # tiny simulated dataset for tests (3 participants × 3 songs of 
 
 # %%
 from eeg2music import checks
-from eeg2music.params import resolve_parameters
 from eeg2music.data.preprocessing import BAD_CHANNEL_MODES, FILTERINGS
+from eeg2music.params import resolve_parameters
 
 params = resolve_parameters(
     "02_preprocess",
@@ -63,33 +63,37 @@ params = resolve_parameters(
 # %%
 import time
 
-import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Audio, Image, display
+from IPython.display import Audio, display
 
-from eeg2music.paths import stage_dir
-from eeg2music.utils import seed_everything
 from eeg2music.data.cache import build_cache
 from eeg2music.data.nmedt import scan_nmedt
-from eeg2music.data.pairing import load_stage_windows, load_stimuli, pair_eeg_and_audio, write_preprocess_summary
+from eeg2music.data.pairing import (
+    load_stage_windows,
+    load_stimuli,
+    pair_eeg_and_audio,
+    write_preprocess_summary,
+)
 from eeg2music.data.preprocessing import Preprocessing, trace_steps
 from eeg2music.data.recordings import iter_recordings, recording_info
 from eeg2music.data.windows import EEGMusicWindows, WindowSpec, make_splits
-from eeg2music.plots import plot_channel_topomaps, plot_montage_before_after, plot_split_layout, plot_step_traces, plot_value_distributions, plot_window_pair
+from eeg2music.paths import stage_dir
+from eeg2music.plots import (
+    plot_channel_topomaps,
+    plot_montage_before_after,
+    plot_split_layout,
+    plot_step_traces,
+    plot_value_distributions,
+    plot_window_pair,
+    show_saved,
+)
 from eeg2music.run_inputs import default_cache_dir, ensure_dataset
+from eeg2music.utils import seed_everything
 
 seed_everything(seed)
 started = time.perf_counter()
 out = stage_dir("preprocess", out_dir)  # made below, once the data is known to fit the parameters
 cache_dir = default_cache_dir(smoke) if out_dir == "" else out / "cache"
-
-
-def save(fig, name):
-    """Keep a figure as a PNG in out_dir and show that PNG (rendered once)."""
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    display(Image(filename=str(path)))
 
 
 folder = scan_nmedt(ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_dir or None)
@@ -139,7 +143,7 @@ steps = trace_steps(example, cfg)
 channel = "E11"  # frontal midline (near Fz): where eye blinks show most
 print(f"participant {info['subject']}, song {info['song']}: {len(example.ch_names)} channels × {example.n_times} samples "
       f"at {example.info['sfreq']:g} Hz → " + " → ".join(step.name for step in steps))
-save(plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.clamp), "steps_one_channel")
+show_saved(plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.clamp), out / "steps_one_channel.png")
 
 # %% [markdown]
 # The same recording across the whole montage. Before scaling (left, µV) some channels are much
@@ -147,7 +151,7 @@ save(plot_step_traces(steps, channel=channel, seconds=10.0, clamp_limit=cfg.clam
 # large transients are capped.
 
 # %%
-save(plot_montage_before_after(steps, seconds=10.0), "montage_before_after")
+show_saved(plot_montage_before_after(steps, seconds=10.0), out / "montage_before_after.png")
 
 # %% [markdown]
 # Distributions tell the same story: before, the pooled samples have heavy tails and the channels'
@@ -155,7 +159,7 @@ save(plot_montage_before_after(steps, seconds=10.0), "montage_before_after")
 # piled up at ±20.
 
 # %%
-save(plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
+show_saved(plot_value_distributions(steps, clamp_limit=cfg.clamp), out / "distributions.png")
 
 # %% [markdown]
 # Where on the scalp does this matter? Left: each channel's IQR before scaling — the channels the
@@ -164,7 +168,7 @@ save(plot_value_distributions(steps, clamp_limit=cfg.clamp), "distributions")
 # whatever exceeds ±20 is what the clamp caps.
 
 # %%
-save(plot_channel_topomaps(steps, clamp_limit=cfg.clamp), "topomaps")
+show_saved(plot_channel_topomaps(steps, clamp_limit=cfg.clamp), out / "topomaps.png")
 
 # %% [markdown]
 # ## 2 · The whole dataset, into a cache
@@ -201,7 +205,7 @@ print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, 
 # %%
 song_seconds = pairing.song_seconds  # chunks must fit in the audio too
 splits = make_splits(index, spec, loso_subject=loso_subject or None, song_seconds=song_seconds)
-save(plot_split_layout(splits), "split_layout")
+show_saved(plot_split_layout(splits), out / "split_layout.png")
 
 # %%
 counts = pd.DataFrame(
@@ -227,7 +231,7 @@ train_windows = [r for r in splits["train"] if r.song == example_song] or splits
 dataset = EEGMusicWindows(index, train_windows, spec, audio=audio, name="train")
 item = dataset[len(dataset) // 2]
 print(dataset, {key: tuple(value.shape) if hasattr(value, "shape") else value for key, value in item.items()})
-save(plot_window_pair(dataset, len(dataset) // 2), "window_pair")
+show_saved(plot_window_pair(dataset, len(dataset) // 2), out / "window_pair.png")
 if "audio" in item:
     display(Audio(item["audio"].numpy(), rate=spec.audio_sr))
 else:

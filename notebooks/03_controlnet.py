@@ -66,10 +66,15 @@ import torch
 from IPython.display import display
 
 from eeg2music.models.controlnet import EEGControlNet
-from eeg2music.models.controlnet_diagnostics import controlnet_summary, parameter_counts, trace_shapes, zero_init_check
-from eeg2music.plots import plot_zero_init
+from eeg2music.models.controlnet_diagnostics import (
+    controlnet_summary,
+    parameter_counts,
+    trace_shapes,
+    zero_init_check,
+)
 from eeg2music.models.projector import projector_plan
 from eeg2music.paths import stage_dir
+from eeg2music.plots import plot_zero_init
 from eeg2music.run_inputs import ensure_backbone
 from eeg2music.utils import resolve_device, seed_everything, write_json
 

@@ -69,8 +69,12 @@ from IPython.display import display
 
 from eeg2music.paths import stage_dir
 from eeg2music.run_inputs import ensure_backbone
-from eeg2music.sampling.inputs import check_models_agree, ensure_models, sampling_datasets
 from eeg2music.sampling.clips import default_max_clips
+from eeg2music.sampling.inputs import (
+    check_models_agree,
+    ensure_models,
+    sampling_datasets,
+)
 from eeg2music.utils import resolve_device, seed_everything
 
 seed_everything(seed)
@@ -198,8 +202,8 @@ print(f"{len(record['clips'])} reconstructions → {out_folder / 'samples.json'}
 # 06 compares the two. (Runs trained the paper's way, without alignment, have no such encoder.)
 
 # %%
-from eeg2music.training.alignment import encode_clip_latents, retrieval_accuracy
 from eeg2music.models.model_folder import load_aligner
+from eeg2music.training.alignment import encode_clip_latents, retrieval_accuracy
 from eeg2music.utils import write_json
 
 encoder_only = {}
@@ -227,8 +231,8 @@ display(pd.DataFrame(encoder_only).T if encoder_only else "no aligned encoder am
 # %%
 import matplotlib.pyplot as plt
 
-from eeg2music.sampling.clips import choose_examples, load_samples
 from eeg2music.plots import plot_mel_comparison
+from eeg2music.sampling.clips import choose_examples, load_samples
 
 loaded = load_samples(out_folder)
 labels = {run: entry["label"] for run, entry in loaded["models"].items()}

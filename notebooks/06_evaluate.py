@@ -93,8 +93,8 @@ display(pd.DataFrame(record["models"]).T[[c for c in columns if c in next(iter(r
 
 # %%
 from eeg2music.evaluation.embedders import make_embedders
-from eeg2music.run_inputs import ensure_backbone
 from eeg2music.evaluation.report import embed_samples, embedder_note
+from eeg2music.run_inputs import ensure_backbone
 
 target = resolve_device(device)
 offline = not (clap_checkpoint or encodec_weights or audioldm2_dir)

@@ -12,10 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music.models.aligner import EEGAudioAligner, build_aligner_for, init_controlnet_from
-from eeg2music.training.alignment import retrieval_accuracy, train_alignment
-from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.models.aligner import (
+    EEGAudioAligner,
+    build_aligner_for,
+    init_controlnet_from,
+)
 from eeg2music.models.controlnet import EEGControlNet
+from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.training.alignment import retrieval_accuracy, train_alignment
 
 CHANNELS, SFREQ, CLIP_SECONDS = 6, 25.0, 3.5
 SAMPLES = int(round(SFREQ * CLIP_SECONDS))  # 88: one EEG sample per latent frame

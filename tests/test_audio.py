@@ -1,12 +1,25 @@
-"""AudioLDM2's mel front end (eeg2music.models.audio) against a hand computation, and Griffin-Lim's way back."""
+"""AudioLDM2's mel front end (eeg2music.audio) against a hand computation, and Griffin-Lim's way back."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from eeg2music.models.audio import CLIP_FRAMES, CLIP_FRAMES_PADDED, CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE, griffin_lim, mel_filterbank, mel_to_linear_magnitude, n_frames, normalize_waveform, padded_frames, waveform_to_mel
 
+from eeg2music.audio import (
+    CLIP_FRAMES,
+    CLIP_FRAMES_PADDED,
+    CLIP_SAMPLES,
+    CLIP_SECONDS,
+    SAMPLE_RATE,
+    griffin_lim,
+    mel_filterbank,
+    mel_to_linear_magnitude,
+    n_frames,
+    normalize_waveform,
+    padded_frames,
+    waveform_to_mel,
+)
 
 SR = SAMPLE_RATE
 

@@ -12,12 +12,38 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music.models.audio import CLIP_SAMPLES, HOP_LENGTH, SAMPLE_RATE
+from eeg2music.audio import CLIP_SAMPLES, HOP_LENGTH, SAMPLE_RATE
 from eeg2music.data.song_audio import SongSplit, audio_fingerprint
-from eeg2music.evaluation.backbone_quality import evaluate_backbone, latent_statistics, mel_level_db, mel_statistics, rms_dbfs
+from eeg2music.evaluation.backbone_quality import (
+    evaluate_backbone,
+    latent_statistics,
+    mel_level_db,
+    mel_statistics,
+    rms_dbfs,
+)
 from eeg2music.evaluation.metrics import frechet_distance
-from eeg2music.models.backbone import BACKBONE_MARKER, Backbone, SHIPPED_BACKBONE_DIR, TRAINING_FILE, audioldm2_scheduler_config, build_audioldm2_music_on_meta, diffusion_target, encode_constant_prompt, load_backbone, min_snr_weight, tiny_scheduler_config
-from eeg2music.models.tiny_backbone import TinyTrainingSettings, build_tiny_backbone, install_shipped_backbone, prepare_backbone_folder, tiny_backbone_config, tiny_conditioning, train_tiny_backbone
+from eeg2music.models.backbone import (
+    BACKBONE_MARKER,
+    SHIPPED_BACKBONE_DIR,
+    TRAINING_FILE,
+    Backbone,
+    audioldm2_scheduler_config,
+    build_audioldm2_music_on_meta,
+    diffusion_target,
+    encode_constant_prompt,
+    load_backbone,
+    min_snr_weight,
+    tiny_scheduler_config,
+)
+from eeg2music.models.tiny_backbone import (
+    TinyTrainingSettings,
+    build_tiny_backbone,
+    install_shipped_backbone,
+    prepare_backbone_folder,
+    tiny_backbone_config,
+    tiny_conditioning,
+    train_tiny_backbone,
+)
 
 # --------------------------------------------------------------------------------------------------
 # A tiny AudioLDM2Pipeline in the real diffusers layout (every component, tokenizers built offline)
@@ -27,8 +53,13 @@ GPT2_WIDTH, T5_WIDTH = 16, 32
 
 
 def tiny_audioldm2_pipeline():
-    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL
-    from diffusers import DDIMScheduler
+    from diffusers import (
+        AudioLDM2Pipeline,
+        AudioLDM2ProjectionModel,
+        AudioLDM2UNet2DConditionModel,
+        AutoencoderKL,
+        DDIMScheduler,
+    )
     from transformers import (
         ClapAudioConfig,
         ClapConfig,

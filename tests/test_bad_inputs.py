@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import NOTEBOOKS_DIR
 from fixtures_nmedt import (
     SONG_SECONDS,
     WAV_NAMES,
@@ -42,20 +43,31 @@ from fixtures_nmedt import (
     write_wav,
 )
 
-from conftest import NOTEBOOKS_DIR
-from eeg2music.data.nmedt import NMEDTError
-from eeg2music.params import ParameterError
-from eeg2music.utils import DiskFullError, ModelFolderError, WeightsFileError
 from eeg2music.data.cache import build_cache
-from eeg2music.data.nmedt import read_stimulus, scan_nmedt
+from eeg2music.data.nmedt import NMEDTError, read_stimulus, scan_nmedt
 from eeg2music.data.recordings import iter_recordings, read_recording
-from eeg2music.evaluation.embedders import load_clap_audio_state_dict, load_encodec_state_dict
-from eeg2music.models.model_folder import MODEL_CONFIG_NAME, load_trained_model, write_model_folder
+from eeg2music.evaluation.embedders import (
+    load_clap_audio_state_dict,
+    load_encodec_state_dict,
+)
+from eeg2music.models.model_folder import (
+    MODEL_CONFIG_NAME,
+    load_trained_model,
+    write_model_folder,
+)
+from eeg2music.params import ParameterError
 from eeg2music.sampling.clips import write_wav as write_sample_wav
 from eeg2music.train import main
-from eeg2music.training.checkpoints import CHECKPOINTS_DIR_NAME, CHECKPOINT_MARKER, list_checkpoints, resolve_resume, save_checkpoint
+from eeg2music.training.checkpoints import (
+    CHECKPOINT_MARKER,
+    CHECKPOINTS_DIR_NAME,
+    list_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from eeg2music.training.config import TrainConfig
 from eeg2music.training.loop import train
+from eeg2music.utils import DiskFullError, ModelFolderError, WeightsFileError
 
 SHIPPED_BACKBONE = Path(__file__).resolve().parents[1] / "eeg2music" / "assets" / "tiny_backbone"
 
@@ -451,8 +463,8 @@ def paired(tmp_path):
 
 
 def _pair(root, **kwargs):
-    from eeg2music.data.windows import WindowSpec
     from eeg2music.data.pairing import pair_eeg_and_audio
+    from eeg2music.data.windows import WindowSpec
 
     spec = kwargs.pop("spec", WindowSpec())
     return pair_eeg_and_audio(scan_nmedt(root, kwargs.pop("stimuli_dir", None)), "auto", spec, **kwargs)
@@ -469,8 +481,8 @@ def test_item2_a_wav_shorter_than_its_eeg_stops_naming_it(paired):
     write_wav(wav, np.zeros((20 * 1000, 2)), 1000)  # 20 s of a 278 s song
     with pytest.warns(UserWarning, match="lasts 20.0 s, but NMED-T's song 21"):
         folder = scan_nmedt(paired.root)
-    from eeg2music.data.windows import WindowSpec
     from eeg2music.data.pairing import pair_eeg_and_audio
+    from eeg2music.data.windows import WindowSpec
 
     with pytest.raises(NMEDTError) as err:
         pair_eeg_and_audio(folder, "auto", WindowSpec())
@@ -662,8 +674,8 @@ def dead_channel_folder(tmp_path):
 
 
 def test_item12_an_all_nan_channel_names_file_participant_and_the_notebook_parameter(dead_channel_folder, tmp_path):
-    from eeg2music.data.preprocessing import BadChannelError, trace_steps
     from eeg2music.data.cache import build_cache
+    from eeg2music.data.preprocessing import BadChannelError, trace_steps
 
     raw = read_recording(dead_channel_folder.parent, 3, 21)  # (the dead channel is passed on, by name)
     with pytest.raises(BadChannelError) as err:
@@ -1018,7 +1030,6 @@ def test_item14_a_full_disk_while_writing_json(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_papermill_refuses_an_unknown_parameter_before_any_work(tmp_path):
     import papermill as pm
-
     from conftest import run_notebook
 
     with pytest.raises(pm.PapermillExecutionError) as err:
@@ -1030,7 +1041,6 @@ def test_papermill_refuses_an_unknown_parameter_before_any_work(tmp_path):
 @pytest.mark.slow
 def test_papermill_notebook_02_on_a_folder_of_the_held_out_song_only(tmp_path):
     import papermill as pm
-
     from conftest import run_notebook
 
     make_nmedt_folder(tmp_path / "nmedt", layouts=("cleaned",), songs=(21,), subjects=(2, 3), cleaned_fs=10.0,
@@ -1044,7 +1054,6 @@ def test_papermill_notebook_02_on_a_folder_of_the_held_out_song_only(tmp_path):
 @pytest.mark.slow
 def test_papermill_notebook_02_stops_on_a_short_wav_and_writes_nothing(tmp_path):
     import papermill as pm
-
     from conftest import run_notebook
 
     fixture = make_nmedt_folder(tmp_path / "nmedt", layouts=("cleaned",), songs=(21, 22), subjects=(2, 3),
@@ -1059,7 +1068,6 @@ def test_papermill_notebook_02_stops_on_a_short_wav_and_writes_nothing(tmp_path)
 @pytest.mark.slow
 def test_papermill_notebook_01_on_a_folder_without_nmedt_files_leaves_no_out_dir(tmp_path):
     import papermill as pm
-
     from conftest import run_notebook
 
     (tmp_path / "empty").mkdir()

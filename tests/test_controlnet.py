@@ -13,11 +13,29 @@ import torch
 from diffusers import AudioLDM2UNet2DConditionModel
 
 from eeg2music.models.backbone import build_audioldm2_music_on_meta
-from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.models.controlnet import (
+    EEGControlNet,
+    apply_control,
+    attach_controlnet,
+    controlled_noise_prediction,
+    expand_conditioning,
+)
+from eeg2music.models.controlnet_diagnostics import (
+    controlnet_summary,
+    parameter_counts,
+    perturb_zero_convs,
+    trace_shapes,
+    zero_init_check,
+)
+from eeg2music.models.projector import (
+    EEGProjector,
+    _split_stride,
+    align_frames,
+    clip_samples,
+    projector_plan,
+)
 from eeg2music.models.subject_layer import UNKNOWN_SUBJECT, SubjectLayer
-from eeg2music.models.controlnet import EEGControlNet, apply_control, attach_controlnet, controlled_noise_prediction, expand_conditioning
-from eeg2music.models.projector import EEGProjector, _split_stride, align_frames, clip_samples, projector_plan
-from eeg2music.models.controlnet_diagnostics import controlnet_summary, parameter_counts, perturb_zero_convs, trace_shapes, zero_init_check
+from eeg2music.models.tiny_backbone import build_tiny_backbone
 from eeg2music.utils import read_json, write_json
 
 LATENT = (8, 88, 16)  # (channels, time frames, freq bins) of a 3.5 s clip, docs/ARCHITECTURE.md

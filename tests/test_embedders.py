@@ -17,8 +17,20 @@ import numpy as np
 import pytest
 import torch
 
-from eeg2music.models.audio import SAMPLE_RATE
-from eeg2music.evaluation.embedders import AudioLDM2ClapEmbedder, Embedder, EncodecEmbedder, LaionClapEmbedder, MelEnvelopeEmbedder, MelStatsEmbedder, VAELatentEmbedder, embed_audio, load_clap_audio_state_dict, make_embedders, resample
+from eeg2music.audio import SAMPLE_RATE
+from eeg2music.evaluation.embedders import (
+    AudioLDM2ClapEmbedder,
+    Embedder,
+    EncodecEmbedder,
+    LaionClapEmbedder,
+    MelEnvelopeEmbedder,
+    MelStatsEmbedder,
+    VAELatentEmbedder,
+    embed_audio,
+    load_clap_audio_state_dict,
+    make_embedders,
+    resample,
+)
 
 CLIP = int(3.5 * SAMPLE_RATE)
 
@@ -162,7 +174,13 @@ def test_encodec_rejects_foreign_weights(tmp_path):
 
 # --- AudioLDM2's CLAP ----------------------------------------------------------------------------
 def test_audioldm2_clap_from_folder(tmp_path):
-    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+    from transformers import (
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapTextConfig,
+    )
 
     torch.manual_seed(0)
     text = ClapTextConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

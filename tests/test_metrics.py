@@ -8,8 +8,25 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from eeg2music.evaluation.metrics import (
+    bootstrap_frechet_distance,
+    bootstrap_indices,
+    clap_score,
+    cosine_pairs,
+    evaluate_embeddings,
+    frechet_distance,
+    frechet_distance_gaussians,
+    gaussian_fit,
+    identification,
+    mse_pairs,
+    mse_score,
+    pearson_pairs,
+    pearson_score,
+    percentile_ci,
+    permutation_p_value,
+    results_table,
+)
 from eeg2music.utils import to_json
-from eeg2music.evaluation.metrics import bootstrap_frechet_distance, bootstrap_indices, clap_score, cosine_pairs, evaluate_embeddings, frechet_distance, frechet_distance_gaussians, gaussian_fit, identification, mse_pairs, mse_score, pearson_pairs, pearson_score, percentile_ci, permutation_p_value, results_table
 
 
 def scipy_frechet(x, y):

@@ -19,10 +19,29 @@ from fixtures_nmedt import (
     write_wav,
 )
 
-from eeg2music.data.nmedt import NMEDTError
 from eeg2music.data.matfile import write_mat_v73
-from eeg2music.data.nmedt import SONGS, SUBJECT_IDS, channel_names, cleaned_channel_names, hydrocel_montage, parse_subject, raw_channel_names, read_stimulus, scan_nmedt, subject_label
-from eeg2music.data.recordings import count_recordings, iter_recordings, open_raw, read_raw_events, read_recording, recording_info, song_onsets
+from eeg2music.data.nmedt import (
+    SONGS,
+    SUBJECT_IDS,
+    NMEDTError,
+    channel_names,
+    cleaned_channel_names,
+    hydrocel_montage,
+    parse_subject,
+    raw_channel_names,
+    read_stimulus,
+    scan_nmedt,
+    subject_label,
+)
+from eeg2music.data.recordings import (
+    count_recordings,
+    iter_recordings,
+    open_raw,
+    read_raw_events,
+    read_recording,
+    recording_info,
+    song_onsets,
+)
 
 
 @pytest.fixture(scope="module")

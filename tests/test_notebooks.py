@@ -13,8 +13,8 @@ from pathlib import Path
 
 import jupytext
 import pytest
-
 from conftest import NOTEBOOKS_DIR, run_notebook
+
 from eeg2music.params import read_parameter_specs
 
 NOTEBOOKS = [

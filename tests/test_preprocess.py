@@ -10,12 +10,27 @@ import sys
 import mne
 import numpy as np
 import pytest
-
-from eeg2music.data.preprocessing import FACE_CHANNELS, BadChannelError, Preprocessing, center_on_first_samples, clamp, drop_face_channels, filter_like_cleaned_release, find_bad_channels, preprocess_array, preprocess_raw, robust_scale, trace_steps
-from eeg2music.data.cache import build_cache, open_cache
 from fixtures_nmedt import make_nmedt_folder, write_cleaned_song
-from eeg2music.data.cache import _write_recording
-from eeg2music.data.preprocessing import BLOCK_SAMPLES, CACHE_FORMAT_VERSION, _working_input, preprocess_working
+
+from eeg2music.data.cache import _write_recording, build_cache, open_cache
+from eeg2music.data.preprocessing import (
+    BLOCK_SAMPLES,
+    CACHE_FORMAT_VERSION,
+    FACE_CHANNELS,
+    BadChannelError,
+    Preprocessing,
+    _working_input,
+    center_on_first_samples,
+    clamp,
+    drop_face_channels,
+    filter_like_cleaned_release,
+    find_bad_channels,
+    preprocess_array,
+    preprocess_raw,
+    preprocess_working,
+    robust_scale,
+    trace_steps,
+)
 
 CLEANED_NAMES = [f"E{i}" for i in range(1, 125)] + ["Cz"]
 RAW_NAMES = [f"E{i}" for i in range(1, 129)] + ["Cz"]

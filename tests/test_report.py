@@ -17,7 +17,16 @@ import pandas as pd
 import pytest
 
 from eeg2music.evaluation.metrics import evaluate_embeddings
-from eeg2music.evaluation.report import comparison_table, embed_samples, evaluate_samples, paired_differences, permutation_table, plain_words_reading, verdict, write_evaluation
+from eeg2music.evaluation.report import (
+    comparison_table,
+    embed_samples,
+    evaluate_samples,
+    paired_differences,
+    permutation_table,
+    plain_words_reading,
+    verdict,
+    write_evaluation,
+)
 from eeg2music.plots import plot_confusions, plot_distributions, plot_identification
 from eeg2music.sampling.clips import SAMPLES_NAME, load_samples, write_wav
 from eeg2music.utils import write_json

@@ -16,15 +16,29 @@ import pytest
 import soundfile
 import torch
 
-from eeg2music.models.audio import CLIP_SAMPLES, SAMPLE_RATE
-from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.audio import CLIP_SAMPLES, SAMPLE_RATE
+from eeg2music.data.windows import WindowRef
 from eeg2music.models.controlnet import EEGControlNet
 from eeg2music.models.controlnet_diagnostics import perturb_zero_convs
 from eeg2music.models.convnet import EEGConvNet
-from eeg2music.sampling.clips import DEFAULT_RUNS, SAMPLES_NAME, choose_examples, load_samples, read_wav, sample_models, select_clips, write_wav
-from eeg2music.sampling.pipeline import EEGMusicPipeline, clip_generators, clip_seed, make_scheduler
 from eeg2music.models.model_folder import TrainedModel
-from eeg2music.data.windows import WindowRef
+from eeg2music.models.tiny_backbone import build_tiny_backbone
+from eeg2music.sampling.clips import (
+    DEFAULT_RUNS,
+    SAMPLES_NAME,
+    choose_examples,
+    load_samples,
+    read_wav,
+    sample_models,
+    select_clips,
+    write_wav,
+)
+from eeg2music.sampling.pipeline import (
+    EEGMusicPipeline,
+    clip_generators,
+    clip_seed,
+    make_scheduler,
+)
 
 LATENT = (8, 88, 16)
 CHANNELS, SFREQ, SECONDS = 6, 40.0, 3.5

@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import scipy.io
 
-from eeg2music.models.audio import auditory_features
-from eeg2music.params import ParameterError
+from eeg2music.audio import auditory_features
 from eeg2music.data.forward_model import build_forward_model
 from eeg2music.data.music import synthesize_song
 from eeg2music.data.nmedt import SONGS, read_stimulus, scan_nmedt
 from eeg2music.data.recordings import iter_recordings, read_recording, song_onsets
-from eeg2music.data.simulate import PRESETS, envelope_decoding, load_simulation, resolve_simulation_parameters, simulate_nmedt
+from eeg2music.data.simulate import (
+    PRESETS,
+    envelope_decoding,
+    load_simulation,
+    resolve_simulation_parameters,
+    simulate_nmedt,
+)
+from eeg2music.params import ParameterError
 
 # 3 participants × 3 songs of 15 s: enough for a leave-one-song-out backward model, fast to simulate
 SMALL = {"n_subjects": 3, "songs": [21, 22, 23], "song_seconds": 15.0}

@@ -21,18 +21,33 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-
-from eeg2music.params import ParameterError
-from eeg2music.training.checkpoints import CHECKPOINT_MARKER, list_checkpoints, resolve_resume
-from eeg2music.training.loop import LOG_COLUMNS, train
-from eeg2music.models.model_folder import MODEL_CONFIG_NAME, load_trained_model, register_unconditional
-from eeg2music.training.data import StepBatches
-from eeg2music.training.config import TrainConfig
 from fixtures_nmedt import make_nmedt_folder
+
+from eeg2music.models.model_folder import (
+    MODEL_CONFIG_NAME,
+    load_trained_model,
+    register_unconditional,
+)
+from eeg2music.params import ParameterError
 from eeg2music.train import main
-from eeg2music.training.checkpoints import optimizer_state_from_safetensors, optimizer_state_to_safetensors, rng_state, save_checkpoint, set_rng_state
-from eeg2music.training.config import PAPER_LEARNING_RATE, PRESETS
-from eeg2music.training.data import clip_latents, load_training_data, step_generator
+from eeg2music.training.checkpoints import (
+    CHECKPOINT_MARKER,
+    list_checkpoints,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from eeg2music.training.config import PAPER_LEARNING_RATE, PRESETS, TrainConfig
+from eeg2music.training.data import (
+    StepBatches,
+    clip_latents,
+    load_training_data,
+    step_generator,
+)
+from eeg2music.training.loop import LOG_COLUMNS, train
 from eeg2music.training.objectives import DiffusionObjective, mismatched_offset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

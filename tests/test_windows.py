@@ -8,13 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_nmedt import WAV_NAMES, make_nmedt_folder, write_wav
 
 from eeg2music.data.cache import CachedRecording, CacheIndex, build_cache
+from eeg2music.data.pairing import (
+    load_stage_windows,
+    load_windows,
+    write_preprocess_summary,
+)
 from eeg2music.data.preprocessing import Preprocessing
+from eeg2music.data.windows import (
+    EEGMusicWindows,
+    WindowSpec,
+    chunk_start_sample,
+    make_splits,
+    window_samples,
+)
 from eeg2music.utils import write_json
-from eeg2music.data.windows import EEGMusicWindows, WindowSpec, chunk_start_sample, make_splits, window_samples
-from eeg2music.data.pairing import load_stage_windows, write_preprocess_summary, load_windows
-from fixtures_nmedt import WAV_NAMES, make_nmedt_folder, write_wav
 
 
 def synthetic_index(

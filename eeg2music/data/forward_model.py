@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.audio import FEATURE_BAND_EDGES_HZ, AuditoryFeatures
+from ..audio import FEATURE_BAND_EDGES_HZ, AuditoryFeatures
 from .nmedt import hydrocel_montage, raw_channel_names
 
 #: Music-driven cortical sources: name → (position in head coordinates (m), moment direction).

@@ -8,7 +8,7 @@ the reader under test is the one real data goes through. The simulation has thre
    chord progression and instrumentation drawn from drums, bass, chords, a lead, a voice-like formant
    line and effects, arranged in sections (intro, verse, chorus, break, …) so that which instruments
    play changes over the song.
-2. **What the auditory system follows** (:func:`eeg2music.models.audio.auditory_features`): band envelopes (which
+2. **What the auditory system follows** (:func:`eeg2music.audio.auditory_features`): band envelopes (which
    instruments are active), spectral-flux onsets, and a beat pulse (the predominant local pulse),
    at the EEG sampling rate.
 3. **EEG** (:class:`ForwardModel`). Each feature is convolved with a response kernel (P1–N1–P2-like
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.audio import AuditoryFeatures, auditory_features
+from ..audio import AuditoryFeatures, auditory_features
 from ..params import ParameterError, coerce_float, coerce_mapping
 from ..utils import atomic_directory, write_json
 from .forward_model import ForwardModel, build_forward_model, calibrate, recording_eeg

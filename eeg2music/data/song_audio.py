@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models.audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
+from ..audio import CLIP_SAMPLES, CLIP_SECONDS, SAMPLE_RATE
 from .nmedt import read_stimulus, scan_nmedt
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.audio import auditory_features
+from ..audio import auditory_features
 from .matfile import (
     check_fs,
     h5_cell_strings,

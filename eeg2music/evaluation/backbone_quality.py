@@ -14,52 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.song_audio import SongSplit, random_clips
-from ..models.audio import (
+from ..audio import (
     CLIP_FRAMES_PADDED,
     CLIP_SAMPLES,
     N_MELS,
     log_mel_to_db,
     n_frames,
 )
+from ..data.song_audio import SongSplit, random_clips
 from ..models.backbone import Backbone
+from ..models.tiny_backbone import reconstruction_metrics
 from .metrics import frechet_distance
-
-
-@torch.no_grad()
-def reconstruction_metrics(backbone: Backbone, clips: np.ndarray, batch_size: int = 16) -> dict[str, float]:
-    """VAE round trip (mel → latent → mel) of 3.5 s clips: log-mel L1 and spectral SNR.
-
-    Parameters
-    ----------
-    backbone : Backbone
-    clips : ndarray, shape (N, 56000)
-        Waveforms at 16 kHz.
-    batch_size : int
-
-    Returns
-    -------
-    dict
-        ``mel_l1``: mean |log-mel error| over the real (unpadded) frames, in natural-log units;
-        ``snr_db``: 10 log10(Σ M² / Σ (M − M̂)²) on the mel *magnitudes* M = exp(log-mel), pooled over
-        clips; ``n_clips``.
-    """
-    frames = n_frames(CLIP_SAMPLES)
-    abs_error, signal, noise, count = 0.0, 0.0, 0.0, 0
-    for start in range(0, len(clips), batch_size):
-        mel = backbone.wave_to_mel(torch.from_numpy(np.asarray(clips[start : start + batch_size])))
-        reconstruction = backbone.decode(backbone.encode(mel)).float()
-        mel, reconstruction = mel[:, :, :frames].float(), reconstruction[:, :, :frames]
-        abs_error += float((reconstruction - mel).abs().sum())
-        count += mel.numel()
-        magnitude, estimate = mel.exp(), reconstruction.exp()
-        signal += float(magnitude.pow(2).sum())
-        noise += float((magnitude - estimate).pow(2).sum())
-    return {
-        "mel_l1": abs_error / max(count, 1),
-        "snr_db": 10.0 * math.log10(signal / max(noise, 1e-12)),
-        "n_clips": int(len(clips)),
-    }
 
 
 def mel_statistics(mel: torch.Tensor | np.ndarray, bands: int = 8) -> np.ndarray:

@@ -59,7 +59,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .._compat import hub_offline, import_encodec, import_laion_clap, real_import_error
-from ..models.audio import SAMPLE_RATE, normalize_waveform, waveform_to_mel
+from ..audio import SAMPLE_RATE, normalize_waveform, waveform_to_mel
 from ..utils import resolve_device
 
 

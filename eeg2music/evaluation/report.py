@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.audio import SAMPLE_RATE
+from ..audio import SAMPLE_RATE
 from ..models.tiny_backbone import describe_provenance
 from ..params import ParameterError
 from ..sampling.clips import clip_order, read_wav

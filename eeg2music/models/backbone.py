@@ -15,7 +15,7 @@ internet, so the backbone has two faces with one interface, :class:`Backbone`:
     for the vocoder.
 
 Shapes for a 3.5 s clip (docs/ARCHITECTURE.md): waveform ``(B, 56000)`` at 16 kHz → log-mel
-``(B, 1, 352, 64)`` (:mod:`eeg2music.models.audio`) → latent ``(B, 8, 88, 16)`` = (channels, time, frequency).
+``(B, 1, 352, 64)`` (:mod:`eeg2music.audio`) → latent ``(B, 8, 88, 16)`` = (channels, time, frequency).
 
 Folder written by :meth:`Backbone.save` (diffusers ``save_pretrained`` per component, safetensors)::
 
@@ -37,16 +37,7 @@ import numpy as np
 import torch
 
 from .._compat import hub_offline
-from ..paths import PACKAGE_DIR, stage_dir
-from ..utils import (
-    atomic_directory,
-    check_safetensors,
-    count_parameters,
-    load_pretrained,
-    read_json,
-    write_json,
-)
-from .audio import (
+from ..audio import (
     CLIP_SAMPLES,
     CLIP_SECONDS,
     HOP_LENGTH,
@@ -56,6 +47,15 @@ from .audio import (
     n_frames,
     padded_frames,
     waveform_to_mel,
+)
+from ..paths import PACKAGE_DIR, stage_dir
+from ..utils import (
+    atomic_directory,
+    check_safetensors,
+    count_parameters,
+    load_pretrained,
+    read_json,
+    write_json,
 )
 
 #: The file that marks a complete backbone folder (written last; eeg2music.run_inputs checks it).
@@ -251,7 +251,7 @@ class Backbone:
     scheduler : diffusers.DDIMScheduler
         The training noise schedule (β's, prediction type); samplers are built from its config.
     vocoder : transformers.SpeechT5HifiGan or None
-        Mel → waveform; None means Griffin-Lim (:func:`eeg2music.models.audio.griffin_lim`).
+        Mel → waveform; None means Griffin-Lim (:func:`eeg2music.audio.griffin_lim`).
     conditioning : dict of str to Tensor
         The constant "text" kwargs of the UNet at batch 1, exactly those its attention layers read:
         AudioLDM2: ``encoder_hidden_states`` (GPT-2 tokens, 1 × 8 × 768), ``encoder_hidden_states_1``

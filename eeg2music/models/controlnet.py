@@ -649,8 +649,15 @@ def controlled_noise_prediction(
     subject: Any = None,
     conditioning: Mapping[str, Any] | None = None,
     conditioning_scale: float = 1.0,
+    guidance_scale: float = 1.0,
 ) -> torch.Tensor:
-    """ε predicted by the frozen UNet steered by the EEG ControlNet (what training and sampling call).
+    """The frozen UNet's prediction steered by the EEG ControlNet (what training and sampling call).
+
+    With ``guidance_scale`` w ≠ 1, guidance on the control: ``ε_base + w·(ε_EEG − ε_base)``. The frozen
+    backbone alone is the unconditional model, so classifier-free guidance on the EEG needs no extra
+    training (Ho & Salimans 2022 with the condition "the ControlNet's residuals"): ``w = 1`` is the
+    paper's sampling (one UNet pass), ``w > 1`` pushes each step further from what the backbone would do
+    without the EEG (two UNet passes where the ControlNet acts).
 
     Parameters
     ----------
@@ -665,50 +672,23 @@ def controlled_noise_prediction(
         ``encoder_hidden_states``, ``encoder_hidden_states_1``, masks); batch-1 tensors are expanded.
     conditioning_scale : float
         Multiplies the ControlNet's residuals.
+    guidance_scale : float
+        ``w`` (≥ 0; 0 = the backbone alone, 1 = no guidance).
 
     Returns
     -------
     torch.Tensor
-        ε, shape of ``latents``.
+        The prediction (ε or v, the backbone's own target), shape of ``latents``.
     """
     kwargs = expand_conditioning(conditioning, latents.shape[0])
     if not bool(controlnet.active_at(timestep).any()):  # below control_min_timestep: the backbone alone
         return unet(latents, timestep, **kwargs, return_dict=False)[0]
     down, mid = controlnet(latents, timestep, eeg, subject, conditioning_scale=conditioning_scale, **kwargs)
     with apply_control(unet, down, mid):
-        return unet(latents, timestep, **kwargs, return_dict=False)[0]
-
-
-def guided_noise_prediction(
-    unet: AudioLDM2UNet2DConditionModel,
-    controlnet: EEGControlNet,
-    latents: torch.Tensor,
-    timestep: torch.Tensor | float | int,
-    eeg: torch.Tensor,
-    subject: Any = None,
-    conditioning: Mapping[str, Any] | None = None,
-    conditioning_scale: float = 1.0,
-    guidance_scale: float = 1.0,
-) -> torch.Tensor:
-    """The UNet's prediction steered by the EEG, with guidance on the control: ``ε_base + w·(ε_EEG − ε_base)``.
-
-    The frozen backbone alone is the unconditional model, so classifier-free guidance on the EEG needs
-    no extra training (Ho & Salimans 2022 with the condition "the ControlNet's residuals"): ``w = 1``
-    is the paper's sampling (one UNet pass), ``w > 1`` pushes each step further from what the
-    backbone would do without the EEG (two UNet passes where the ControlNet acts).
-
-    Parameters
-    ----------
-    unet, controlnet, latents, timestep, eeg, subject, conditioning, conditioning_scale
-        As for :func:`controlled_noise_prediction`.
-    guidance_scale : float
-        ``w`` (≥ 0; 0 = the backbone alone, 1 = no guidance).
-    """
-    controlled = controlled_noise_prediction(unet, controlnet, latents, timestep, eeg, subject, conditioning,
-                                             conditioning_scale)
-    if guidance_scale == 1.0 or not bool(controlnet.active_at(timestep).any()):
+        controlled = unet(latents, timestep, **kwargs, return_dict=False)[0]
+    if guidance_scale == 1.0:
         return controlled
-    base = unet(latents, timestep, **expand_conditioning(conditioning, latents.shape[0]), return_dict=False)[0]
+    base = unet(latents, timestep, **kwargs, return_dict=False)[0]
     return base + guidance_scale * (controlled - base)
 
 

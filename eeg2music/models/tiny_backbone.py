@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -19,24 +20,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audio import (
+    CLIP_FRAMES_PADDED,
+    CLIP_SAMPLES,
+    SAMPLE_RATE,
+    n_frames,
+    waveform_to_mel,
+)
 from ..data.song_audio import (
     SongSplit,
     audio_fingerprint,
     load_song_audio,
     random_clips,
 )
-from ..evaluation.backbone_quality import reconstruction_metrics
 from ..utils import (
     atomic_directory,
     cpu_thread_count,
     read_json,
     resolve_device,
     seed_everything,
-)
-from .audio import (
-    CLIP_FRAMES_PADDED,
-    SAMPLE_RATE,
-    waveform_to_mel,
 )
 from .backbone import (
     AUDIOLDM2_MARKER,
@@ -605,3 +607,39 @@ def prepare_backbone_folder(
         return train_tiny_backbone(data_root, target, smoke=smoke, seed=seed, device=device, settings=settings,
                                    command=command), "trained"
     return install_shipped_backbone(target), "shipped"
+
+
+@torch.no_grad()
+def reconstruction_metrics(backbone: Backbone, clips: np.ndarray, batch_size: int = 16) -> dict[str, float]:
+    """VAE round trip (mel → latent → mel) of 3.5 s clips: log-mel L1 and spectral SNR.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    clips : ndarray, shape (N, 56000)
+        Waveforms at 16 kHz.
+    batch_size : int
+
+    Returns
+    -------
+    dict
+        ``mel_l1``: mean |log-mel error| over the real (unpadded) frames, in natural-log units;
+        ``snr_db``: 10 log10(Σ M² / Σ (M − M̂)²) on the mel *magnitudes* M = exp(log-mel), pooled over
+        clips; ``n_clips``.
+    """
+    frames = n_frames(CLIP_SAMPLES)
+    abs_error, signal, noise, count = 0.0, 0.0, 0.0, 0
+    for start in range(0, len(clips), batch_size):
+        mel = backbone.wave_to_mel(torch.from_numpy(np.asarray(clips[start : start + batch_size])))
+        reconstruction = backbone.decode(backbone.encode(mel)).float()
+        mel, reconstruction = mel[:, :, :frames].float(), reconstruction[:, :, :frames]
+        abs_error += float((reconstruction - mel).abs().sum())
+        count += mel.numel()
+        magnitude, estimate = mel.exp(), reconstruction.exp()
+        signal += float(magnitude.pow(2).sum())
+        noise += float((magnitude - estimate).pow(2).sum())
+    return {
+        "mel_l1": abs_error / max(count, 1),
+        "snr_db": 10.0 * math.log10(signal / max(noise, 1e-12)),
+        "n_clips": int(len(clips)),
+    }

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.audio import CLIP_SAMPLES, SAMPLE_RATE, player
+from ..audio import CLIP_SAMPLES, SAMPLE_RATE, player
 from ..utils import (
     atomic_directory,
     atomic_file,

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.controlnet import expand_conditioning, guided_noise_prediction
+from ..models.controlnet import controlled_noise_prediction, expand_conditioning
 
 #: The samplers :class:`EEGMusicPipeline` offers (names as the parameter takes them).
 SCHEDULERS = ("ddim", "dpmsolver++")
@@ -253,7 +253,7 @@ class EEGMusicPipeline:
         for t in (self.progress_bar(steps) if show_progress else steps):
             model_input = scheduler.scale_model_input(latents, t)
             if self.kind == "controlnet":
-                noise_pred = guided_noise_prediction(
+                noise_pred = controlled_noise_prediction(
                     unet, self.module, model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale
                 )
             else:
@@ -312,7 +312,7 @@ class EEGMusicPipeline:
         conditioning_scale : float
             Multiplies the ControlNet's residuals (1 = as trained; 0 = the backbone alone).
         guidance_scale : float
-            Guidance on the EEG, ``ε_base + w·(ε_EEG − ε_base)`` (:func:`~eeg2music.models.controlnet.guided_noise_prediction`):
+            Guidance on the EEG, ``ε_base + w·(ε_EEG − ε_base)`` (:func:`~eeg2music.models.controlnet.controlled_noise_prediction`):
             1 = the paper's sampling; > 1 amplifies what the EEG changes. ControlNet only.
         generator : torch.Generator or list of torch.Generator, optional
             The initial noise's source; a list (one per clip, :func:`clip_generators`) makes every
