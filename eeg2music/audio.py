@@ -33,8 +33,12 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import librosa
 import numpy as np
+import soxr
 import torch
+from scipy.ndimage import uniform_filter1d
+from scipy.signal import istft, stft
 
 #: Sample rate of every waveform the backbone reads or writes (Hz).
 SAMPLE_RATE = 16000
@@ -113,7 +117,6 @@ CLIP_FRAMES_PADDED = padded_frames(CLIP_FRAMES)
 @lru_cache(maxsize=4)
 def mel_filterbank() -> np.ndarray:
     """AudioLDM's mel filters, ``(64, 513)`` float32: librosa's Slaney mel scale and area normalisation."""
-    import librosa
 
     return librosa.filters.mel(
         sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, htk=False, norm="slaney"
@@ -243,7 +246,6 @@ def display_mel_db(audio: np.ndarray, sr: int, n_mels: int = 64, fmax: float = 8
     Not the backbone's view (that is :func:`mel_db`): librosa's centred power mel spectrogram at the
     audio's own rate, for figures of a stimulus.
     """
-    import librosa
 
     mel = librosa.feature.melspectrogram(y=np.asarray(audio, dtype=np.float32), sr=sr, n_fft=1024,
                                          hop_length=max(1, sr // 100), n_mels=n_mels, fmax=min(fmax, sr / 2))
@@ -326,7 +328,6 @@ def griffin_lim(
     shifted by the 432 samples of reflect padding, so the waveform lines up sample for sample with the
     clip the mel was computed from.
     """
-    import librosa
 
     if n_iter < 1:
         raise ValueError(f"n_iter must be at least 1, got {n_iter}")
@@ -430,7 +431,6 @@ def predominant_local_pulse(novelty: np.ndarray, frame_rate: float, tempo_min: f
     ndarray
         Half-wave rectified pulse, same length as ``novelty``, maximum 1 (0 for a silent input).
     """
-    from scipy.signal import istft, stft
 
     n = len(novelty)
     # the pulse lives below 4 Hz: work at ~50 Hz, then interpolate back
@@ -476,9 +476,6 @@ def auditory_features(audio: np.ndarray, sr: int, fs: float, n_times: int | None
     n_times : int, optional
         Number of feature samples; default ``round(len(audio) / sr * fs)``.
     """
-    import soxr
-    from scipy.ndimage import uniform_filter1d
-    from scipy.signal import stft
 
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:

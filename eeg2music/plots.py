@@ -12,8 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import mne
 import numpy as np
+import pandas as pd
+import seaborn as sns
 import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .audio import (
     CLIP_SAMPLES,
@@ -42,7 +49,6 @@ def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[s
     All panels share ``[max − dynamic_range_db, max]`` dB (the maximum over every panel), so a quieter
     or blurrier reconstruction looks quieter or blurrier, not rescaled.
     """
-    import matplotlib.pyplot as plt
 
 
     if not examples:
@@ -87,7 +93,6 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def show_saved(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` (:func:`save_figure`), close it and display the PNG: the notebook shows exactly the file."""
-    import matplotlib.pyplot as plt
     from IPython.display import Image, display
 
     path = save_figure(fig, path)
@@ -99,9 +104,6 @@ def show_saved(fig, path: str | os.PathLike) -> Path:
 def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[str], out_path: str | Path,
                         split: str = "test"):
     """Song-ID and segment-ID top-1 with 95 % CIs per model and embedder, against chance (dashed)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
 
     rows = []
     for run, per_embedder in results.get(split, {}).items():
@@ -138,9 +140,6 @@ def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[
 
 def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path):
     """Per-clip cosine and song rank per model, test and OOD side by side (seaborn box + strip plots)."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
 
     rows = []
     for split, per_run in results.items():
@@ -170,8 +169,6 @@ def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_pa
 
 def plot_confusions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path, split: str = "test"):
     """Song-ID confusion matrices (rows: song heard; columns: song named; row-normalised), one per model."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
 
     runs = [r for r, per in results.get(split, {}).items() if embedder in per and per[embedder]["n_songs"] > 1]
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.8), squeeze=False)
@@ -198,10 +195,6 @@ _SPLIT_COLOURS = {"gap": "#d9d9d9", "train": "#4c72b0", "val": "#dd8452", "test"
 
 def plot_split_layout(splits: Splits):
     """Songs × chunks, each chunk coloured by its split (grey: gap; white: past the song's end)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
 
     songs = sorted(splits.n_chunks)
     width = max(splits.n_chunks.values())
@@ -233,7 +226,6 @@ def plot_split_layout(splits: Splits):
 
 def plot_window_pair(dataset: EEGMusicWindows, i: int = 0, channels: Sequence[str] = ("E11", "E36", "E62", "E75", "E104")):
     """One window: its audio clip (if attached) above its EEG (a few channels, offset)."""
-    import matplotlib.pyplot as plt
 
     item = dataset[i]
     names = dataset.index.channel_names
@@ -268,7 +260,6 @@ def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, ti
 
     Saved as PNG to ``path`` when given; returns the figure.
     """
-    import matplotlib.pyplot as plt
 
     mels = torch.as_tensor(mels).float().cpu()
     count = len(mels)
@@ -298,7 +289,6 @@ def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, ti
 @torch.no_grad()
 def plot_levels(metrics: Mapping[str, Any], *, path: str | os.PathLike | None = None):
     """Real clips against samples (:func:`evaluate_backbone`'s metrics): level per mel band, spread per latent channel."""
-    import matplotlib.pyplot as plt
 
     loudness, latents = metrics["loudness"], metrics["latents"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
@@ -323,7 +313,6 @@ def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: S
 
     Top row: latent channel 0 (time × frequency); bottom row: what the VAE decodes from ``z_t``.
     """
-    import matplotlib.pyplot as plt
 
     z0 = latents[:1].float().cpu()
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(int(seed)))
@@ -361,7 +350,6 @@ def plot_step_traces(
     steps: Sequence[TracedStep], channel: str = "E11", seconds: float = 10.0, clamp_limit: float | None = 20.0
 ):
     """One channel's first ``seconds`` after each step, one panel per step."""
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(steps), 1, figsize=(10, 1.5 * len(steps) + 0.8), sharex=True, squeeze=False)
     for ax, step in zip(axes[:, 0], steps):
@@ -386,7 +374,6 @@ def plot_step_traces(
 
 def plot_montage_before_after(steps: Sequence[TracedStep], seconds: float = 10.0):
     """All channels × time as images, before scaling (µV) and at the end (IQR units)."""
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, step, title in zip(axes, _before_after(steps), ("before (channels kept)", "after the pipeline")):
@@ -405,7 +392,6 @@ def plot_montage_before_after(steps: Sequence[TracedStep], seconds: float = 10.0
 
 def plot_value_distributions(steps: Sequence[TracedStep], clamp_limit: float | None = 20.0):
     """Pooled sample values before and after, and how unequal the channels' scales are before."""
-    import matplotlib.pyplot as plt
 
     before, after = _before_after(steps)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -428,8 +414,6 @@ def plot_value_distributions(steps: Sequence[TracedStep], clamp_limit: float | N
 
 def plot_channel_topomaps(steps: Sequence[TracedStep], clamp_limit: float | None = 20.0):
     """Scalp maps: each channel's IQR before scaling (µV), and its peak |value| once scaled (IQR units)."""
-    import matplotlib.pyplot as plt
-    import mne
 
     before, after = _before_after(steps)
     scaled = next((step for step in steps if step.name == "robust scale"), after)
@@ -459,8 +443,6 @@ def plot_forward_model(model: ForwardModel, fs: float = 125.0, subjects: Iterabl
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
-    import mne
 
     info = mne.create_info(model.channel_names, 125.0, "eeg")
     info.set_montage(hydrocel_montage())
@@ -498,7 +480,6 @@ def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
 
 
     fs = raw.info["sfreq"]
@@ -532,7 +513,6 @@ def plot_zero_init(check: Mapping[str, Any], sample: int = 0, channel: int = 0):
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
 
     base = check["eps_base"][sample, channel]
     zero_change = (check["eps_controlled"] - check["eps_base"])[sample, channel]
@@ -570,7 +550,6 @@ def plot_zero_init(check: Mapping[str, Any], sample: int = 0, channel: int = 0):
 
 def plot_alignment(log: Sequence[Mapping[str, float]], chance: Mapping[str, float] | None = None):
     """InfoNCE loss and held-out retrieval accuracy over the alignment steps."""
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
     left.plot([e["step"] for e in log], [e["loss"] for e in log], lw=0.8)
@@ -603,7 +582,6 @@ def plot_noised_latents(latent: torch.Tensor, scheduler, timesteps: Sequence[int
     channel : int
         Which latent channel to draw.
     """
-    import matplotlib.pyplot as plt
 
     n_train = int(scheduler.config.num_train_timesteps)
     steps = [min(int(t), n_train - 1) for t in timesteps]
@@ -637,9 +615,6 @@ def plot_training_curves(log, *, smooth: int = 10, baseline: float | None = None
         The validation loss of the backbone alone (``eeg_evidence["val_loss_backbone_only"]``), drawn as
         a reference: a zero-initialised ControlNet computes exactly that at step 0.
     """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
 
     frame = read_log(log) if not isinstance(log, pd.DataFrame) else log
     train_frame = frame[["step", "loss"]].assign(smoothed=frame["loss"].rolling(max(1, smooth), min_periods=1).mean())
@@ -672,9 +647,6 @@ def plot_eeg_evidence(summary: Mapping[str, Any], per_window: str | os.PathLike 
     per_window : path-like, optional
         ``val_per_window.csv``: adds the gain over the EEG-zeroed control against the diffusion timestep.
     """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
 
     evidence = summary["eeg_evidence"]
     labels = {"eeg_zeroed": "EEG zeroed", "eeg_shuffled": "EEG of another clip", "backbone_only": "backbone alone"}

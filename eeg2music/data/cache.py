@@ -18,14 +18,20 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+from numpy.lib import format as npy
+from tqdm.auto import tqdm
 
 from ..utils import atomic_directory, read_json, write_json
 from .nmedt import as_folder, channel_names
@@ -220,7 +226,6 @@ def cache_folder_name(cfg: Preprocessing, folder, layout: str, songs=None, subje
 
 def _remove_abandoned_builds(cache_dir: Path, name: str) -> None:
     """Delete temporary folders of builds of ``name`` whose process is gone (killed mid-build)."""
-    import psutil
 
     for partial in cache_dir.glob(f".{name}.*.partial"):
         builder = partial / BUILDER_FILE
@@ -279,8 +284,6 @@ class _Prefetched:
     _DONE = object()
 
     def __init__(self, iterable: Iterable[Any], transform: Callable[[Any], Any] | None = None):
-        import queue
-        import threading
 
         self._queue: Any = queue.Queue(maxsize=1)
         self._stop = threading.Event()
@@ -290,7 +293,6 @@ class _Prefetched:
         self._thread.start()
 
     def _put(self, item: Any) -> bool:
-        import queue
 
         while not self._stop.is_set():
             try:
@@ -331,7 +333,6 @@ class _Prefetched:
         return item
 
     def close(self) -> None:
-        import queue
 
         self._stop.set()
         while self._thread.is_alive():
@@ -350,7 +351,6 @@ def _write_recording(path: Path, data: np.ndarray, scaling: Scaling | None = Non
     """
     if not data.flags.f_contiguous:
         raise ValueError(f"{path.name}: the cache stores time-major (Fortran-ordered) arrays")
-    from numpy.lib import format as npy
 
     blocks = scaling.blocks(data) if scaling is not None else (data,)
     with open(path, "wb") as handle:
@@ -368,7 +368,6 @@ class _BackgroundWriter:
     """
 
     def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eeg2music-writer")
         self._pending = None
@@ -436,7 +435,6 @@ def build_cache(
     ValueError
         Recordings that disagree on channels or sampling rate after preprocessing, or no recording.
     """
-    from tqdm.auto import tqdm
 
 
     cfg = cfg or Preprocessing()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import fft as sfft
+from scipy.signal import fftconvolve
 
 from ..audio import FEATURE_BAND_EDGES_HZ, AuditoryFeatures
 from .nmedt import hydrocel_montage, raw_channel_names
@@ -125,7 +127,6 @@ class ForwardModel:
 
     def source_activity(self, features: np.ndarray, subject_index: int, fs: float) -> np.ndarray:
         """Music-driven source time courses ``(n_sources, n_times)`` (unscaled) for standardized features."""
-        from scipy.signal import fftconvolve
 
         kernels = self.kernels(subject_index, fs)
         standardized = (features - self.feature_mean[:, None]) / self.feature_std[:, None]
@@ -239,7 +240,6 @@ def _colored_noise(rng, shape: tuple[int, int], fs: float, exponent: float, rms_
                    rms: float, fmin: float = 0.3, fmax: float | None = None) -> np.ndarray:
     """Noise with PSD ∝ 1/f**exponent between ``fmin`` and ``fmax``, whose RMS within ``rms_band`` is
     ``rms`` whatever the sampling rate (so both layouts share one spectral density)."""
-    from scipy import fft as sfft
 
     n = shape[-1]
     n_fft = sfft.next_fast_len(n, real=True)  # awkward lengths make FFTs slow

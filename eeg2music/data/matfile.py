@@ -11,14 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import scipy.io
 
 from ..utils import atomic_file
 from .nmedt import NMEDTError
 
 
 def is_hdf5(path: Path) -> bool:
-    import h5py
 
     try:
         return bool(h5py.is_hdf5(path))
@@ -27,7 +28,6 @@ def is_hdf5(path: Path) -> bool:
 
 
 def open_hdf5(path: Path):
-    import h5py
 
     try:
         return h5py.File(path, "r")
@@ -55,7 +55,6 @@ def require_variables(path: Path, present, wanted: Sequence[str], layout: str, h
 
 def loadmat_v5(path: Path, variable_names: Sequence[str]) -> dict[str, Any]:
     """Load the named variables of a MATLAB v4–v7 file; every failure names the file."""
-    import scipy.io
 
     try:
         with open(path, "rb") as handle:
@@ -67,7 +66,6 @@ def loadmat_v5(path: Path, variable_names: Sequence[str]) -> dict[str, Any]:
 
 
 def v5_variables(path: Path) -> list[str]:
-    import scipy.io
 
     try:
         return sorted(name for name, _, _ in scipy.io.whosmat(str(path)))
@@ -121,7 +119,6 @@ def write_mat_v73(path: str | Path, variables: dict[str, Any]) -> Path:
     NumPy object arrays of those (stored as HDF5 object references into ``#refs#``). The file is
     written to a temporary name and renamed, so a reader never sees half a file.
     """
-    import h5py
 
 
     path = Path(path)

@@ -13,6 +13,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import soxr
+from scipy.signal import oaconvolve
 
 from .nmedt import SONGS
 
@@ -454,7 +456,6 @@ def synthesize_song(song_id: int, seconds: float, sr: int = 44100, seed: int = 0
     if sr > _RENDER_SR:
         # render at 22.05 kHz (content up to 11 kHz, beyond the 8 kHz the mel front end sees) and
         # resample: half the work of rendering at 44.1 kHz
-        import soxr
 
         rendered = synthesize_song(song_id, seconds, _RENDER_SR, seed)
         out = soxr.resample(rendered, _RENDER_SR, sr, quality="HQ")
@@ -590,7 +591,6 @@ def _effects(out: np.ndarray, recipe: SongRecipe, rng, sr: int, start: int, leng
 
 def _reverb(signal: np.ndarray, sr: int, seconds: float, rng) -> np.ndarray:
     """Convolution with exponentially decaying noise (a plain room); 25 % wet."""
-    from scipy.signal import oaconvolve
 
     n_ir = int(seconds * sr)
     t = np.arange(n_ir) / sr

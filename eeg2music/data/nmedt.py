@@ -42,7 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mne
 import numpy as np
+import soundfile as sf
+import soxr
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,6 @@ def raw_channel_names() -> list[str]:
 
 def hydrocel_montage():
     """MNE's GSN-HydroCel montage with the 128 electrodes and the vertex reference ``Cz``."""
-    import mne
 
     return mne.channels.make_standard_montage(MONTAGE_NAME)
 
@@ -329,7 +331,6 @@ def _find_stimuli(directories: Sequence[Path], songs: dict[int, Song]) -> dict[i
 
 def _stimulus_lengths(stimuli: dict[int, Path]) -> tuple[dict[int, float], dict[int, str]]:
     """The length (s) of each stimulus WAV from its header; unusable WAVs go to the second dict, with why."""
-    import soundfile as sf
 
     seconds: dict[int, float] = {}
     problems: dict[int, str] = {}
@@ -495,8 +496,6 @@ def read_stimulus(folder: NMEDTFolder | str | Path, song_id: int, sr: int = 1600
     NMEDTError
         If the WAV cannot be decoded.
     """
-    import soundfile as sf
-    import soxr  # what librosa.resample(res_type="soxr_hq") calls, without librosa's import time
 
     path = stimulus_path(folder, song_id, stimuli_dir)
     try:

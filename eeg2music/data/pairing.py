@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from ..params import ParameterError
 from ..paths import stage_dir
@@ -117,7 +118,6 @@ def load_windows(
 
 def stimulus_seconds(folder) -> dict[int, float]:
     """Song → length (s) of each stimulus WAV present in an NMED-T folder (headers only, no decoding)."""
-    import soundfile as sf
 
 
     folder = as_folder(folder)
@@ -328,7 +328,6 @@ def write_preprocess_summary(
     Everything :func:`load_stage_windows` needs to rebuild exactly these splits is in it: the cache
     path, the :class:`WindowSpec`, the held-out participant and the song lengths the chunks were cut in.
     """
-    from pathlib import Path
 
 
     counts = splits.counts()

@@ -39,7 +39,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import mne
 import numpy as np
+import sklearn
+from scipy.signal import BadCoefficients
+from sklearn.preprocessing import RobustScaler
 
 from .recordings import recording_info
 
@@ -357,7 +361,6 @@ def handle_bad_channels(
     data[rows] = 0.0
     if mode == "exclude":
         return data
-    import mne
 
     if len(bad) > len(ch_names) - 4:
         raise BadChannelError(f"{where}: too few good channels left to interpolate from ({listing})")
@@ -391,8 +394,6 @@ def filter_like_cleaned_release(data: np.ndarray, sfreq: float) -> np.ndarray:
     array
         ``data`` itself.
     """
-    import mne
-    from scipy.signal import BadCoefficients
 
     if sfreq / 2 <= 61.0:
         raise ValueError(f"filter_like_cleaned_release: sfreq {sfreq:g} Hz is too low for a 59–61 Hz notch")
@@ -418,7 +419,6 @@ def filter_like_cleaned_release(data: np.ndarray, sfreq: float) -> np.ndarray:
 def resample(data: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:
     """Resample (channels, samples) from ``sfreq`` to ``new_sfreq`` Hz (MNE's polyphase resampler, with its
     anti-alias filter); returns a new array (or ``data`` itself when the rates agree)."""
-    import mne
 
     if np.isclose(sfreq, new_sfreq):
         return data
@@ -501,7 +501,6 @@ def fit_robust_scaler(data: np.ndarray, fit_samples: int | None = None, offsets:
         float32 data by a float64 IQR runs in float64, three times slower for a change within a float32
         rounding step.
     """
-    from sklearn.preprocessing import RobustScaler
 
     step = max(1, math.ceil(data.shape[1] / fit_samples)) if fit_samples else 1
     scaler = RobustScaler(with_centering=True, with_scaling=True, quantile_range=(25.0, 75.0), copy=False)
@@ -752,7 +751,6 @@ class Scaling:
 
     def blocks(self, data: np.ndarray) -> Iterator[np.ndarray]:
         """Apply to ``data`` (float32, time-major) in place, yielding each block as soon as it is done."""
-        import sklearn
 
         # The bad-channel step has run: every value is finite, and the scaler need not check each block again.
         with sklearn.config_context(assume_finite=True):
@@ -834,7 +832,6 @@ def _recording_name(raw) -> str:
 
 def hydrocel_info(ch_names: Sequence[str], sfreq: float):
     """An MNE Info with the GSN-HydroCel-129 template positions, for topomaps."""
-    import mne
 
     info = mne.create_info(list(ch_names), sfreq, ch_types="eeg", verbose="error")
     info.set_montage(mne.channels.make_standard_montage("GSN-HydroCel-129"), verbose="error")

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mne
 import numpy as np
+import scipy.io
 
 from .matfile import (
     check_fs,
@@ -327,7 +329,6 @@ def open_raw(path: Path, load_data: bool = True) -> _RawFile:
     fs = check_fs(float(np.asarray(contents["fs"], dtype=float).ravel()[0]), path)
     events = _v5_din(contents["DIN_1"], path)
     if not load_data:
-        import scipy.io
 
         shapes = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
         if "X" not in shapes:
@@ -409,7 +410,6 @@ _MONTAGE_CACHE: dict[str, Any] = {}
 
 def _make_raw(data_uv: np.ndarray, fs: float, info_dict: dict[str, Any]):
     """A RawArray in volts with HydroCel names and montage, carrying ``info_dict`` as its metadata."""
-    import mne
 
     names = channel_names(data_uv.shape[0])
     info = mne.create_info(names, fs, ch_types="eeg", verbose="error")

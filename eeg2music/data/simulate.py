@@ -36,10 +36,17 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.io
+import soundfile as sf
+from scipy.signal import resample_poly
+from sklearn.decomposition import PCA
+from sklearn.linear_model import RidgeCV
+from tqdm.auto import tqdm
 
 from ..audio import AuditoryFeatures, auditory_features
 from ..params import ParameterError, coerce_float, coerce_mapping
@@ -189,7 +196,6 @@ def simulate_nmedt(out_dir: str | Path, *, seed: int = 0, preset: str = "default
         ``out_dir``, holding ``songNN_Imputed.mat`` (cleaned), ``PP_R_raw.mat`` (raw),
         ``stimuli/<wav_name>`` and ``simulation.json`` (written last).
     """
-    from tqdm.auto import tqdm
 
 
     started = time.perf_counter()
@@ -224,7 +230,6 @@ def simulate_nmedt(out_dir: str | Path, *, seed: int = 0, preset: str = "default
             truth["raw_recordings"] = _write_raw(tmp, model, features["raw"], subjects, songs, params, seed, bar)
         bar.close()
         if params["write_stimuli"]:
-            import soundfile as sf
 
             (tmp / "stimuli").mkdir()
             for song in songs:
@@ -255,7 +260,6 @@ def simulate_nmedt(out_dir: str | Path, *, seed: int = 0, preset: str = "default
 
 def _write_cleaned(folder: Path, model: ForwardModel, features: dict[int, AuditoryFeatures], subjects: list[int],
                    songs: list[int], fs: float, seed: int, bar) -> None:
-    import scipy.io
 
     for song in songs:
         feats = features[song]
@@ -366,11 +370,7 @@ def envelope_decoding(folder, layout: str = "cleaned", songs: Sequence[int] | No
         ``r_true`` and ``r_control`` (mean Pearson correlations over held-out recordings), their
         per-recording lists ``per_recording`` and the settings used.
     """
-    from fractions import Fraction
 
-    from scipy.signal import resample_poly
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import RidgeCV
 
     folder = as_folder(folder)
     eeg: dict[tuple[int, int], np.ndarray] = {}

@@ -8,7 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import mne
 import numpy as np
+import scipy.io
+from scipy.ndimage import median_filter
+from scipy.signal import find_peaks
+from tqdm.auto import tqdm
 
 from ..audio import auditory_features
 from .matfile import (
@@ -59,7 +64,6 @@ def describe_cleaned(path: str | Path, song_id: int) -> dict[str, Any]:
         finally:
             handle.close()
     else:
-        import scipy.io
 
         try:
             shapes = {name: tuple(shape) for name, shape, _ in scipy.io.whosmat(str(path))}
@@ -159,8 +163,6 @@ def note_onsets(audio: np.ndarray, sr: int, min_interval_s: float = 0.25, thresh
     A peak counts when its flux exceeds ``threshold`` × the median flux of the surrounding 2 s and is
     at least ``min_interval_s`` from a stronger one.
     """
-    from scipy.ndimage import median_filter
-    from scipy.signal import find_peaks
 
 
     rate = 100.0
@@ -187,8 +189,6 @@ def onset_evoked(folder: NMEDTFolder | str | Path, layout: str = "auto", songs: 
     used : list of (subject, song)
         The recordings averaged.
     """
-    import mne
-    from tqdm.auto import tqdm
 
     folder = as_folder(folder)
     song_ids = [s for s in (songs or folder.songs) if s in folder.stimuli]

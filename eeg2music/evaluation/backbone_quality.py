@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ..audio import (
     CLIP_FRAMES_PADDED,
@@ -137,9 +140,6 @@ def evaluate_backbone(
         * ``song_classifier``: a logistic regression on real clips' per-bin mel statistics — held-out
           accuracy and how confidently it assigns the samples to one song.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng(seed)
     heldout, heldout_songs = split.heldout_clips()

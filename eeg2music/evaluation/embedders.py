@@ -51,12 +51,18 @@ batches with a progress bar.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import librosa
 import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
 
 from .._compat import hub_offline, import_encodec, import_laion_clap, real_import_error
 from ..audio import SAMPLE_RATE, normalize_waveform, waveform_to_mel
@@ -96,7 +102,6 @@ def resample(waves: Any, orig_sr: int, target_sr: int) -> np.ndarray:
     array = _as_waves(waves, "resample")
     if int(orig_sr) == int(target_sr):
         return array
-    import librosa
 
     out = librosa.resample(array, orig_sr=int(orig_sr), target_sr=int(target_sr), res_type="soxr_hq", axis=-1)
     return np.ascontiguousarray(out, dtype=np.float32)
@@ -128,7 +133,6 @@ def embed_audio(
     progress : bool
         Show a tqdm bar.
     """
-    from tqdm.auto import tqdm
 
     array = _as_waves(waves, f"embed_audio({embedder.name})")
     method = getattr(embedder, "embed_frames" if frames else "embed", None)
@@ -181,7 +185,6 @@ class _TorchEmbedder:
 
 
 def _torch_load_weights(path: Path, parameter: str) -> Mapping[str, Any]:
-    import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -241,10 +244,7 @@ def _clap_architecture(state: Mapping[str, Any]) -> tuple[str, bool]:
 
 def _build_clap_audio_tower(amodel: str, fusion: bool):
     """LAION-CLAP's audio branch and projection, as the two attributes ``CLAP.get_audio_embedding`` uses."""
-    import copy
 
-    import torch
-    from torch import nn
 
 
     clap = import_laion_clap()
@@ -328,7 +328,6 @@ class LaionClapEmbedder(_TorchEmbedder):
         return tower
 
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        import torch
 
 
         clap = import_laion_clap()
@@ -353,7 +352,6 @@ def load_encodec_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     read with ``torch.load(weights_only=True)``."""
     path = _existing_file(path, "encodec_weights", "EnCodec 24 kHz weights (encodec_24khz-d7cc33bc.th or .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         return load_file(str(path))
     state = _torch_load_weights(path, "encodec_weights")
@@ -400,7 +398,6 @@ class EncodecEmbedder(_TorchEmbedder):
 
     def embed_frames(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         """``(B, samples)`` → ``(B, frames, 128)`` encoder latents (75 frames per second)."""
-        import torch
 
         array = self._prepare(waves, sample_rate)
         with torch.no_grad():
@@ -447,7 +444,6 @@ class AudioLDM2ClapEmbedder(_TorchEmbedder):
         return model
 
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        import torch
 
         model = self.model  # loads the feature extractor too
         array = self._prepare(waves, sample_rate)
@@ -502,7 +498,6 @@ class MelStatsEmbedder:
         self.dim = len(self.feature_names)
 
     def embed(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-        import librosa
 
 
         array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
@@ -626,7 +621,6 @@ class VAELatentEmbedder:
         self.dim = int(latent_shape[0] * latent_shape[2])
 
     def _device_dtype(self):
-        import torch
 
         vae = getattr(self.backbone, "vae", None)
         if isinstance(vae, torch.nn.Module):
@@ -636,7 +630,6 @@ class VAELatentEmbedder:
 
     def embed_frames(self, waves: Any, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         """``(B, samples)`` → ``(B, latent frames, 128)``: each latent frame's 8 × 16 values."""
-        import torch
 
         array = resample(_as_waves(waves, self.name), sample_rate, self.sample_rate)
         device, dtype = self._device_dtype()

@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 #: Similarities closer than this count as ties in identification (cosines lie in [-1, 1]).
 TIE_TOLERANCE = 1e-12
@@ -688,7 +689,6 @@ def results_table(results: Mapping[str, Any], names: Sequence[str] | None = None
         Columns: the level names, then ``metric``, ``label``, ``value``, ``ci_low``, ``ci_high``,
         ``p_value``, ``null_mean``, ``chance``, ``better``, ``n_clips`` (missing numbers are NaN).
     """
-    import pandas as pd
 
     flat = _flatten_results(results, ())
     depth = {len(keys) for keys, _ in flat}

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import soundfile
 
 from ..audio import SAMPLE_RATE
 from ..models.tiny_backbone import describe_provenance
@@ -203,7 +205,6 @@ def comparison_table(
     A metric that does not apply (song-ID on the single OOD song) is ``–``; the chance level of each
     identification metric is given in the header.
     """
-    import pandas as pd
 
     runs = [run for run in results.get(split, {}) if embedder in results[split][run]]
     headers = {}
@@ -494,7 +495,6 @@ def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mappin
 
 def wav_bytes(path: str | Path) -> bytes:
     """A clip as 16-bit PCM WAV bytes (clipped to ±1), small enough to embed in a report."""
-    import soundfile
 
 
     wave = np.clip(read_wav(path, SAMPLE_RATE, None), -1.0, 1.0)
@@ -685,7 +685,6 @@ def embedder_note(embedder: Any) -> str:
 
 def permutation_table(results, split: str, embedder: str, labels: Mapping[str, str]) -> "pandas.DataFrame":  # noqa: F821
     """Observed value, mean under shuffled pairings and permutation p-value, per model and paired metric."""
-    import pandas as pd
 
     metrics = (("cosine", "cosine"), ("pearson", "Pearson"), ("song_id_top1", "song-ID top-1"),
                ("segment_id_top1", "segment-ID top-1"))

@@ -35,6 +35,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import (
+    AudioLDM2Pipeline,
+    AudioLDM2UNet2DConditionModel,
+    AutoencoderKL,
+    DDIMScheduler,
+)
+from diffusers.training_utils import compute_snr
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from .._compat import hub_offline
 from ..audio import (
@@ -209,7 +218,6 @@ def build_audioldm2_music_on_meta() -> "Backbone":
     """
     hub_offline()
     from accelerate import init_empty_weights
-    from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
     config = audioldm2_music_config()
@@ -450,8 +458,6 @@ class Backbone:
         Tensor, shape (batch_size, 8, T, 16)
             Latents (scaled like :meth:`encode`'s output), on the UNet's device.
         """
-        from diffusers import DDIMScheduler
-        from tqdm.auto import tqdm
 
         device, dtype = _module_device_dtype(self.unet)
         sampler = DDIMScheduler.from_config(self.scheduler.config)
@@ -530,7 +536,6 @@ class Backbone:
         Path
             The folder; ``backbone.json`` inside it is written last.
         """
-        from safetensors.torch import save_file
 
         if any(t.device.type == "meta" for t in self.conditioning.values()):
             raise ValueError("cannot save a backbone built on the meta device (it has no weights)")
@@ -621,8 +626,6 @@ def _require_dir(path: Path, what: str) -> Path:
 
 def _load_saved_backbone(path: Path) -> Backbone:
     hub_offline()
-    from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
-    from safetensors.torch import load_file
 
     info = read_json(path / BACKBONE_MARKER)
     kind = info.get("kind")
@@ -693,13 +696,6 @@ def encode_constant_prompt(pipeline, prompt: str = DEFAULT_PROMPT, device=None) 
 
 def _load_audioldm2_folder(path: Path, *, prompt: str, cache_dir, device) -> Backbone:
     hub_offline()
-    from diffusers import (
-        AudioLDM2Pipeline,
-        AudioLDM2UNet2DConditionModel,
-        AutoencoderKL,
-        DDIMScheduler,
-    )
-    from safetensors.torch import load_file, save_file
     from transformers import SpeechT5HifiGan
 
     index = read_json(path / AUDIOLDM2_MARKER)
@@ -760,7 +756,6 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     The weight on the x₀-error is min(SNR, γ); expressed on the ε-loss it is min(SNR, γ)/SNR, on the
     v-loss min(SNR, γ)/(SNR + 1) — the latter stays finite at the zero-SNR last step.
     """
-    from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps)
     prediction_type = scheduler.config.get("prediction_type", "epsilon")

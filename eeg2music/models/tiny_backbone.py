@@ -11,14 +11,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
+from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
 from ..audio import (
     CLIP_FRAMES_PADDED,
@@ -143,7 +149,6 @@ def build_tiny_backbone(seed: int = 0, size: str = "default", prediction_type: s
     prediction_type, zero_terminal_snr
         The noise schedule (:func:`tiny_scheduler_config`).
     """
-    from diffusers import AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
 
     config = tiny_backbone_config(size, prediction_type, zero_terminal_snr)
     with torch.random.fork_rng(devices=[]):
@@ -241,7 +246,6 @@ class TinyTrainingSettings:
 
 
 def _lr_schedule(optimizer, warmup: int, total: int):
-    from diffusers.optimization import get_cosine_schedule_with_warmup
 
     return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(warmup, max(total - 1, 0)),
                                            num_training_steps=max(total, 1))
@@ -296,7 +300,6 @@ def _fold_mel_normalization(vae, mel: torch.Tensor) -> dict[str, float]:
 
 def _train_vae(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
                log: list[dict]) -> None:
-    from tqdm.auto import tqdm
 
     vae = backbone.vae.train().requires_grad_(True)
     normalization = _fold_mel_normalization(vae, torch.cat([sampler.mels() for _ in range(2)]))
@@ -341,8 +344,6 @@ def _set_latent_scaling(backbone: Backbone, sampler: _ClipSampler, batches: int)
 
 def _train_unet(backbone: Backbone, sampler: _ClipSampler, settings: TinyTrainingSettings, generator, progress: bool,
                 log: list[dict]) -> None:
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     unet, scheduler = backbone.unet.train().requires_grad_(True), backbone.scheduler
     ema = EMAModel(unet.parameters(), decay=settings.ema_decay, use_ema_warmup=True, power=3 / 4)
@@ -464,7 +465,6 @@ def _train_tiny_backbone(data_root, out_dir, *, settings: TinyTrainingSettings, 
 
     clips, _ = split.heldout_clips()
     reconstruction = reconstruction_metrics(backbone, clips) if len(clips) else {}
-    import diffusers
 
     record = {
         "settings": asdict(settings),
@@ -506,7 +506,6 @@ def install_shipped_backbone(out_dir: str | os.PathLike) -> Path:
     FileNotFoundError
         If this installation has no shipped backbone (train one with :func:`train_tiny_backbone`).
     """
-    import shutil
 
     if not (SHIPPED_BACKBONE_DIR / BACKBONE_MARKER).is_file():
         raise FileNotFoundError(

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
+from tqdm.auto import tqdm
 
 from ..audio import CLIP_SAMPLES, SAMPLE_RATE, player
 from ..utils import (
@@ -182,7 +185,6 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMP
     32-bit float keeps the model's output as it is (no clipping, no quantisation): the metrics read
     exactly what was generated.
     """
-    import soundfile
 
     path = Path(path)
     wave = np.asarray(wave, dtype=np.float32).reshape(-1)
@@ -202,7 +204,6 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMP
 
 def read_wav(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, n_samples: int | None = CLIP_SAMPLES) -> np.ndarray:
     """Read a mono clip written by :func:`write_wav`, checking its rate (and length)."""
-    import soundfile
 
     path = Path(path)
     if not path.is_file():
@@ -253,7 +254,6 @@ def sample_clips(
     threads : int
         torch's CPU threads while sampling.
     """
-    from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"parameter 'batch_size': must be ≥ 1, got {batch_size}")
@@ -574,7 +574,6 @@ def listening_table(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, 
     Players use ``normalize=False`` so loudness differences are heard as they are; samples beyond ±1
     (possible for an unclipped reconstruction) are clipped for playback only.
     """
-    import html as html_lib
 
     from IPython.display import HTML
 

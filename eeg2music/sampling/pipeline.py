@@ -44,6 +44,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from ..models.controlnet import controlled_noise_prediction, expand_conditioning
 
@@ -105,7 +109,6 @@ def make_scheduler(name: str, config: Mapping[str, Any]):
     diffusers.SchedulerMixin
         A new scheduler object (a pipeline call mutates its state, so it is never shared).
     """
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     if name == "ddim":
         return DDIMScheduler.from_config(config)
@@ -185,7 +188,6 @@ class EEGMusicPipeline:
         self._progress_bar_config = dict(kwargs)
 
     def progress_bar(self, iterable=None, total=None):
-        from tqdm.auto import tqdm
 
         if iterable is not None:
             return tqdm(iterable, **self._progress_bar_config)
@@ -233,7 +235,6 @@ class EEGMusicPipeline:
 
     def prepare_latents(self, batch: int, generator, scheduler, latents: torch.Tensor | None = None) -> torch.Tensor:
         """``z_T``: one draw per clip from its own generator (batch-invariant), × the sampler's initial σ."""
-        from diffusers.utils.torch_utils import randn_tensor
 
         shape = (batch, *[int(s) for s in self.backbone.latent_shape])
         if isinstance(generator, (list, tuple)) and len(generator) != batch:
@@ -333,7 +334,6 @@ class EEGMusicPipeline:
         diffusers.pipelines.pipeline_utils.AudioPipelineOutput
             ``audios``: ``(B, 56000)`` float32 waveforms at 16 kHz (or the latents).
         """
-        from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"EEGMusicPipeline: output_type {output_type!r} is not one of ['np', 'pt', 'latent']")

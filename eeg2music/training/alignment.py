@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..evaluation.metrics import identification
 from ..models.aligner import EEGAudioAligner, build_aligner_for, init_controlnet_from
@@ -151,7 +152,6 @@ def train_alignment(aligner: EEGAudioAligner, train_set, val_set, latents, *, st
     val_windows : int
         Validation windows per measurement (evenly spaced).
     """
-    from tqdm.auto import tqdm
 
     device = torch.device(device)
     aligner = aligner.to(device).train()

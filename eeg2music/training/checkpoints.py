@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -181,7 +182,6 @@ def save_checkpoint(
     ``rng_state.safetensors`` + ``rng_state.json``, ``grad_scaler.json`` (fp16 only), and
     :data:`CHECKPOINT_MARKER` (step, log, config, data config) written last.
     """
-    import safetensors.torch
 
     with atomic_directory(folder) as tmp:
         write_model_folder(tmp, kind, model, model_config)
@@ -201,7 +201,6 @@ def save_checkpoint(
 
 def load_checkpoint_state(folder: Path, *, model: nn.Module, kind: str) -> dict[str, Any]:
     """Load a checkpoint's weights into ``model`` (before ``accelerator.prepare``); return its trainer state."""
-    import safetensors.torch
 
     weights = folder / kind / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
@@ -215,7 +214,6 @@ def load_checkpoint_state(folder: Path, *, model: nn.Module, kind: str) -> dict[
 
 def restore_training_state(folder: Path, *, optimizer, lr_scheduler, accelerator) -> None:
     """Restore the optimizer, learning-rate schedule, RNG and grad-scaler states of a checkpoint."""
-    import safetensors.torch
 
     for name in ("optimizer.safetensors", "rng_state.safetensors"):
         check_safetensors(folder / name)

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.cache import CacheIndex, build_cache, open_cache
 from ..data.pairing import (
@@ -357,9 +360,6 @@ def clip_latents(
     progress : bool
         Show a progress bar while encoding.
     """
-    import safetensors
-    import safetensors.torch
-    from tqdm.auto import tqdm
 
     keys = sorted({(int(s), int(c)) for s, c in clips})
     if not keys:

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import shutil
 import time
@@ -62,8 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from diffusers.optimization import get_scheduler
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..models.controlnet import EEGControlNet
 from ..models.convnet import EEGConvNet
@@ -228,7 +232,6 @@ def build_model(cfg: TrainConfig, backbone, data: "TrainingData") -> nn.Module:
 
 def write_log(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``train_log.csv`` atomically (columns :data:`LOG_COLUMNS`; empty cells where not measured)."""
-    import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -296,8 +299,6 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
     TrainResult
         The run folder, the model folder and the summary (also in ``train_summary.json``).
     """
-    from diffusers.optimization import get_scheduler
-    from tqdm.auto import tqdm
 
     if overrides:
         config = TrainConfig(**coerce_mapping(dataclasses.asdict(config or TrainConfig()), overrides))
@@ -472,7 +473,6 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
 
 
 def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    import io
 
     buffer = io.StringIO()
     if rows:
@@ -484,6 +484,5 @@ def _write_rows_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 def read_log(path: str | os.PathLike):
     """``train_log.csv`` as a pandas DataFrame (empty cells → NaN)."""
-    import pandas as pd
 
     return pd.read_csv(path)
