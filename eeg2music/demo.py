@@ -3,6 +3,8 @@
 Each step is one papermill run of a numbered notebook with its default parameters (the stages find
 each other's outputs in the default run folder), the executed notebooks land in
 ``<outputs>/notebooks/``, and a timing table is printed and saved as ``<outputs>/demo_summary.json``.
+The executed notebooks 05 and 06 are the report: each is also exported to one self-contained HTML file
+beside it (``05_sample.html``, ``06_evaluate.html``; figures and audio players embedded).
 
 Usage::
 
@@ -18,9 +20,12 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .evaluation.report import export_html
 from .params import read_parameter_specs
 from .paths import NOTEBOOKS_DIR
 from .utils import write_json
@@ -60,6 +65,32 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("06_evaluate"),
 )
 
+#: Steps whose executed notebook is exported to HTML: together they are the report (clips, figures, numbers).
+REPORT_STEPS = ("05_sample", "06_evaluate")
+
+
+#: The backend ipykernel picks when none is set: each figure becomes a PNG output of its cell.
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+@contextmanager
+def inline_figures() -> Iterator[None]:
+    """Kernels started inside this block draw their figures into the notebook.
+
+    ``make`` exports ``MPLBACKEND=Agg`` so that nothing opens a window; a kernel inherits it, and then
+    ``plt.show()`` leaves no figure in the executed notebook, which is the report. The variable is set to
+    the inline backend for the block and restored after it.
+    """
+    before = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = before
+
 
 def run_step(step: DemoStep, executed_dir: Path, extra: dict, smoke: bool) -> float:
     """Execute one step with papermill; return its wall time in seconds."""
@@ -78,10 +109,11 @@ def run_step(step: DemoStep, executed_dir: Path, extra: dict, smoke: bool) -> fl
     jupytext.write(jupytext.read(source), notebook_in)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(
-            str(notebook_in), str(notebook_out), parameters=parameters, kernel_name="python3",
-            cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
-        )
+        with inline_figures():
+            pm.execute_notebook(
+                str(notebook_in), str(notebook_out), parameters=parameters, kernel_name="python3",
+                cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=False,
+            )
     finally:
         notebook_in.unlink(missing_ok=True)
     return time.perf_counter() - start
@@ -105,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] skipping {missing}: notebooks/{missing}.py does not exist yet")
 
     timings: dict[str, float] = {}
+    reports: list[Path] = []
     total_start = time.perf_counter()
     for step in available:
         print(f"[demo] {step.name} …", flush=True)
@@ -117,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         timings[step.name] = round(seconds, 1)
         print(f"[demo] {step.name} done in {seconds:.1f} s", flush=True)
+        if step.name in REPORT_STEPS:
+            reports.append(export_html(outputs / "notebooks" / f"{step.name}.ipynb"))
     total = time.perf_counter() - total_start
     write_json(outputs / "demo_summary.json", {"seconds": timings, "total_seconds": round(total, 1), "smoke": args.smoke})
     print("[demo] " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    print(f"[demo] all done in {total / 60:.1f} min; the report is in {outputs / '06_evaluate'}")
+    where = (f"the report is {' and '.join(str(path) for path in reports)}" if reports
+             else f"the executed notebooks are in {outputs / 'notebooks'}")
+    print(f"[demo] all done in {total / 60:.1f} min; {where}")
     return 0
 
 

@@ -261,4 +261,5 @@ display(listening_table(examples, labels))
 # reference — on the held-out test chunks and on a song no model saw. Each clip's noise came from its
 # own seed, shared by all models, so the comparison is paired and reproducible. We looked at true and
 # generated spectrograms on one scale and listened to them. Notebook 06 turns these WAVs into numbers:
-# the paper's metrics, song and segment identification with confidence intervals, and a report.
+# the paper's metrics, song and segment identification with confidence intervals. Executed, notebooks 05
+# and 06 are the report: `make demo` exports both to self-contained HTML in `outputs/notebooks/`.

@@ -23,10 +23,10 @@
 # * **song and segment identification**: can one tell, from the reconstruction alone, which song and
 #   which 3.5 s of it the participant heard? With the chance level stated;
 # * **95 % bootstrap intervals** for every number and a **permutation test** against shuffled pairings;
-# * a plain-words reading generated from the numbers, and a self-contained report.
+# * a plain-words reading generated from the numbers, the spectrograms and, to listen, example clips.
 #
-# It writes `metrics.json`, `metrics.csv`, `report.md` (+ `report_assets/`), `report.html` (one file,
-# figures and audio embedded) and the figures into `out_dir`.
+# It writes `metrics.json`, `metrics.csv` and the figures into `out_dir`. The report is this notebook,
+# executed, with notebook 05: `make demo` exports both to self-contained HTML (figures and audio inside).
 
 # %% tags=["parameters"]
 sample_dir = ""  # notebook 05 out_dir (holds samples.json), "" → outputs/05_sample
@@ -58,6 +58,7 @@ params = resolve_parameters("06_evaluate", globals(), checks=checks.evaluate_par
 import pandas as pd
 from IPython.display import Markdown, display
 
+from eeg2music.models.tiny_backbone import describe_provenance
 from eeg2music.paths import stage_dir
 from eeg2music.sampling.clips import load_samples
 from eeg2music.utils import resolve_device
@@ -66,9 +67,16 @@ record = load_samples(stage_dir("sample", sample_dir))
 out_folder = stage_dir("evaluate", out_dir)
 out_folder.mkdir(parents=True, exist_ok=True)
 labels = {run: entry["label"] for run, entry in record["models"].items()}
+
+# %% [markdown]
+# The windows of each split, the models with how each was trained and sampled (and its seconds per
+# clip), and the backbone they steer:
+
+# %%
 display(pd.DataFrame(record["splits"]).T)
 columns = ["label", "kind", "setting", "scheduler", "steps", "clips", "seconds_per_clip"]
 display(pd.DataFrame(record["models"]).T[[c for c in columns if c in next(iter(record["models"].values()))]])
+print(describe_provenance(record["backbone_provenance"]) if record.get("backbone_provenance") else record.get("backbone"))
 
 # %% [markdown]
 # ## 2. Embeddings: comparing music the way a listener would
@@ -79,7 +87,7 @@ display(pd.DataFrame(record["models"]).T[[c for c in columns if c in next(iter(r
 # similar embeddings ↔ similar sound) and EnCodec (a neural codec's encoder). Give `clap_checkpoint`,
 # `encodec_weights` or `audioldm2_dir` to use them (local files; nothing is downloaded).
 #
-# Without weights, the **offline set** is used, and the report says so: `mel-stats`, interpretable
+# Without weights, the **offline set** is used, and the cell below says so: `mel-stats`, interpretable
 # statistics of each clip (mean and spread of every mel band, chroma, onset strength, tempo,
 # brightness, loudness; z-scored with the true clips' statistics), and `vae-latent`, the backbone's
 # own VAE latent averaged over time. Neither is CLAP: their numbers compare the models of this run,
@@ -101,6 +109,9 @@ offline = not (clap_checkpoint or encodec_weights or audioldm2_dir)
 vae_backbone = ensure_backbone(backbone or record.get("backbone", ""), smoke=smoke, seed=seed,
                                device=str(target)) if offline else None
 embedders = make_embedders(clap_checkpoint, encodec_weights, audioldm2_dir, backbone=vae_backbone, device=str(target))
+if offline:
+    print("No CLAP or EnCodec weights given: the offline set below is used; its numbers compare the models of "
+          "this run with one another, not with the paper's.")
 for embedder in embedders:
     print(f"{embedder.name} ({getattr(embedder, 'dim', '?')}-d): {embedder_note(embedder)}")
 embeddings = embed_samples(record, embedders)
@@ -155,15 +166,9 @@ import matplotlib.pyplot as plt
 
 from eeg2music.plots import plot_confusions, plot_distributions, plot_identification
 
-figures = {
-    "Song- and segment-identification (test split) with 95 % CIs; dashed: chance": out_folder / "identification.png",
-    f"Per-clip cosine and ranks (`{primary}`), test and unseen song": out_folder / "distributions.png",
-    f"Song-identification confusion matrices (test split, `{primary}`)": out_folder / "confusions.png",
-}
-paths = iter(figures.values())
-plot_identification(results, labels, [e.name for e in embedders], next(paths))
-plot_distributions(results, labels, primary, next(paths))
-plot_confusions(results, labels, primary, next(paths))
+plot_identification(results, labels, [e.name for e in embedders], out_folder / "identification.png")
+plot_distributions(results, labels, primary, out_folder / "distributions.png")
+plot_confusions(results, labels, primary, out_folder / "confusions.png")
 plt.show()
 
 # %% [markdown]
@@ -174,19 +179,13 @@ plt.show()
 # most what the encoder knows: the last column is the share of it that survives generation.
 
 # %%
+from eeg2music.evaluation.report import encoder_only_table
 from eeg2music.utils import read_json
 
-encoder_file = stage_dir("sample", sample_dir) / "encoder_only.json"
+encoder_file = record["folder"] / "encoder_only.json"
 encoder_only = read_json(encoder_file) if encoder_file.is_file() else {}
-rows = {}
-for run, retrieval in encoder_only.items():
-    generated = {e.name: results["test"][run][e.name]["metrics"].get("song_id_top1", {}).get("value")
-                 for e in embedders if run in results.get("test", {})}
-    rows[labels.get(run, run)] = {"encoder song-ID": retrieval["song_top1"], "encoder segment top-1": retrieval["segment_top1"],
-                                  **{f"generated song-ID ({name})": value for name, value in generated.items()},
-                                  **{f"kept ({name})": (value / retrieval["song_top1"] if value is not None and retrieval["song_top1"] else None)
-                                     for name, value in generated.items()}}
-display(pd.DataFrame(rows).T.round(3) if rows else Markdown("No model with an aligned EEG encoder was sampled."))
+table = encoder_only_table(encoder_only, results, labels, [e.name for e in embedders])
+display(table if table is not None else Markdown("No model with an aligned EEG encoder was sampled."))
 
 # %% [markdown]
 # ### The subject layer's effect
@@ -197,19 +196,10 @@ display(pd.DataFrame(rows).T.round(3) if rows else Markdown("No model with an al
 # with a bootstrap interval. An interval that contains 0 means no measurable effect at this size.
 
 # %%
-from eeg2music.evaluation.report import paired_differences
+from eeg2music.evaluation.report import subject_layer_table
 
-with_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and m["subject_cond"]]
-without_s = [run for run, m in record["models"].items() if m["kind"] == "controlnet" and not m["subject_cond"]]
-subject_rows = {}
-if with_s and without_s:
-    for e in embedders:
-        for metric in ("cosine", "song_rank"):
-            difference = paired_differences(results, "test", e.name, [(with_s[0], without_s[0])], metric=metric,
-                                            seed=seed).get((with_s[0], without_s[0]))
-            if difference:
-                subject_rows[f"{e.name} · {metric}"] = difference
-display(pd.DataFrame(subject_rows).T.round(4) if subject_rows else Markdown("Needs a ControlNet with and one without the subject layer."))
+table = subject_layer_table(results, record["models"], [e.name for e in embedders], seed=seed)
+display(table if table is not None else Markdown("Needs a ControlNet with and one without the subject layer."))
 
 # %% [markdown]
 # ## 5. The permutation test
@@ -228,39 +218,56 @@ for split in results:
 # %% [markdown]
 # ## 6. What the numbers say
 #
-# The reading below is generated from the numbers above (verdicts come from whether an interval
-# excludes chance, comparisons from paired bootstrap differences), so it changes when they do.
+# The reading below is generated from the numbers of the first embedding (the tables above hold the
+# others), so it changes when they do. A verdict against chance comes from whether the 95 % bootstrap
+# interval over clips contains the chance level; the p-values from shuffling which reconstruction is
+# paired with which true clip; a comparison of two models from the paired bootstrap interval of their
+# clip-by-clip difference.
+#
+# Two caveats. The bootstrap resamples clips as if independent, but windows of the same song segment
+# heard by different listeners share their audio, so the intervals are if anything too narrow; the
+# permutation test does not have this problem. FAD is biased upwards with few clips: compare it only
+# between models evaluated on the same clips, as here; its bootstrap interval sits higher still (a
+# resample repeats clips, which inflates the distance), so it may not contain the estimate itself.
 
 # %%
 from eeg2music.evaluation.report import plain_words_reading
 
-ood_songs = record["splits"].get("ood", {}).get("songs", [])
-reading = plain_words_reading(results, record["models"], primary, embedder_note=embedder_note(embedders[0]),
-                              ood_song=ood_songs[0] if ood_songs else None, seed=seed)
+reading = plain_words_reading(results, record["models"], primary, seed=seed)
 display(Markdown("\n\n".join(reading)))
 
 # %% [markdown]
-# ## 7. The report
+# ## 7. Looking and listening
 #
-# Everything above goes into `metrics.json` (all numbers, per-clip values, the reading), `metrics.csv`
-# (one row per split × model × embedding × metric) and the report: `report.md` beside its figures and
-# example clips, and `report.html`, a single file with the figures and audio embedded, to share.
+# Numbers say how often a reconstruction lands near its clip, not what it sounds like. The true and
+# generated mel spectrograms notebook 05 drew (one shared dB scale; the last row is the unseen song),
+# then players: the true clip, then each model's reconstruction from the EEG of the same window, for
+# two test windows and one of the unseen song (no loudness normalisation; clipped to ±1 for playback).
 
 # %%
-from eeg2music.evaluation.report import write_evaluation
-from eeg2music.sampling.clips import choose_examples
+from IPython.display import Image
+
+from eeg2music.sampling.clips import choose_examples, listening_table
 
 mel_figure = record["folder"] / "mel_comparison.png"
-if mel_figure.is_file():
-    figures["True vs generated mel spectrograms (notebook 05)"] = mel_figure
-written = write_evaluation(
-    out_folder, record=record, results=results, embedders=embedders, reading=reading, figures=figures,
-    examples=choose_examples(record, n_test=2, n_ood=1),
-    settings={"sample_dir": str(record["folder"]), "n_boot": resamples[0], "n_perm": resamples[1], "seed": seed,
-              "embedders": ", ".join(e.name for e in embedders), "offline embedders": offline},
-)
-for name, path in written.items():
-    print(f"{name}: {path}")
+display(Image(filename=mel_figure) if mel_figure.is_file() else Markdown("Notebook 05 drew no `mel_comparison.png`."))
+display(listening_table(choose_examples(record, n_test=2, n_ood=1), labels))
+
+# %% [markdown]
+# ## 8. The numbers on disk
+#
+# Everything above goes into `metrics.json` (all numbers, per-clip values, the reading, the settings
+# below) and `metrics.csv` (one row per split × model × embedding × metric).
+
+# %%
+from eeg2music.evaluation.report import write_metrics
+
+settings = {"sample_dir": str(record["folder"]), "n_boot": resamples[0], "n_perm": resamples[1], "seed": seed,
+            "embedders": ", ".join(e.name for e in embedders), "offline embedders": offline}
+written = write_metrics(out_folder, record=record, results=results, embedders=embedders, reading=reading,
+                        settings=settings)
+display(pd.Series(settings, name="value").to_frame())
+print("\n".join(f"{name}: {path}" for name, path in written.items()))
 
 # %% [markdown]
 # ## Recap
@@ -270,5 +277,9 @@ for name, path in written.items():
 # their chance levels, 95 % bootstrap intervals for every number, permutation tests against shuffled
 # pairings, and paired model differences. We compared clips both by what they sound like overall and by
 # their time course (`mel-envelope`), which is what the EEG follows. We read what the numbers say in plain
-# words (generated from them), and wrote `metrics.json`, `metrics.csv` and a self-contained report with
-# figures and audio.
+# words (generated from them), looked at the spectrograms, listened to examples, and wrote `metrics.json`
+# and `metrics.csv`.
+#
+# This executed notebook, with notebook 05, is the report. `make demo` exports both to self-contained HTML
+# (figures and audio players inside): `outputs/notebooks/05_sample.html` and `06_evaluate.html`. After a
+# papermill run of your own, `jupyter nbconvert --to html <executed.ipynb>` gives the same page.

@@ -34,18 +34,22 @@ def run_notebook(name: str, workdir: Path, **parameters) -> Path:
     import jupytext
     import papermill as pm
 
+    from eeg2music.demo import inline_figures
+
     notebook = jupytext.read(NOTEBOOKS_DIR / f"{name}.py")
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / f"{name}.ipynb"
     executed = workdir / f"{name}.out.ipynb"
     jupytext.write(notebook, source)
-    pm.execute_notebook(
-        str(source),
-        str(executed),
-        parameters=parameters,
-        kernel_name="python3",
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
-        request_save_on_cell_execute=False,
-    )
+    # Figures land in the executed notebook as in `make demo` (this session's MPLBACKEND=Agg would drop them).
+    with inline_figures():
+        pm.execute_notebook(
+            str(source),
+            str(executed),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(NOTEBOOKS_DIR),
+            progress_bar=False,
+            request_save_on_cell_execute=False,
+        )
     return executed

@@ -7,6 +7,7 @@ The smoke runs chain through one private default run folder (``$EEG2MUSIC_OUTPUT
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,19 +132,45 @@ def test_04_train_convnet(tmp_path, session_outputs):
     assert config["model"] == "convnet"
 
 
+def _displayed(executed: Path) -> list[dict]:
+    """The data of every displayed output (display_data, execute_result) of an executed notebook."""
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    return [dict(o.get("data", {})) for c in cells if c.cell_type == "code" for o in c.outputs]
+
+
 @pytest.mark.slow
 def test_05_sample(tmp_path, session_outputs):
-    run_notebook("05_sample", tmp_path, smoke=True)
+    executed = run_notebook("05_sample", tmp_path, smoke=True)
     samples = json.loads((session_outputs / "05_sample" / "samples.json").read_text())
     assert samples
+    shown = _displayed(executed)
+    assert sum("image/png" in d for d in shown) >= 1, "the mel spectrograms are in the executed notebook"
+    assert any('src="data:audio/wav;base64,' in d.get("text/html", "") for d in shown), "the players are"
 
 
 @pytest.mark.slow
 def test_06_evaluate(tmp_path, session_outputs):
-    run_notebook("06_evaluate", tmp_path, smoke=True)
+    """The metrics files, and the report's content among the notebook's outputs and in its HTML export."""
+    from eeg2music.evaluation.report import export_html
+
+    executed = run_notebook("06_evaluate", tmp_path, smoke=True)
     out = session_outputs / "06_evaluate"
-    assert (out / "metrics.json").is_file() and (out / "metrics.csv").is_file()
-    assert (out / "report.md").is_file() or (out / "report.html").is_file()
+    stored = json.loads((out / "metrics.json").read_text())
+    assert {"settings", "embedders", "primary_embedder", "models", "paired_cosine_differences", "reading", "results"} <= set(stored)
+    assert (out / "metrics.csv").read_text().startswith("split,model,model_label,embedder,metric,")
+    assert {"identification.png", "distributions.png", "confusions.png"} <= {p.name for p in out.iterdir()}
+    shown = _displayed(executed)
+    html = "".join(d.get("text/html", "") for d in shown)
+    markdown = "".join(d.get("text/markdown", "") for d in shown)
+    assert sum("image/png" in d for d in shown) == 4, "identification, distributions, confusions, notebook 05's mels"
+    assert html.count('src="data:audio/wav;base64,') == 3 * (1 + len(stored["models"])), "3 examples: true + each model"
+    assert all(paragraph in markdown for paragraph in stored["reading"]), "the reading is shown"
+    assert "song-ID top-1" in html and "shuffled mean" in html, "comparison and permutation tables"
+    page = export_html(executed, tmp_path / "06_evaluate.html").read_text()
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', page)) == 4
+    assert page.count('src="data:audio/wav;base64,') == html.count('src="data:audio/wav;base64,')
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

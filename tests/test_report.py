@@ -1,8 +1,10 @@
-"""The evaluation report: tables, verdicts, the plain-words reading and the written files.
+"""The evaluation: tables, verdicts, the plain-words reading, the metrics files and the HTML export.
 
 Results are small and synthetic: embeddings built so that one "model" is identifiable (its embedding is
 the true clip's plus a little noise) and another is not (random), evaluated with the real
 :func:`eeg2music.evaluation.metrics.evaluate_embeddings`; plus a hand-written metrics dict for the edge cases.
+The report is an executed notebook exported by :func:`export_html`: a tiny one with a figure and audio
+players stands in for notebooks 05 and 06.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from eeg2music.demo import inline_figures
 from eeg2music.evaluation.metrics import evaluate_embeddings
 from eeg2music.evaluation.report import (
     comparison_table,
     embed_samples,
+    encoder_only_table,
     evaluate_samples,
+    export_html,
     paired_differences,
     permutation_table,
     plain_words_reading,
+    subject_layer_table,
     verdict,
-    write_evaluation,
+    write_metrics,
 )
-from eeg2music.plots import plot_confusions, plot_distributions, plot_identification
 from eeg2music.sampling.clips import SAMPLES_NAME, load_samples, write_wav
 from eeg2music.utils import write_json
 
@@ -101,14 +106,22 @@ def test_paired_differences_match_per_clip_values(results):
 
 
 def test_reading_is_generated_from_the_numbers(results):
-    reading = plain_words_reading(results, MODELS, "emb-a", embedder_note="a test embedding", ood_song=21)
+    reading = plain_words_reading(results, MODELS, "emb-a")
     text = "\n".join(reading)
     song = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["song_id_top1"]
     assert f"for {100 * song['value']:.0f} % of the clips" in text
+    assert f"chance {100 * song['chance']:.0f} %" in text and f"permutation p = {song['p_value']:.3g}" in text
     assert re.search(r"\*\*ControlNet\+subject\*\* names the right song among 5 .*: above chance", text)
     assert re.search(r"\*\*unconditional\*\* names the right song among 5 .*: at chance", text)
     assert "ControlNet+subject beats unconditional" in text
-    assert "song 21" in text
+    diff = paired_differences(results, "test", "emb-a", [("controlnet_subject", "convnet")])[("controlnet_subject", "convnet")]
+    assert f"ControlNet+subject beats ConvNet on the cosine to the true clip: {diff['mean']:+.3f}" in text
+    fad = results["test"]["convnet"]["emb-a"]["metrics"]["fad"]["value"]
+    assert f"ConvNet {fad:.3g}" in text, "the ControlNet's FAD against the ConvNet's"
+    ood = next(p for p in reading if p.startswith("**Out-of-distribution"))
+    assert "12 clips of song 22" in ood, "the unseen song is read from the per-clip values"
+    assert sum(p.startswith("**ControlNet+subject** names the right 3.5 s segment") for p in reading) == 1, "OOD: no song-ID"
+    assert not re.search(r"target|accept|should|must", text, re.IGNORECASE), "the reading reads numbers, it sets no bar"
 
 
 def test_permutation_table(results):
@@ -167,37 +180,76 @@ def test_embed_and_evaluate_a_sample_folder(tmp_path):
     assert results["test"]["controlnet_subject"]["spectrum"]["per_clip"]["subject"] == [2] * 6
 
 
-def test_write_evaluation_files(results, tmp_path):
+def test_write_metrics_files(results, tmp_path):
     record = _fake_sample_folder(tmp_path / "samples")
     record = load_samples(tmp_path / "samples")
     record["models"] = MODELS
-    labels = {run: m["label"] for run, m in MODELS.items()}
     out = tmp_path / "evaluate"
-    figures = {
-        "identification": plot_identification(results, labels, ["emb-a"], out / "identification.png") and out / "identification.png",
-        "distributions": plot_distributions(results, labels, "emb-a", out / "distributions.png") and out / "distributions.png",
-        "confusions": plot_confusions(results, labels, "emb-a", out / "confusions.png") and out / "confusions.png",
-    }
-    example = {"split": "test", "song": 22, "chunk": 0, "subject": 2,
-               "true_path": tmp_path / "samples/wav/true/song22_chunk000.wav",
-               "generated": {"controlnet_subject": tmp_path / "samples/wav/controlnet_subject/sub02_song22_chunk000.wav"}}
     embedders = [SimpleNamespace(name="emb-a", dim=16, standardize=False)]
     reading = plain_words_reading(results, MODELS, "emb-a")
-    paths = write_evaluation(out, record=record, results=results, embedders=embedders, reading=reading,
-                             figures=figures, examples=[example], settings={"n_boot": 199, "n_perm": 199, "seed": 0})
+    settings = {"n_boot": 199, "n_perm": 199, "seed": 0}
+    paths = write_metrics(out, record=record, results=results, embedders=embedders, reading=reading, settings=settings)
+    assert set(paths) == {"metrics_json", "metrics_csv"} and sorted(p.name for p in out.iterdir()) == ["metrics.csv", "metrics.json"]
     stored = json.loads(paths["metrics_json"].read_text())
+    assert list(stored) == ["settings", "embedders", "primary_embedder", "models", "splits", "sampling",
+                            "paired_cosine_differences", "reading", "results"]
+    assert stored["settings"] == settings and stored["reading"] == reading
     assert stored["primary_embedder"] == "emb-a"
+    assert stored["embedders"] == [{"name": "emb-a", "note": "namespace(name='emb-a', dim=16, standardize=False)",
+                                    "offline": False, "dim": 16, "standardize": False}]
     assert stored["results"]["test"]["controlnet"]["emb-a"]["metrics"]["fad"]["value"] >= 0
+    expected = paired_differences(results, "test", "emb-a", [("controlnet_subject", "unconditional")], seed=0)
     assert "controlnet_subject - unconditional" in stored["paired_cosine_differences"]["test"]
+    assert len(stored["paired_cosine_differences"]["test"]) == 12, "every ordered pair of the four models"
+    assert stored["paired_cosine_differences"]["test"]["controlnet_subject - unconditional"]["n"] == \
+        expected[("controlnet_subject", "unconditional")]["n"]
     frame = pd.read_csv(paths["metrics_csv"])
-    assert {"split", "model", "model_label", "embedder", "metric", "value", "ci_low", "ci_high", "p_value"} <= set(frame)
+    assert list(frame.columns) == ["split", "model", "model_label", "embedder", "metric", "label", "value", "ci_low",
+                                   "ci_high", "p_value", "null_mean", "chance", "better", "n_clips"]
     assert len(frame) == sum(len(r["emb-a"]["metrics"]) for per_run in results.values() for r in per_run.values())
-    markdown = paths["markdown"].read_text()
-    assert "## What the numbers say" in markdown and reading[1] in markdown
-    assert "| ControlNet+subject |" in markdown
-    for link in re.findall(r"\]\(([^)]+)\)", markdown):
-        assert (out / link).is_file(), f"report.md links to a missing file: {link}"
-    html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") == 3 and html.count("data:audio/wav;base64,") == 2
-    assert not re.search(r"src='(?!data:)", html), "the HTML report embeds everything"
-    assert "<strong>ControlNet+subject</strong>" in html
+    cosine = frame[(frame.split == "test") & (frame.model == "controlnet_subject") & (frame.metric == "cosine")]
+    assert cosine.model_label.item() == "ControlNet+subject"
+    assert cosine.value.item() == pytest.approx(results["test"]["controlnet_subject"]["emb-a"]["metrics"]["cosine"]["value"])
+
+
+def test_encoder_only_and_subject_layer_tables(results):
+    labels = {run: m["label"] for run, m in MODELS.items()}
+    song = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["song_id_top1"]["value"]
+    table = encoder_only_table({"controlnet_subject": {"song_top1": 0.8, "segment_top1": 0.5}}, results, labels, ["emb-a"])
+    assert list(table.index) == ["ControlNet+subject"]
+    assert table.loc["ControlNet+subject", "generated song-ID (emb-a)"] == pytest.approx(round(song, 3))
+    assert table.loc["ControlNet+subject", "kept (emb-a)"] == pytest.approx(round(song / 0.8, 3))
+    assert encoder_only_table({}, results, labels, ["emb-a"]) is None
+    subject = subject_layer_table(results, MODELS, ["emb-a"], seed=0)
+    cosine = paired_differences(results, "test", "emb-a", [("controlnet_subject", "controlnet")], seed=0)
+    assert list(subject.index) == ["emb-a · cosine", "emb-a · song_rank"]
+    assert subject.loc["emb-a · cosine", "mean"] == pytest.approx(round(cosine[("controlnet_subject", "controlnet")]["mean"], 4))
+    assert subject_layer_table(results, {"convnet": MODELS["convnet"]}, ["emb-a"]) is None
+
+
+def test_export_html_embeds_figures_and_players(tmp_path):
+    """An executed notebook with a figure and audio players becomes one HTML file holding both."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# A tiny report"),
+        nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()"),
+        nbformat.v4.new_code_cell(
+            "import numpy as np\nfrom IPython.display import display\nfrom eeg2music.audio import player\n"
+            "wave = np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)\n"
+            "display(player(wave))\ndisplay(player(0.5 * wave))"),
+    ])
+    with inline_figures():
+        NotebookClient(notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    executed = tmp_path / "tiny.ipynb"
+    nbformat.write(notebook, executed)
+    page = export_html(executed)
+    assert page == tmp_path / "tiny.html" and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.html", "tiny.ipynb"]
+    html = page.read_text()
+    assert "A tiny report" in html
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 1, "the figure, inline"
+    assert html.count("<audio") == 2 and html.count('src="data:audio/wav;base64,') == 2, "both players"
+    assert not re.search(r"<(?:img|source|audio)[^>]* src=\"(?!data:)", html), "figures and audio are embedded"
+    other = export_html(executed, tmp_path / "elsewhere" / "report.html")
+    assert other.read_text() == html

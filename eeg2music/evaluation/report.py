@@ -1,4 +1,4 @@
-"""Evaluation of the reconstructions and the listening report (notebook 06).
+"""Evaluation of the reconstructions (notebook 06): embeddings, metrics, tables and a reading of them.
 
 The stage reads what notebook 05 wrote (``samples.json`` and the WAVs), embeds every true and every
 generated clip with each embedder (:func:`eeg2music.evaluation.embedders.make_embedders`: LAION-CLAP and EnCodec
@@ -8,32 +8,26 @@ split × model × embedder:
 
 ``results[split][run][embedder] = evaluate_embeddings(generated, true, songs, chunks, ...)``
 
-Everything the report says is derived from those numbers: the comparison tables (:func:`comparison_table`),
-the paired model differences (:func:`paired_differences`), the plain-words reading
-(:func:`plain_words_reading`) and the figures.
+Notebook 06 shows what is derived from those numbers: the comparison tables (:func:`comparison_table`),
+the permutation tests (:func:`permutation_table`), the paired model differences (:func:`paired_differences`),
+a plain-words reading (:func:`plain_words_reading`) and the figures; :func:`write_metrics` stores every
+number in ``metrics.json`` and ``metrics.csv``.
 
-:func:`write_report` writes ``report.md`` (figures and example clips as files beside it) and
-``report.html``, a single self-contained file with the figures and audio embedded (base64).
+The report is the executed notebooks 05 and 06 themselves: :func:`export_html` turns an executed notebook
+into one HTML file with its figures and audio players embedded (``make demo`` does it for both).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import re
-import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import soundfile
 
 from ..audio import SAMPLE_RATE
-from ..models.tiny_backbone import describe_provenance
 from ..params import ParameterError
 from ..sampling.clips import clip_order, read_wav
 from ..utils import atomic_write_text, write_json
@@ -51,7 +45,7 @@ TABLE_METRICS = (
 )
 
 
-#: How the report names the splits.
+#: How the reading names the splits.
 SPLIT_LABELS = {"test": "in-distribution (held-out test chunks)", "ood": "out-of-distribution (an unseen song)"}
 
 
@@ -279,63 +273,38 @@ def paired_differences(
     return out
 
 
-def _runs_of_kind(models: Mapping[str, Mapping[str, Any]], kind: str, subject_cond: bool | None = None) -> list[str]:
-    return [run for run, m in models.items() if m.get("kind") == kind
-            and (subject_cond is None or bool(m.get("subject_cond")) == subject_cond)]
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.0f} %"
+def _pct(value: float, digits: int = 0) -> str:
+    return f"{100 * value:.{digits}f} %"
 
 
 def _p(entry: Mapping[str, Any]) -> str:
     p = entry.get("p_value")
-    if p is None:
-        return ""
-    return f"permutation p = {p:.3g}" if p >= 0.001 else "permutation p < 0.001"
+    return "" if p is None else f"permutation p = {p:.3g}" if p >= 0.001 else "permutation p < 0.001"
 
 
-def _ident_sentence(label: str, metrics: Mapping[str, Any]) -> str:
+def _versus_chance(label: str, metrics: Mapping[str, Any]) -> str:
+    """One model's identification against chance and its cosine against shuffled pairings, in one sentence."""
     parts = []
-    song = metrics.get("song_id_top1")
-    if song is not None:
-        n = re.search(r"of (\d+)", song["label"])
-        parts.append(
-            f"names the right song{f' among {n.group(1)}' if n else ''} for {_pct(song['value'])} of the clips "
-            f"(95 % CI {_pct(song['ci_low'])}–{_pct(song['ci_high'])}; chance {_pct(song['chance'])}): "
-            f"{verdict(song)}" + (f", {_p(song)}" if _p(song) else "")
-        )
-    segment = metrics.get("segment_id_top1")
-    if segment is not None:
-        n = re.search(r"of (\d+)", segment["label"])
-        parts.append(
-            f"the right 3.5 s segment{f' among {n.group(1)}' if n else ''} for {_pct(segment['value'])} "
-            f"(CI {_pct(segment['ci_low'])}–{_pct(segment['ci_high'])}; chance {100 * segment['chance']:.1f} %): "
-            f"{verdict(segment)}"
-        )
+    for key, what, digits in (("song_id_top1", "song", 0), ("segment_id_top1", "3.5 s segment", 1)):
+        entry = metrics.get(key)
+        if entry is not None:
+            among = re.search(r"of (\d+)", entry["label"])
+            parts.append(f"names the right {what}{f' among {among.group(1)}' if among else ''} for {_pct(entry['value'])} "
+                         f"of the clips (95 % CI {_pct(entry['ci_low'])}–{_pct(entry['ci_high'])}; chance "
+                         f"{_pct(entry['chance'], digits)}): {verdict(entry)}" + (f", {_p(entry)}" if _p(entry) else ""))
     cosine = metrics.get("cosine")
     if cosine is not None:
-        p = _p(cosine)
-        parts.append(
-            f"its clips' cosine similarity to the true clip is {cosine['value']:.3f} "
-            f"(CI {cosine['ci_low']:.3f}–{cosine['ci_high']:.3f}"
-            + (f"; {cosine['null_mean']:.3f} for shuffled pairings, {p}" if cosine.get("null_mean") is not None else "")
-            + ")"
-        )
-    if not parts:
-        return ""
-    return f"**{label}** " + "; ".join(parts) + "."
+        shuffled = f"; {cosine['null_mean']:.3f} for shuffled pairings, {_p(cosine)}" if cosine.get("null_mean") is not None else ""
+        parts.append(f"cosine to the true clip {cosine['value']:.3f} (CI {cosine['ci_low']:.3f}–{cosine['ci_high']:.3f}"
+                     f"{shuffled})")
+    return f"**{label}** " + "; ".join(parts) + "." if parts else ""
 
 
-def _compare_sentence(diff: Mapping[str, float] | None, label_a: str, label_b: str, what: str) -> str | None:
-    if diff is None:
-        return None
-    span = f"{diff['mean']:+.3f} (paired 95 % CI {diff['ci_low']:+.3f} to {diff['ci_high']:+.3f}, {diff['n']} clips)"
-    if diff["ci_low"] > 0:
-        return f"{label_a} beats {label_b} on {what}: {span}."
-    if diff["ci_high"] < 0:
-        return f"{label_a} falls behind {label_b} on {what}: {span}."
-    return f"{label_a} and {label_b} do not differ detectably on {what}: {span}."
+def _difference(diff: Mapping[str, float], label_a: str, label_b: str) -> str:
+    """A paired cosine difference ``a − b`` read by whether its interval excludes 0."""
+    word = "beats" if diff["ci_low"] > 0 else "falls behind" if diff["ci_high"] < 0 else "does not differ detectably from"
+    return (f"{label_a} {word} {label_b} on the cosine to the true clip: {diff['mean']:+.3f} "
+            f"(paired 95 % CI {diff['ci_low']:+.3f} to {diff['ci_high']:+.3f}, {diff['n']} clips).")
 
 
 def plain_words_reading(
@@ -343,11 +312,14 @@ def plain_words_reading(
     models: Mapping[str, Mapping[str, Any]],
     embedder: str,
     *,
-    embedder_note: str = "",
-    ood_song: int | None = None,
     seed: int = 0,
 ) -> list[str]:
-    """What the numbers say, in paragraphs generated from them (Markdown with ``**bold**``).
+    """One embedder's numbers in sentences, split by split (Markdown paragraphs).
+
+    Per model: song- and segment-identification against chance (95 % CI, verdict, permutation p) and the
+    cosine against shuffled pairings. Then paired cosine differences (:func:`paired_differences`) of each
+    model against the unconditional one, of the subject layer (with − without) and of the first ControlNet
+    against the ConvNet, whose FADs are also set side by side.
 
     Parameters
     ----------
@@ -356,310 +328,44 @@ def plain_words_reading(
     models : dict
         Run → ``{"label", "kind", "subject_cond"}`` (samples.json's ``models``).
     embedder : str
-        The embedder the reading is based on (the others are summarised for agreement).
-    embedder_note : str
-        What the embedder is (e.g. that it is an offline stand-in for CLAP).
-    ood_song : int, optional
-        The unseen song's ID (for the wording).
+        The embedder whose numbers are read.
     seed : int
         Seed of the paired bootstraps.
     """
     labels = {run: m.get("label", run) for run, m in models.items()}
+    kind = {run: m.get("kind") for run, m in models.items()}
     paragraphs: list[str] = []
-    test = results.get("test", {})
-    ood = results.get("ood", {})
-    first = next((test[r][embedder] for r in test if embedder in test[r]), None)
-    if first is not None:
-        ood_first = next((ood[r][embedder] for r in ood if embedder in ood[r]), None)
-        text = (f"**What was measured.** Each generated clip is compared with the 3.5 s of music the listener "
-                f"actually heard, in the embedding space of `{embedder}`"
-                + (f" ({embedder_note})" if embedder_note else "")
-                + f". The in-distribution test set has {first['n_clips']} clips ({first['n_songs']} songs, "
-                  f"{first['n_segments']} distinct segments)")
-        if ood_first is not None:
-            text += (f"; the out-of-distribution set has {ood_first['n_clips']} clips of "
-                     + (f"song {ood_song}" if ood_song is not None else "a song")
-                     + f" that no model saw in training ({ood_first['n_segments']} segments)")
-        text += (". Intervals are 95 % bootstrap intervals over clips; p-values come from shuffling which "
-                 "generated clip is paired with which true clip.")
-        if first["n_segments"] == first["n_songs"]:
-            text += (" The test split holds one segment per song, so segment identification is song "
-                     "identification there.")
-        paragraphs.append(text)
-
-    for run in test:
-        if embedder in test[run]:
-            sentence = _ident_sentence(labels.get(run, run), test[run][embedder]["metrics"])
-            if sentence:
-                paragraphs.append(sentence)
-
-    controlnets = [r for r in _runs_of_kind(models, "controlnet") if r in test]
-    uncond = [r for r in _runs_of_kind(models, "unconditional") if r in test]
-    convnets = [r for r in _runs_of_kind(models, "convnet") if r in test]
-    comparisons = []
-    pairs = [(c, u) for c in controlnets for u in uncond]
-    subj, plain = _runs_of_kind(models, "controlnet", True), _runs_of_kind(models, "controlnet", False)
-    pairs += [(a, b) for a in subj for b in plain if a in test and b in test]
-    pairs += [(c, v) for c in controlnets[:1] for v in convnets]
-    diffs = paired_differences(results, "test", embedder, pairs, seed=seed)
-    for a, u in [(c, u) for c in controlnets for u in uncond]:
-        sentence = _compare_sentence(diffs.get((a, u)), labels[a], labels[u], "the cosine to the true clip")
-        if sentence:
-            comparisons.append(sentence + (" The EEG steers the generation toward what was heard." if
-                                           diffs[(a, u)]["ci_low"] > 0 else
-                                           " On this measure the EEG has not been shown to help."))
-    for a in subj:
-        for b in plain:
-            sentence = _compare_sentence(diffs.get((a, b)), labels[a], labels[b], "the cosine to the true clip")
-            if sentence:
-                comparisons.append("Subject conditioning: " + sentence)
-    if comparisons:
-        paragraphs.append("**Does the EEG help?** " + " ".join(comparisons))
-
-    if convnets and controlnets:
-        c, v = controlnets[0], convnets[0]
-        fad_c = test[c][embedder]["metrics"]["fad"]
-        fad_v = test[v][embedder]["metrics"]["fad"]
-        if fad_v["ci_low"] > fad_c["ci_high"]:
-            fad_text = (f"its clips lie further from the distribution of real clips than {labels[c]}'s "
-                        f"(FAD {fad_v['value']:.3g} vs {fad_c['value']:.3g}, intervals apart) — a regression to the "
-                        f"mean sounds blurred")
-        elif fad_v["ci_high"] < fad_c["ci_low"]:
-            fad_text = (f"its clips lie closer to the distribution of real clips than {labels[c]}'s "
-                        f"(FAD {fad_v['value']:.3g} vs {fad_c['value']:.3g}, intervals apart)")
-        else:
-            fad_text = (f"its FAD ({fad_v['value']:.3g}) is not distinguishable from {labels[c]}'s "
-                        f"({fad_c['value']:.3g})")
-        sentence = _compare_sentence(diffs.get((c, v)), labels[c], labels[v], "the cosine to the true clip")
-        paragraphs.append(f"**The ConvNet baseline** (EEG → latent by regression, no diffusion): {fad_text}."
-                          + (f" {sentence}" if sentence else ""))
-
-    if ood:
-        sentences = []
-        for run in ood:
-            if embedder not in ood[run]:
-                continue
-            metrics = ood[run][embedder]["metrics"]
-            segment, cosine = metrics.get("segment_id_top1"), metrics.get("cosine")
-            if segment is not None:
-                sentences.append(
-                    f"{labels.get(run, run)} finds the right segment for {_pct(segment['value'])} of the clips "
-                    f"(CI {_pct(segment['ci_low'])}–{_pct(segment['ci_high'])}, chance {100 * segment['chance']:.1f} %: "
-                    f"{verdict(segment)})"
-                    + (f", cosine {cosine['value']:.3f} ({_p(cosine)})" if cosine and _p(cosine) else "")
-                )
-        if sentences:
-            generalises = [r for r in ood if embedder in ood[r] and r not in uncond
-                           and verdict(ood[r][embedder]["metrics"].get("segment_id_top1")) == "above chance"]
-            tail = (f" So {', '.join(labels.get(r, r) for r in generalises)} carr"
-                    f"{'ies' if len(generalises) == 1 else 'y'} timing information to music never seen in training."
-                    if generalises else
-                    " No EEG model identifies segments of the unseen song above chance: what they learned does not "
-                    "transfer to new music here, as the paper found (OOD results mostly not significant).")
-            paragraphs.append("**The unseen song.** Song identification does not apply (one song). "
-                              + "; ".join(sentences) + "." + tail)
-
-    agreement = _embedder_agreement(results, embedder, labels)
-    if agreement:
-        paragraphs.append(agreement)
-
-    paragraphs.append(
-        "**Caveats.** The bootstrap resamples clips as if independent, but windows of the same song segment heard "
-        "by different listeners share their audio, so the intervals are if anything too narrow; the permutation "
-        "test does not have this problem. FAD is biased upwards with few clips: compare it only between models "
-        "evaluated on the same clips, as here; its bootstrap interval sits higher still (a resample repeats clips, "
-        "which inflates the distance), so it may not contain the estimate itself."
-    )
-    return paragraphs
+    for split, per_run in results.items():
+        runs = [run for run in per_run if embedder in per_run[run]]
+        if not runs:
+            continue
+        first = per_run[runs[0]][embedder]
+        songs = sorted(set(first["per_clip"]["song"]))
+        heard = f"song {songs[0]}" if len(songs) == 1 else f"{len(songs)} songs"
+        paragraphs.append(f"**{SPLIT_LABELS.get(split, split).capitalize()}**, `{embedder}`: {first['n_clips']} clips "
+                          f"of {heard}, {first['n_segments']} distinct segments.")
+        paragraphs += [_versus_chance(labels.get(run, run), per_run[run][embedder]["metrics"]) for run in runs]
+        uncond = [run for run in runs if kind.get(run) == "unconditional"]
+        controlnets = [run for run in runs if kind.get(run) == "controlnet"]
+        subject = [run for run in controlnets if models[run].get("subject_cond")]
+        convnets = [run for run in runs if kind.get(run) == "convnet"]
+        pairs = [(run, u) for u in uncond for run in runs if run not in uncond]
+        pairs += [(a, b) for a in subject for b in controlnets if b not in subject]
+        baseline = [(c, v) for c in controlnets[:1] for v in convnets]
+        diffs = paired_differences(results, split, embedder, pairs + baseline, seed=seed)
+        sentences = [_difference(diffs[(a, b)], labels.get(a, a), labels.get(b, b))
+                     for a, b in pairs + baseline if (a, b) in diffs]
+        for c, v in baseline:
+            fad_c, fad_v = (per_run[run][embedder]["metrics"]["fad"] for run in (c, v))
+            apart = fad_c["ci_low"] > fad_v["ci_high"] or fad_c["ci_high"] < fad_v["ci_low"]
+            sentences.append(f"FAD, lower when the clips as a set sound like the real ones: {labels.get(c, c)} "
+                             f"{fad_c['value']:.3g}, {labels.get(v, v)} {fad_v['value']:.3g} (95 % CIs "
+                             f"{'apart' if apart else 'overlap'}).")
+        paragraphs.append(" ".join(sentences))
+    return [p for p in paragraphs if p]
 
 
-def _embedder_agreement(results: Mapping[str, Any], primary: str, labels: Mapping[str, str] | None = None) -> str | None:
-    test = results.get("test", {})
-    others = sorted({e for run in test.values() for e in run} - {primary})
-    if not others:
-        return None
-    same, differ = [], []
-    for other in others:
-        disagreements = [run for run in test if primary in test[run] and other in test[run]
-                         and verdict(test[run][primary]["metrics"].get("song_id_top1"))
-                         != verdict(test[run][other]["metrics"].get("song_id_top1"))]
-        (differ if disagreements else same).append((other, disagreements))
-    parts = []
-    if same:
-        parts.append(f"`{'`, `'.join(o for o, _ in same)}` give{'s' if len(same) == 1 else ''} the same verdicts on "
-                     f"song identification for every model")
-    for other, runs in differ:
-        parts.append(f"`{other}` changes the verdict for {', '.join((labels or {}).get(run, run) for run in runs)}")
-    return "**Other embedders.** " + "; ".join(parts) + " (full tables below)."
-
-
-def wav_bytes(path: str | Path) -> bytes:
-    """A clip as 16-bit PCM WAV bytes (clipped to ±1), small enough to embed in a report."""
-
-
-    wave = np.clip(read_wav(path, SAMPLE_RATE, None), -1.0, 1.0)
-    buffer = io.BytesIO()
-    soundfile.write(buffer, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return buffer.getvalue()
-
-
-def _inline_html(text: str) -> str:
-    """Escape, then render the two inline Markdown forms the report uses: **bold** and `code`."""
-    escaped = html.escape(text, quote=False)
-    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
-
-
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-@dataclass
-class Report:
-    """An ordered list of blocks rendered both to Markdown and to one self-contained HTML file."""
-
-    title: str
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
-
-    def heading(self, text: str, level: int = 2) -> "Report":
-        self.blocks.append(("heading", (int(level), text)))
-        return self
-
-    def paragraph(self, text: str) -> "Report":
-        self.blocks.append(("paragraph", text))
-        return self
-
-    def bullets(self, items: Sequence[str]) -> "Report":
-        self.blocks.append(("bullets", list(items)))
-        return self
-
-    def table(self, frame, caption: str = "") -> "Report":
-        self.blocks.append(("table", (frame, caption)))
-        return self
-
-    def figure(self, path: str | Path, caption: str = "") -> "Report":
-        self.blocks.append(("figure", (Path(path), caption)))
-        return self
-
-    def audio(self, caption: str, clips: Sequence[tuple[str, str | Path]]) -> "Report":
-        """A row of players: ``clips`` are (label, WAV path)."""
-        self.blocks.append(("audio", (caption, [(label, Path(p)) for label, p in clips])))
-        return self
-
-    # -- Markdown: figures and audio as files in the report's folder --------------------------------
-
-    def to_markdown(self, folder: Path, asset_dir: str = "report_assets") -> str:
-        lines = [f"# {self.title}", ""]
-        assets = folder / asset_dir
-        for kind, content in self.blocks:
-            if kind == "heading":
-                level, text = content
-                lines += [f"{'#' * level} {text}", ""]
-            elif kind == "paragraph":
-                lines += [content, ""]
-            elif kind == "bullets":
-                lines += [f"- {item}" for item in content] + [""]
-            elif kind == "table":
-                frame, caption = content
-                if caption:
-                    lines += [f"*{caption}*", ""]
-                index_name = frame.index.name or ""
-                header = [index_name] + [str(c) for c in frame.columns]
-                lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-                lines.append("|" + "|".join(["---"] * len(header)) + "|")
-                for idx, row in frame.iterrows():
-                    lines.append("| " + " | ".join(_md_cell(v) for v in [idx, *row.tolist()]) + " |")
-                lines.append("")
-            elif kind == "figure":
-                path, caption = content
-                target = _copy_asset(path, folder, assets)
-                lines += [f"![{caption}]({target})", ""] + ([f"*{caption}*", ""] if caption else [])
-            elif kind == "audio":
-                caption, clips = content
-                links = []
-                for label, path in clips:
-                    target = _copy_asset(path, folder, assets, convert_wav=True)
-                    links.append(f"[{label}]({target})")
-                lines += [f"{caption}: " + " · ".join(links), ""]
-        return "\n".join(lines).rstrip() + "\n"
-
-    # -- HTML: one file, figures and audio embedded ---------------------------------------------------
-
-    def to_html(self) -> str:
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
-        for kind, content in self.blocks:
-            if kind == "heading":
-                level, text = content
-                body.append(f"<h{level}>{_inline_html(text)}</h{level}>")
-            elif kind == "paragraph":
-                body.append(f"<p>{_inline_html(content)}</p>")
-            elif kind == "bullets":
-                body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in content) + "</ul>")
-            elif kind == "table":
-                frame, caption = content
-                table = frame.to_html(escape=True, border=0, classes="metrics")
-                body.append((f"<p class='caption'>{_inline_html(caption)}</p>" if caption else "") + table)
-            elif kind == "figure":
-                path, caption = content
-                data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-                body.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'/>"
-                            f"<figcaption>{_inline_html(caption)}</figcaption></figure>")
-            elif kind == "audio":
-                caption, clips = content
-                cells = []
-                for label, path in clips:
-                    data = base64.b64encode(wav_bytes(path)).decode("ascii")
-                    cells.append(f"<div class='player'><div>{html.escape(label)}</div>"
-                                 f"<audio controls preload='none' src='data:audio/wav;base64,{data}'></audio></div>")
-                body.append(f"<div class='audio-row'><p>{_inline_html(caption)}</p>{''.join(cells)}</div>")
-        style = (
-            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
-            "table.metrics{border-collapse:collapse;font-size:0.9em;margin:0.5em 0 1.5em}"
-            "table.metrics td,table.metrics th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}"
-            "table.metrics th:first-child,table.metrics td:first-child{text-align:left}"
-            "figure{margin:1em 0}figure img{max-width:100%}figcaption,.caption{color:#555;font-size:0.9em}"
-            ".audio-row{display:flex;flex-wrap:wrap;gap:0.8em;align-items:flex-end;margin:0.5em 0 1em}"
-            ".audio-row p{flex-basis:100%;margin:0}.player audio{width:210px}code{background:#f3f3f3;padding:0 3px}"
-        )
-        return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-                f"<title>{html.escape(self.title)}</title><style>{style}</style></head><body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
-
-
-def _copy_asset(path: Path, folder: Path, assets: Path, convert_wav: bool = False) -> str:
-    """Copy a figure or clip next to the Markdown report (unless already inside its folder); return the link."""
-    path = Path(path).resolve()
-    folder = folder.resolve()
-    if not convert_wav and folder in path.parents:
-        return path.relative_to(folder).as_posix()
-    assets.mkdir(parents=True, exist_ok=True)
-    if convert_wav:
-        # Clips live in notebook 05's folder; the report keeps 16-bit copies so its folder stands alone.
-        name = f"{path.parent.name}_{path.name}"
-        (assets / name).write_bytes(wav_bytes(path))
-    else:
-        name = path.name
-        shutil.copyfile(path, assets / name)
-    return f"{assets.name}/{name}"
-
-
-def write_report(report: Report, out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
-    """Write ``<stem>.md`` (assets in ``report_assets/``) and the self-contained ``<stem>.html``, atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = report.to_markdown(out_dir)
-    html_text = report.to_html()
-    md_path = atomic_write_text(out_dir / f"{stem}.md", markdown)
-    html_path = atomic_write_text(out_dir / f"{stem}.html", html_text)
-    return {"markdown": md_path, "html": html_path}
-
-
-def format_seconds(seconds: float) -> str:
-    """``0.42 s`` / ``2.1 min`` for the report's timing lines."""
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.2f} s"
-
-
-#: What each embedder is, in the report's words (the offline ones say plainly that they are stand-ins).
+#: What each embedder is, in words (the offline ones say plainly that they are stand-ins).
 EMBEDDER_NOTES = {
     "laion-clap": "LAION-CLAP audio embeddings (48 kHz, 512-d), as in the paper",
     "encodec": "EnCodec 24 kHz encoder latents averaged over time (128-d), as in the paper",
@@ -713,127 +419,102 @@ def metrics_frame(results, labels: Mapping[str, str]) -> "pandas.DataFrame":  # 
     return frame
 
 
-def build_report(
-    *,
-    record: Mapping[str, Any],
-    results,
-    embedders: Sequence[Any],
-    reading: Sequence[str],
-    figures: Mapping[str, str | Path],
-    examples: Sequence[Mapping[str, Any]],
-    settings: Mapping[str, Any],
-) -> Report:
-    """The report document: summary, reading, tables, permutation tests, figures, example clips, settings.
+
+
+def encoder_only_table(encoder_only: Mapping[str, Mapping[str, float]], results, labels: Mapping[str, str],
+                       embedders: Sequence[str]) -> "pandas.DataFrame | None":  # noqa: F821
+    """Each aligned EEG encoder's own song-ID beside its generated audio's, and the share generation keeps.
 
     Parameters
     ----------
-    record : dict
-        The sampling record (models, splits, scheduler…).
+    encoder_only : dict
+        Run → :func:`eeg2music.training.alignment.retrieval_accuracy` (notebook 05's ``encoder_only.json``).
     results : dict
         ``results[split][run][embedder]``.
-    embedders : sequence
-        The embedders used (their names and notes are stated).
-    reading : sequence of str
-        :func:`plain_words_reading`'s paragraphs.
-    figures : dict
-        Caption → PNG path.
-    examples : sequence of dict
-        :func:`eeg2music.sampling.clips.choose_examples`' clips to embed as players.
-    settings : dict
-        Anything to list under "Settings" (n_boot, n_perm, seed, folders…).
+    labels : dict
+        Run → label.
+    embedders : sequence of str
+        Embedder names whose generated song-ID is shown.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per run (rounded to 3 decimals); None when no run has an aligned encoder.
     """
-    labels = {run: m.get("label", run) for run, m in record["models"].items()}
-    names = [e.name for e in embedders]
-    offline = [n for n in names if n in OFFLINE_EMBEDDERS]
-    real = [n for n in names if n not in OFFLINE_EMBEDDERS]
-    report = Report("eeg2music — what the EEG decoders reconstruct")
-    splits = record.get("splits", {})
-    summary = (f"Reconstructions of 3.5 s music clips from EEG by {len(labels)} models "
-               f"({', '.join(labels.values())}), sampled with {record.get('scheduler')} "
-               f"({record.get('num_inference_steps')} steps) on "
-               + ", ".join(f"{v.get('clips')} {SPLIT_LABELS.get(k, k)} clips" for k, v in splits.items())
-               + f", compared with the true clips in the embedding space of {', '.join(f'`{n}`' for n in names)}.")
-    report.paragraph(summary)
-    if record.get("backbone_provenance"):
-        report.paragraph(f"**Backbone.** {describe_provenance(record['backbone_provenance'])}.")
-    settings_of = {labels[run]: m["setting"] for run, m in record["models"].items() if m.get("setting")}
-    if settings_of:
-        report.paragraph("**How each model was trained and sampled.**")
-        report.bullets([f"{label}: {setting}" for label, setting in settings_of.items()])
-    if offline and not real:
-        report.paragraph(
-            f"**Embeddings.** No CLAP or EnCodec weights were given, so the metrics use the offline embedding set "
-            f"({', '.join(f'`{n}`' for n in offline)}): stand-ins (and one time-resolved check) documented below, not the "
-            f"paper's CLAP/EnCodec. "
-            f"Numbers are comparable between the models of this report, not with the paper's."
-        )
-    report.bullets([f"`{e.name}`: {embedder_note(e)}" for e in embedders])
+    import pandas as pd
 
-    report.heading("What the numbers say")
-    for paragraph in reading:
-        report.paragraph(paragraph)
-
-    report.heading("Comparison tables")
-    report.paragraph("Each cell: value [95 % bootstrap CI]. ↑ higher is better, ↓ lower is better; identification "
-                     "columns give their chance level; identification ranks after centring the generated and the true "
-                     "clips each on their own mean (the generator's shared offset would otherwise make one true clip "
-                     "the nearest to nearly all reconstructions). Song-ID does not apply to the single unseen song.")
-    for split in results:
-        for name in names:
-            table = comparison_table(results, split, name, labels)
-            if len(table):
-                report.table(table, f"{SPLIT_LABELS.get(split, split)} · `{name}`")
-
-    report.heading("Permutation tests")
-    n_perm = next((res[names[0]]["n_perm"] for per_run in results.values() for res in per_run.values()
-                   if names[0] in res), 0)
-    report.paragraph(f"Each paired metric recomputed with the generated↔true pairing shuffled {n_perm} times: the "
-                     f"observed value, the mean over shuffles, and the one-sided p-value (`{names[0]}`).")
-    for split in results:
-        table = permutation_table(results, split, names[0], labels)
-        if len(table):
-            report.table(table, f"{SPLIT_LABELS.get(split, split)} · `{names[0]}`")
-
-    if figures:
-        report.heading("Figures")
-        for caption, path in figures.items():
-            if Path(path).is_file():
-                report.figure(path, caption)
-
-    if examples:
-        report.heading("Listen")
-        report.paragraph("The true clip, then each model's reconstruction from the EEG of the same window "
-                         "(16-bit copies, clipped to ±1).")
-        for example in examples:
-            where = "unseen song" if example["split"] == "ood" else "test"
-            caption = f"{where}: song {example['song']}, chunk {example['chunk']}, participant {example['subject']:02d}"
-            clips = [("true", example["true_path"])] + [(labels.get(r, r), p) for r, p in example["generated"].items()]
-            report.audio(caption, clips)
-
-    report.heading("Settings")
-    timing = [f"{labels.get(run, run)}: {format_seconds(m.get('seconds_per_clip', float('nan')))} per clip"
-              for run, m in record["models"].items()]
-    report.bullets([f"{key}: {value}" for key, value in settings.items()] + ["sampling time — " + "; ".join(timing)])
-    return report
+    rows = {}
+    for run, retrieval in encoder_only.items():
+        generated = {name: results["test"][run][name]["metrics"].get("song_id_top1", {}).get("value")
+                     for name in embedders if run in results.get("test", {})}
+        encoder = retrieval["song_top1"]
+        rows[labels.get(run, run)] = {
+            "encoder song-ID": encoder, "encoder segment top-1": retrieval["segment_top1"],
+            **{f"generated song-ID ({name})": value for name, value in generated.items()},
+            **{f"kept ({name})": (value / encoder if value is not None and encoder else None)
+               for name, value in generated.items()},
+        }
+    return pd.DataFrame(rows).T.round(3) if rows else None
 
 
-def write_evaluation(
+def subject_layer_table(results, models: Mapping[str, Mapping[str, Any]], embedders: Sequence[str], *,
+                        seed: int = 0) -> "pandas.DataFrame | None":  # noqa: F821
+    """Paired differences (with subject layer − without) of the cosine and of the true song's rank.
+
+    The first ControlNet with the subject layer against the first without, on the test split, for every
+    embedder (:func:`paired_differences`).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Rows ``"<embedder> · <metric>"``, columns ``mean``, ``ci_low``, ``ci_high``, ``n`` (rounded to 4
+        decimals); None without a ControlNet on each side.
+    """
+    import pandas as pd
+
+    with_s = [run for run, m in models.items() if m["kind"] == "controlnet" and m["subject_cond"]]
+    without_s = [run for run, m in models.items() if m["kind"] == "controlnet" and not m["subject_cond"]]
+    rows = {}
+    if with_s and without_s:
+        pair = (with_s[0], without_s[0])
+        for name in embedders:
+            for metric in ("cosine", "song_rank"):
+                difference = paired_differences(results, "test", name, [pair], metric=metric, seed=seed).get(pair)
+                if difference:
+                    rows[f"{name} · {metric}"] = difference
+    return pd.DataFrame(rows).T.round(4) if rows else None
+
+
+def write_metrics(
     out_dir: str | Path,
     *,
     record: Mapping[str, Any],
     results,
     embedders: Sequence[Any],
     reading: Sequence[str],
-    figures: Mapping[str, str | Path],
-    examples: Sequence[Mapping[str, Any]],
     settings: Mapping[str, Any],
 ) -> dict[str, Path]:
-    """Write ``metrics.json``, ``metrics.csv``, ``report.md`` (+ assets) and ``report.html`` into ``out_dir``.
+    """Write ``metrics.json`` (every number, per-clip values, the reading) and ``metrics.csv`` into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Notebook 06's folder.
+    record : dict
+        The sampling record (models, splits, scheduler…).
+    results : dict
+        ``results[split][run][embedder]`` (:func:`evaluate_samples`).
+    embedders : sequence
+        The embedders used; the first is the primary one (paired differences are computed on it).
+    reading : sequence of str
+        :func:`plain_words_reading`'s paragraphs.
+    settings : dict
+        How the evaluation ran (n_boot, n_perm, seed, folders…).
 
     Returns
     -------
     dict
-        ``metrics_json``, ``metrics_csv``, ``markdown``, ``html`` paths.
+        ``metrics_json``, ``metrics_csv`` paths.
     """
 
     out_dir = Path(out_dir)
@@ -858,7 +539,31 @@ def write_evaluation(
     paths = {"metrics_json": write_json(out_dir / "metrics.json", payload)}
     frame = metrics_frame(results, labels)
     paths["metrics_csv"] = atomic_write_text(out_dir / "metrics.csv", frame.to_csv(index=False))
-    report = build_report(record=record, results=results, embedders=embedders, reading=reading,
-                          figures=figures, examples=examples, settings=settings)
-    paths.update(write_report(report, out_dir))
     return paths
+
+
+def export_html(executed_notebook: str | Path, html_path: str | Path | None = None) -> Path:
+    """An executed notebook as one HTML file (nbconvert), with its figures and audio players inside.
+
+    Figures reach the notebook as PNG outputs and ``IPython.display.Audio`` players as HTML with a
+    base64 WAV source, so both are already data URIs in the page; ``embed_images`` also inlines images
+    that Markdown cells link by path. The same as ``jupyter nbconvert --to html <executed.ipynb>``.
+
+    Parameters
+    ----------
+    executed_notebook : str or Path
+        An executed ``.ipynb`` (papermill's output).
+    html_path : str or Path, optional
+        Where the page goes; default: beside the notebook, ``.html`` for ``.ipynb``.
+
+    Returns
+    -------
+    Path
+        The HTML file, written atomically.
+    """
+    from nbconvert import HTMLExporter
+
+    executed_notebook = Path(executed_notebook)
+    html_path = Path(html_path) if html_path is not None else executed_notebook.with_suffix(".html")
+    body, _ = HTMLExporter(embed_images=True).from_filename(str(executed_notebook))
+    return atomic_write_text(html_path, body)
