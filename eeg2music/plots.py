@@ -42,46 +42,6 @@ from .training.loop import read_log
 from .utils import atomic_file
 
 
-def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, str], out_path: str | os.PathLike | None = None,
-                        dynamic_range_db: float = 80.0):
-    """True vs generated mel spectrograms, one row per example, with one shared dB colour scale.
-
-    All panels share ``[max − dynamic_range_db, max]`` dB (the maximum over every panel), so a quieter
-    or blurrier reconstruction looks quieter or blurrier, not rescaled.
-    """
-
-
-    if not examples:
-        raise ValueError("plot_mel_comparison: no example to show")
-    runs = list(examples[0]["generated"])
-    columns = ["true"] + runs
-    panels = [[mel_db(read_wav(ex["true_path"]))] + [mel_db(read_wav(ex["generated"][r])) for r in runs] for ex in examples]
-    vmax = max(float(p.max()) for row in panels for p in row)
-    vmin = vmax - dynamic_range_db
-    seconds = panels[0][0].shape[0] * HOP_LENGTH / SAMPLE_RATE
-    fig, axes = plt.subplots(len(examples), len(columns), figsize=(2.6 * len(columns), 2.1 * len(examples)),
-                             squeeze=False, sharex=True, sharey=True)
-    image = None
-    for i, (example, row) in enumerate(zip(examples, panels)):
-        for j, (column, mel) in enumerate(zip(columns, row)):
-            ax = axes[i][j]
-            image = ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
-                              extent=(0, seconds, 0, 64))
-            if i == 0:
-                ax.set_title("true clip" if column == "true" else labels.get(column, column), fontsize=9)
-            if j == 0:
-                where = "OOD song" if example["split"] == "ood" else "test"
-                ax.set_ylabel(f"{where} · song {example['song']}\nchunk {example['chunk']} · P{example['subject']:02d}\nmel bin",
-                              fontsize=8)
-            if i == len(examples) - 1:
-                ax.set_xlabel("time (s)")
-    fig.colorbar(image, ax=axes, shrink=0.8, label=f"dB (mel bins 0–{FMAX / 1000:g} kHz)")
-    if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_path, dpi=110, bbox_inches="tight")
-    return fig
-
-
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a PNG (110 dpi, tight box), atomically; return the path."""
     path = Path(path)
@@ -101,158 +61,7 @@ def show_saved(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[str], out_path: str | Path,
-                        split: str = "test"):
-    """Song-ID and segment-ID top-1 with 95 % CIs per model and embedder, against chance (dashed)."""
-
-    rows = []
-    for run, per_embedder in results.get(split, {}).items():
-        for embedder in embedders:
-            for metric, name in (("song_id_top1", "song-ID top-1"), ("segment_id_top1", "segment-ID top-1")):
-                entry = per_embedder.get(embedder, {}).get("metrics", {}).get(metric)
-                if entry is not None:
-                    rows.append({"model": labels.get(run, run), "embedder": embedder, "metric": name,
-                                 "value": entry["value"], "low": entry["ci_low"], "high": entry["ci_high"],
-                                 "chance": entry["chance"]})
-    frame = pd.DataFrame(rows)
-    metrics = list(dict.fromkeys(frame["metric"])) if len(frame) else []
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        part = frame[frame["metric"] == metric].reset_index(drop=True)
-        sns.barplot(data=part, x="model", y="value", hue="embedder", ax=ax, errorbar=None, alpha=0.85)
-        # Error bars from the bootstrap intervals, placed on the bars seaborn drew.
-        for container, (_, group) in zip(ax.containers, part.groupby("embedder", sort=False)):
-            for bar, (_, row) in zip(container, group.iterrows()):
-                x = bar.get_x() + bar.get_width() / 2
-                ax.errorbar(x, row["value"], yerr=[[row["value"] - row["low"]], [row["high"] - row["value"]]],
-                            color="black", capsize=3, lw=1)
-        for chance in sorted(set(part["chance"])):
-            ax.axhline(chance, ls="--", color="gray", lw=1)
-        ax.set_title(f"{metric} ({split}); dashed: chance")
-        ax.set_ylabel("fraction of clips")
-        ax.set_xlabel("")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=15)
-    fig.tight_layout()
-    save_figure(fig, out_path)
-    return fig
-
-
-def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path):
-    """Per-clip cosine and song rank per model, test and OOD side by side (seaborn box + strip plots)."""
-
-    rows = []
-    for split, per_run in results.items():
-        for run, per_embedder in per_run.items():
-            clips = per_embedder.get(embedder, {}).get("per_clip")
-            if not clips:
-                continue
-            for i in range(len(clips["cosine"])):
-                rows.append({"split": split, "model": labels.get(run, run), "cosine": clips["cosine"][i],
-                             "segment rank": clips.get("segment_rank", [np.nan] * (i + 1))[i],
-                             "song rank": clips.get("song_rank", [np.nan] * (i + 1))[i]})
-    frame = pd.DataFrame(rows)
-    panels = [c for c in ("cosine", "song rank", "segment rank") if c in frame and frame[c].notna().any()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    for ax, column in zip(axes[0], panels):
-        data = frame[frame[column].notna()]
-        sns.boxplot(data=data, x="model", y=column, hue="split", ax=ax, fliersize=0, linewidth=1)
-        sns.stripplot(data=data, x="model", y=column, hue="split", ax=ax, dodge=True, size=2.5, alpha=0.5,
-                      palette="dark:black", legend=False)
-        ax.set_xlabel("")
-        ax.set_title(f"per-clip {column} ({embedder})" + (" — 1 is best" if "rank" in column else ""))
-        ax.tick_params(axis="x", rotation=15)
-    fig.tight_layout()
-    save_figure(fig, out_path)
-    return fig
-
-
-def plot_confusions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path, split: str = "test"):
-    """Song-ID confusion matrices (rows: song heard; columns: song named; row-normalised), one per model."""
-
-    runs = [r for r, per in results.get(split, {}).items() if embedder in per and per[embedder]["n_songs"] > 1]
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.8), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        confusion = results[split][run][embedder]["song_confusion"]
-        counts = np.asarray(confusion["counts"], float)
-        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
-        songs = confusion["songs"]
-        sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="mako", square=True, cbar=ax is axes[0][-1],
-                    xticklabels=songs, yticklabels=songs)
-        accuracy = results[split][run][embedder]["metrics"]["song_id_top1"]["value"]
-        ax.set_title(f"{labels.get(run, run)}\nsong-ID {100 * accuracy:.0f} %", fontsize=10)
-        ax.set_xlabel("song named")
-        ax.set_ylabel("song heard")
-    fig.suptitle(f"Song identification ({split}, {embedder}); chance = 1 / {len(confusion['songs']) if runs else '?'}",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out_path)
-    return fig
-
-
-_SPLIT_COLOURS = {"gap": "#d9d9d9", "train": "#4c72b0", "val": "#dd8452", "test": "#55a868", "ood": "#c44e52"}
-
-
-def plot_split_layout(splits: Splits):
-    """Songs × chunks, each chunk coloured by its split (grey: gap; white: past the song's end)."""
-
-    songs = sorted(splits.n_chunks)
-    width = max(splits.n_chunks.values())
-    names = list(_SPLIT_COLOURS)
-    grid = np.full((len(songs), width), np.nan)
-    for row, song in enumerate(songs):
-        grid[row, : splits.n_chunks[song]] = names.index("gap")
-        for name, chunks in splits.chunk_ranges.get(song, {}).items():
-            grid[row, chunks.start : chunks.stop] = names.index(name)
-    fig, ax = plt.subplots(figsize=(min(14, 5 + 0.12 * width), 0.45 * len(songs) + 1.6))
-    cmap = ListedColormap([_SPLIT_COLOURS[name] for name in names])
-    cmap.set_bad("white")
-    ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5,
-              interpolation="nearest", extent=(-0.5, width - 0.5, len(songs) - 0.5, -0.5))
-    ax.set_yticks(range(len(songs)), [f"song {song}" for song in songs])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"chunk ({splits.spec.clip_seconds:g} s each)")
-    counts = splits.counts()
-    ax.legend(handles=[Patch(color=_SPLIT_COLOURS[n], label=f"{n} ({counts[n]} windows)" if n in counts else n)
-                       for n in names if n in counts or n == "gap"],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    title = "Split of every song's chunks"
-    if splits.loso_subject is not None:
-        title += f" — participant {splits.loso_subject} held out (test/ood only)"
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_window_pair(dataset: EEGMusicWindows, i: int = 0, channels: Sequence[str] = ("E11", "E36", "E62", "E75", "E104")):
-    """One window: its audio clip (if attached) above its EEG (a few channels, offset)."""
-
-    item = dataset[i]
-    names = dataset.index.channel_names
-    shown = [name for name in channels if name in names] or names[:5]
-    has_audio = "audio" in item
-    fig, axes = plt.subplots(2 if has_audio else 1, 1, figsize=(10, 5.5 if has_audio else 3.2), squeeze=False)
-    seconds = dataset.spec.clip_seconds
-    if has_audio:
-        audio = item["audio"].numpy()
-        axes[0, 0].plot(np.arange(audio.size) / dataset.spec.audio_sr, audio, lw=0.3, color="k")
-        axes[0, 0].set(title=f"audio clip: song {item['song']}, chunk {item['chunk']} "
-                             f"({item['chunk'] * seconds:g}–{(item['chunk'] + 1) * seconds:g} s)",
-                       ylabel="amplitude", xlim=(0, seconds))
-    ax = axes[-1, 0]
-    eeg = item["eeg"].numpy()
-    lag = dataset.spec.lag_seconds
-    t = np.arange(eeg.shape[1]) / dataset.sfreq
-    spacing = max(float(np.percentile(np.abs(eeg), 99)) * 2, 1e-6)
-    for k, name in enumerate(shown):
-        ax.plot(t, eeg[names.index(name)] - k * spacing, lw=0.6)
-    ax.set_yticks([-k * spacing for k in range(len(shown))], shown)
-    ax.set(xlabel=f"time in the window (s); the EEG lags the audio by {lag:g} s", xlim=(0, seconds),
-           title=f"EEG window: participant {dataset.subjects[item['subject']]}, {eeg.shape[0]} channels × "
-                 f"{eeg.shape[1]} samples at {dataset.sfreq:g} Hz ({dataset.index.units})")
-    fig.tight_layout()
-    return fig
-
+# Notebook 00: the backbone
 
 def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, title: str | None = None,
               path: str | os.PathLike | None = None):
@@ -288,7 +97,7 @@ def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, ti
 
 @torch.no_grad()
 def plot_levels(metrics: Mapping[str, Any], *, path: str | os.PathLike | None = None):
-    """Real clips against samples (:func:`evaluate_backbone`'s metrics): level per mel band, spread per latent channel."""
+    """Real clips against samples (:func:`~eeg2music.evaluation.backbone_quality.evaluate_backbone`'s metrics): level per mel band, spread per latent channel."""
 
     loudness, latents = metrics["loudness"], metrics["latents"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
@@ -338,6 +147,79 @@ def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: S
         fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
 
+
+# Notebook 01: the dataset
+
+def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 0.0, seconds: float = 10.0,
+                       channels: Sequence[str] = ("E11", "E6", "E55", "E62", "E75", "E36", "E104")):
+    """A stretch of EEG (a few channels, µV) above the mel spectrogram of the music heard meanwhile.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+
+
+    fs = raw.info["sfreq"]
+    picks = [c for c in channels if c in raw.ch_names]
+    start, stop = int(start_s * fs), min(raw.n_times, int((start_s + seconds) * fs))
+    data = raw.get_data(picks=picks, start=start, stop=stop) * 1e6
+    data = data - np.median(data, axis=1, keepdims=True)
+    times = start_s + np.arange(data.shape[1]) / fs
+    rows = 2 if audio is not None else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 6 if rows == 2 else 4), sharex=True, squeeze=False, layout="constrained")
+    spacing = max(4 * np.median(np.std(data, axis=1)), 1.0)
+    for i, name in enumerate(picks):
+        axes[0, 0].plot(times, data[i] - i * spacing, lw=0.7)
+    axes[0, 0].set_yticks([-i * spacing for i in range(len(picks))], picks)
+    axes[0, 0].set_title(f"EEG (offset per channel, {spacing:.0f} µV apart), {fs:g} Hz")
+    if audio is not None:
+        clip = audio[int(start_s * sr) : int((start_s + seconds) * sr)]
+        mel = display_mel_db(clip, sr)
+        axes[1, 0].imshow(mel, origin="lower", aspect="auto", cmap="magma",
+                          extent=(start_s, start_s + len(clip) / sr, 0, mel.shape[0]))
+        axes[1, 0].set(ylabel="mel band", title="the music (log-mel spectrogram)")
+    axes[-1, 0].set_xlabel("time from song onset (s)")
+    return fig
+
+
+def plot_forward_model(model: ForwardModel, fs: float = 125.0, subjects: Iterable[int] = (0, 1)):
+    """A figure of the forward model: source topographies, TRF kernels of two subjects, the mixing.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+
+    info = mne.create_info(model.channel_names, 125.0, "eeg")
+    info.set_montage(hydrocel_montage())
+    n_sources = len(model.source_names)
+    fig = plt.figure(figsize=(3.0 * n_sources, 7.5), layout="constrained")
+    grid = fig.add_gridspec(2, n_sources)
+    for j, name in enumerate(model.source_names):
+        ax = fig.add_subplot(grid[0, j])
+        pattern = model.patterns[0, j] - model.patterns[0, j].mean()  # average reference
+        mne.viz.plot_topomap(pattern, info, axes=ax, show=False, contours=4)
+        ax.set_title(name, fontsize=10)
+    ax = fig.add_subplot(grid[1, : n_sources // 2])
+    tau_ms = np.arange(int(0.5 * fs)) / fs * 1000
+    for subject_index, style in zip(subjects, ("-", "--")):
+        if subject_index >= model.n_subjects:
+            continue
+        kernels = model.kernels(subject_index, fs)
+        for k in (0, 4, 7, 8):
+            ax.plot(tau_ms, kernels[k], style, label=f"{model.feature_names[k]} · P{model.subjects[subject_index]:02d}")
+    ax.set(xlabel="lag (ms)", ylabel="response (a.u.)", title="response kernels (TRFs) of two subjects")
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[1, n_sources // 2 :])
+    image = ax.imshow(model.mixing, aspect="auto", cmap="RdBu_r", vmin=-np.abs(model.mixing).max(), vmax=np.abs(model.mixing).max())
+    ax.set(yticks=range(n_sources), yticklabels=model.source_names, xticks=range(len(model.feature_names)), title="feature → source mixing")
+    ax.set_xticklabels(model.feature_names, rotation=60, ha="right", fontsize=7)
+    fig.colorbar(image, ax=ax)
+    return fig
+
+
+# Notebook 02: preprocessing, windows and splits
 
 def _before_after(steps: Sequence[TracedStep]) -> tuple[TracedStep, TracedStep]:
     """The recording once its channels are final (after dropping) and at the end of the pipeline."""
@@ -436,77 +318,74 @@ def plot_channel_topomaps(steps: Sequence[TracedStep], clamp_limit: float | None
     return fig
 
 
-def plot_forward_model(model: ForwardModel, fs: float = 125.0, subjects: Iterable[int] = (0, 1)):
-    """A figure of the forward model: source topographies, TRF kernels of two subjects, the mixing.
+_SPLIT_COLOURS = {"gap": "#d9d9d9", "train": "#4c72b0", "val": "#dd8452", "test": "#55a868", "ood": "#c44e52"}
 
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
 
-    info = mne.create_info(model.channel_names, 125.0, "eeg")
-    info.set_montage(hydrocel_montage())
-    n_sources = len(model.source_names)
-    fig = plt.figure(figsize=(3.0 * n_sources, 7.5), layout="constrained")
-    grid = fig.add_gridspec(2, n_sources)
-    for j, name in enumerate(model.source_names):
-        ax = fig.add_subplot(grid[0, j])
-        pattern = model.patterns[0, j] - model.patterns[0, j].mean()  # average reference
-        mne.viz.plot_topomap(pattern, info, axes=ax, show=False, contours=4)
-        ax.set_title(name, fontsize=10)
-    ax = fig.add_subplot(grid[1, : n_sources // 2])
-    tau_ms = np.arange(int(0.5 * fs)) / fs * 1000
-    for subject_index, style in zip(subjects, ("-", "--")):
-        if subject_index >= model.n_subjects:
-            continue
-        kernels = model.kernels(subject_index, fs)
-        for k in (0, 4, 7, 8):
-            ax.plot(tau_ms, kernels[k], style, label=f"{model.feature_names[k]} · P{model.subjects[subject_index]:02d}")
-    ax.set(xlabel="lag (ms)", ylabel="response (a.u.)", title="response kernels (TRFs) of two subjects")
-    ax.legend(fontsize=7)
-    ax = fig.add_subplot(grid[1, n_sources // 2 :])
-    image = ax.imshow(model.mixing, aspect="auto", cmap="RdBu_r", vmin=-np.abs(model.mixing).max(), vmax=np.abs(model.mixing).max())
-    ax.set(yticks=range(n_sources), yticklabels=model.source_names, xticks=range(len(model.feature_names)), title="feature → source mixing")
-    ax.set_xticklabels(model.feature_names, rotation=60, ha="right", fontsize=7)
-    fig.colorbar(image, ax=ax)
+def plot_split_layout(splits: Splits):
+    """Songs × chunks, each chunk coloured by its split (grey: gap; white: past the song's end)."""
+
+    songs = sorted(splits.n_chunks)
+    width = max(splits.n_chunks.values())
+    names = list(_SPLIT_COLOURS)
+    grid = np.full((len(songs), width), np.nan)
+    for row, song in enumerate(songs):
+        grid[row, : splits.n_chunks[song]] = names.index("gap")
+        for name, chunks in splits.chunk_ranges.get(song, {}).items():
+            grid[row, chunks.start : chunks.stop] = names.index(name)
+    fig, ax = plt.subplots(figsize=(min(14, 5 + 0.12 * width), 0.45 * len(songs) + 1.6))
+    cmap = ListedColormap([_SPLIT_COLOURS[name] for name in names])
+    cmap.set_bad("white")
+    ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5,
+              interpolation="nearest", extent=(-0.5, width - 0.5, len(songs) - 0.5, -0.5))
+    ax.set_yticks(range(len(songs)), [f"song {song}" for song in songs])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"chunk ({splits.spec.clip_seconds:g} s each)")
+    counts = splits.counts()
+    ax.legend(handles=[Patch(color=_SPLIT_COLOURS[n], label=f"{n} ({counts[n]} windows)" if n in counts else n)
+                       for n in names if n in counts or n == "gap"],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    title = "Split of every song's chunks"
+    if splits.loso_subject is not None:
+        title += f" — participant {splits.loso_subject} held out (test/ood only)"
+    ax.set_title(title)
+    fig.tight_layout()
     return fig
 
 
-def plot_eeg_and_music(raw, audio: np.ndarray | None, sr: int, start_s: float = 0.0, seconds: float = 10.0,
-                       channels: Sequence[str] = ("E11", "E6", "E55", "E62", "E75", "E36", "E104")):
-    """A stretch of EEG (a few channels, µV) above the mel spectrogram of the music heard meanwhile.
+def plot_window_pair(dataset: EEGMusicWindows, i: int = 0, channels: Sequence[str] = ("E11", "E36", "E62", "E75", "E104")):
+    """One window: its audio clip (if attached) above its EEG (a few channels, offset)."""
 
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-
-
-    fs = raw.info["sfreq"]
-    picks = [c for c in channels if c in raw.ch_names]
-    start, stop = int(start_s * fs), min(raw.n_times, int((start_s + seconds) * fs))
-    data = raw.get_data(picks=picks, start=start, stop=stop) * 1e6
-    data = data - np.median(data, axis=1, keepdims=True)
-    times = start_s + np.arange(data.shape[1]) / fs
-    rows = 2 if audio is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(11, 6 if rows == 2 else 4), sharex=True, squeeze=False, layout="constrained")
-    spacing = max(4 * np.median(np.std(data, axis=1)), 1.0)
-    for i, name in enumerate(picks):
-        axes[0, 0].plot(times, data[i] - i * spacing, lw=0.7)
-    axes[0, 0].set_yticks([-i * spacing for i in range(len(picks))], picks)
-    axes[0, 0].set_title(f"EEG (offset per channel, {spacing:.0f} µV apart), {fs:g} Hz")
-    if audio is not None:
-        clip = audio[int(start_s * sr) : int((start_s + seconds) * sr)]
-        mel = display_mel_db(clip, sr)
-        axes[1, 0].imshow(mel, origin="lower", aspect="auto", cmap="magma",
-                          extent=(start_s, start_s + len(clip) / sr, 0, mel.shape[0]))
-        axes[1, 0].set(ylabel="mel band", title="the music (log-mel spectrogram)")
-    axes[-1, 0].set_xlabel("time from song onset (s)")
+    item = dataset[i]
+    names = dataset.index.channel_names
+    shown = [name for name in channels if name in names] or names[:5]
+    has_audio = "audio" in item
+    fig, axes = plt.subplots(2 if has_audio else 1, 1, figsize=(10, 5.5 if has_audio else 3.2), squeeze=False)
+    seconds = dataset.spec.clip_seconds
+    if has_audio:
+        audio = item["audio"].numpy()
+        axes[0, 0].plot(np.arange(audio.size) / dataset.spec.audio_sr, audio, lw=0.3, color="k")
+        axes[0, 0].set(title=f"audio clip: song {item['song']}, chunk {item['chunk']} "
+                             f"({item['chunk'] * seconds:g}–{(item['chunk'] + 1) * seconds:g} s)",
+                       ylabel="amplitude", xlim=(0, seconds))
+    ax = axes[-1, 0]
+    eeg = item["eeg"].numpy()
+    lag = dataset.spec.lag_seconds
+    t = np.arange(eeg.shape[1]) / dataset.sfreq
+    spacing = max(float(np.percentile(np.abs(eeg), 99)) * 2, 1e-6)
+    for k, name in enumerate(shown):
+        ax.plot(t, eeg[names.index(name)] - k * spacing, lw=0.6)
+    ax.set_yticks([-k * spacing for k in range(len(shown))], shown)
+    ax.set(xlabel=f"time in the window (s); the EEG lags the audio by {lag:g} s", xlim=(0, seconds),
+           title=f"EEG window: participant {dataset.subjects[item['subject']]}, {eeg.shape[0]} channels × "
+                 f"{eeg.shape[1]} samples at {dataset.sfreq:g} Hz ({dataset.index.units})")
+    fig.tight_layout()
     return fig
 
+
+# Notebook 03: the ControlNet
 
 def plot_zero_init(check: Mapping[str, Any], sample: int = 0, channel: int = 0):
-    """Three panels from :func:`zero_init_check`: ε of the base UNet, the change the zero-initialised
+    """Three panels from :func:`~eeg2music.models.controlnet_diagnostics.zero_init_check`: ε of the base UNet, the change the zero-initialised
     ControlNet makes (exactly 0), and the change random output convolutions would make.
 
     Returns
@@ -548,22 +427,7 @@ def plot_zero_init(check: Mapping[str, Any], sample: int = 0, channel: int = 0):
     return fig
 
 
-def plot_alignment(log: Sequence[Mapping[str, float]], chance: Mapping[str, float] | None = None):
-    """InfoNCE loss and held-out retrieval accuracy over the alignment steps."""
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
-    left.plot([e["step"] for e in log], [e["loss"] for e in log], lw=0.8)
-    left.set(xlabel="step", ylabel="InfoNCE loss", title="Contrastive alignment")
-    evaluated = [e for e in log if "val_segment_top1" in e]
-    for key, label in (("val_segment_top1", "segment top-1"), ("val_segment_top10", "segment top-10"),
-                       ("val_song_top1", "song top-1")):
-        right.plot([e["step"] for e in evaluated], [100 * e[key] for e in evaluated], "o-", label=label)
-    for level in (chance or {}).values():
-        right.axhline(100 * level, color="grey", lw=0.8, ls=":")
-    right.set(xlabel="step", ylabel="% of validation windows", title="Encoder-only retrieval (validation)")
-    right.legend()
-    return fig
-
+# Notebook 04: training
 
 def plot_noised_latents(latent: torch.Tensor, scheduler, timesteps: Sequence[int] = (0, 100, 300, 600, 999),
                         *, seed: int = 0, channel: int = 0):
@@ -599,6 +463,23 @@ def plot_noised_latents(latent: torch.Tensor, scheduler, timesteps: Sequence[int
     np.atleast_1d(axes)[0].set_ylabel("latent frame (time, 40 ms)")
     fig.colorbar(image, ax=axes, shrink=0.8, label=f"channel {channel}")
     fig.suptitle("The forward (noising) process on one clip's latent")
+    return fig
+
+
+def plot_alignment(log: Sequence[Mapping[str, float]], chance: Mapping[str, float] | None = None):
+    """InfoNCE loss and held-out retrieval accuracy over the alignment steps."""
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    left.plot([e["step"] for e in log], [e["loss"] for e in log], lw=0.8)
+    left.set(xlabel="step", ylabel="InfoNCE loss", title="Contrastive alignment")
+    evaluated = [e for e in log if "val_segment_top1" in e]
+    for key, label in (("val_segment_top1", "segment top-1"), ("val_segment_top10", "segment top-10"),
+                       ("val_song_top1", "song top-1")):
+        right.plot([e["step"] for e in evaluated], [100 * e[key] for e in evaluated], "o-", label=label)
+    for level in (chance or {}).values():
+        right.axhline(100 * level, color="grey", lw=0.8, ls=":")
+    right.set(xlabel="step", ylabel="% of validation windows", title="Encoder-only retrieval (validation)")
+    right.legend()
     return fig
 
 
@@ -671,4 +552,137 @@ def plot_eeg_evidence(summary: Mapping[str, Any], per_window: str | os.PathLike 
         axes[0, 1].axhline(0, color="k", lw=0.8)
         axes[0, 1].set(title="gain over the EEG-zeroed control by diffusion timestep", ylabel="gain (MSE)",
                        xlabel="timestep t")
+    return fig
+
+
+# Notebook 05: sampling
+
+def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[str, str], out_path: str | os.PathLike | None = None,
+                        dynamic_range_db: float = 80.0):
+    """True vs generated mel spectrograms, one row per example, with one shared dB colour scale.
+
+    All panels share ``[max − dynamic_range_db, max]`` dB (the maximum over every panel), so a quieter
+    or blurrier reconstruction looks quieter or blurrier, not rescaled.
+    """
+
+
+    if not examples:
+        raise ValueError("plot_mel_comparison: no example to show")
+    runs = list(examples[0]["generated"])
+    columns = ["true"] + runs
+    panels = [[mel_db(read_wav(ex["true_path"]))] + [mel_db(read_wav(ex["generated"][r])) for r in runs] for ex in examples]
+    vmax = max(float(p.max()) for row in panels for p in row)
+    vmin = vmax - dynamic_range_db
+    seconds = panels[0][0].shape[0] * HOP_LENGTH / SAMPLE_RATE
+    fig, axes = plt.subplots(len(examples), len(columns), figsize=(2.6 * len(columns), 2.1 * len(examples)),
+                             squeeze=False, sharex=True, sharey=True)
+    image = None
+    for i, (example, row) in enumerate(zip(examples, panels)):
+        for j, (column, mel) in enumerate(zip(columns, row)):
+            ax = axes[i][j]
+            image = ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
+                              extent=(0, seconds, 0, 64))
+            if i == 0:
+                ax.set_title("true clip" if column == "true" else labels.get(column, column), fontsize=9)
+            if j == 0:
+                where = "OOD song" if example["split"] == "ood" else "test"
+                ax.set_ylabel(f"{where} · song {example['song']}\nchunk {example['chunk']} · P{example['subject']:02d}\nmel bin",
+                              fontsize=8)
+            if i == len(examples) - 1:
+                ax.set_xlabel("time (s)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label=f"dB (mel bins 0–{FMAX / 1000:g} kHz)")
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+# Notebook 06: evaluation
+
+def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[str], out_path: str | Path,
+                        split: str = "test"):
+    """Song-ID and segment-ID top-1 with 95 % CIs per model and embedder, against chance (dashed)."""
+
+    rows = []
+    for run, per_embedder in results.get(split, {}).items():
+        for embedder in embedders:
+            for metric, name in (("song_id_top1", "song-ID top-1"), ("segment_id_top1", "segment-ID top-1")):
+                entry = per_embedder.get(embedder, {}).get("metrics", {}).get(metric)
+                if entry is not None:
+                    rows.append({"model": labels.get(run, run), "embedder": embedder, "metric": name,
+                                 "value": entry["value"], "low": entry["ci_low"], "high": entry["ci_high"],
+                                 "chance": entry["chance"]})
+    frame = pd.DataFrame(rows)
+    metrics = list(dict.fromkeys(frame["metric"])) if len(frame) else []
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        part = frame[frame["metric"] == metric].reset_index(drop=True)
+        sns.barplot(data=part, x="model", y="value", hue="embedder", ax=ax, errorbar=None, alpha=0.85)
+        # Error bars from the bootstrap intervals, placed on the bars seaborn drew.
+        for container, (_, group) in zip(ax.containers, part.groupby("embedder", sort=False)):
+            for bar, (_, row) in zip(container, group.iterrows()):
+                x = bar.get_x() + bar.get_width() / 2
+                ax.errorbar(x, row["value"], yerr=[[row["value"] - row["low"]], [row["high"] - row["value"]]],
+                            color="black", capsize=3, lw=1)
+        for chance in sorted(set(part["chance"])):
+            ax.axhline(chance, ls="--", color="gray", lw=1)
+        ax.set_title(f"{metric} ({split}); dashed: chance")
+        ax.set_ylabel("fraction of clips")
+        ax.set_xlabel("")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    save_figure(fig, out_path)
+    return fig
+
+
+def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path):
+    """Per-clip cosine and song rank per model, test and OOD side by side (seaborn box + strip plots)."""
+
+    rows = []
+    for split, per_run in results.items():
+        for run, per_embedder in per_run.items():
+            clips = per_embedder.get(embedder, {}).get("per_clip")
+            if not clips:
+                continue
+            for i in range(len(clips["cosine"])):
+                rows.append({"split": split, "model": labels.get(run, run), "cosine": clips["cosine"][i],
+                             "segment rank": clips.get("segment_rank", [np.nan] * (i + 1))[i],
+                             "song rank": clips.get("song_rank", [np.nan] * (i + 1))[i]})
+    frame = pd.DataFrame(rows)
+    panels = [c for c in ("cosine", "song rank", "segment rank") if c in frame and frame[c].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, column in zip(axes[0], panels):
+        data = frame[frame[column].notna()]
+        sns.boxplot(data=data, x="model", y=column, hue="split", ax=ax, fliersize=0, linewidth=1)
+        sns.stripplot(data=data, x="model", y=column, hue="split", ax=ax, dodge=True, size=2.5, alpha=0.5,
+                      palette="dark:black", legend=False)
+        ax.set_xlabel("")
+        ax.set_title(f"per-clip {column} ({embedder})" + (" — 1 is best" if "rank" in column else ""))
+        ax.tick_params(axis="x", rotation=15)
+    fig.tight_layout()
+    save_figure(fig, out_path)
+    return fig
+
+
+def plot_confusions(results, labels: Mapping[str, str], embedder: str, out_path: str | Path, split: str = "test"):
+    """Song-ID confusion matrices (rows: song heard; columns: song named; row-normalised), one per model."""
+
+    runs = [r for r, per in results.get(split, {}).items() if embedder in per and per[embedder]["n_songs"] > 1]
+    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(4.2 * max(1, len(runs)), 3.8), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        confusion = results[split][run][embedder]["song_confusion"]
+        counts = np.asarray(confusion["counts"], float)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+        songs = confusion["songs"]
+        sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="mako", square=True, cbar=ax is axes[0][-1],
+                    xticklabels=songs, yticklabels=songs)
+        accuracy = results[split][run][embedder]["metrics"]["song_id_top1"]["value"]
+        ax.set_title(f"{labels.get(run, run)}\nsong-ID {100 * accuracy:.0f} %", fontsize=10)
+        ax.set_xlabel("song named")
+        ax.set_ylabel("song heard")
+    fig.suptitle(f"Song identification ({split}, {embedder}); chance = 1 / {len(confusion['songs']) if runs else '?'}",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out_path)
     return fig

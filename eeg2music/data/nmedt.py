@@ -23,7 +23,7 @@ eeg2music reproduction names raw files ``02_1_raw.mat``). Labels are read by the
 
 Everything is returned as :class:`mne.io.RawArray` in volts with the HydroCel channel names (``E1`` …
 ``E128``, ``Cz``) and montage, one per participant × song, with the song and subject in the metadata
-(:func:`recording_info`). Raw files are streamed: only the song's samples are read from the HDF5
+(:func:`~eeg2music.data.recordings.recording_info`). Raw files are streamed: only the song's samples are read from the HDF5
 file, so memory stays flat on 1.5 GB recordings.
 
 The stimulus WAVs are not part of the public release; users add them (in ``<root>/stimuli``, in the

@@ -17,15 +17,7 @@ authors used for the cleaned release (zero-phase 8th-order Butterworth 0.3 Hz hi
 Butterworth 59–61 Hz band-stop, 16th-order Chebyshev type I 50 Hz low-pass, with MNE's IIR filters), and
 ``resample_sfreq`` resamples (e.g. the 1 kHz raw files to the release's 125 Hz).
 
-:func:`build_cache` streams an NMED-T folder one recording (participant × song) at a time through the
-pipeline into ``cache_dir/<layout>_<key>_<data>/``: one float32 ``.npy`` file per recording, shaped
-(channels, samples) and stored time-major (Fortran order, as the raw HDF5 files store ``X``), so that a
-3.5 s window is one contiguous block of the memory-mapped file; and an ``index.json`` that says what is
-there (:class:`CacheIndex`). Memory stays flat whatever the size of the dataset: one recording is held
-at a time, and readers memory-map the files. The folder is built under a temporary name and renamed
-when complete, so an interrupted build is never read; its name holds :meth:`Preprocessing.key` and a
-fingerprint of the data read, so a changed configuration (or changed data) builds a new cache and an
-unchanged one is reused; ``cache_dir/latest.json`` names the latest build (:func:`open_cache`).
+:func:`~eeg2music.data.cache.build_cache` runs these steps over a whole folder into the on-disk cache.
 """
 
 from __future__ import annotations
@@ -335,7 +327,7 @@ def handle_bad_channels(
         ``{name: reason}`` from :func:`find_bad_channels`.
     mode : {"error", "exclude", "interpolate"}
         ``"error"`` raises :class:`BadChannelError`; ``"exclude"`` zeroes the channels (the cache then
-        leaves them out of every recording, see :attr:`CacheIndex.channel_names`); ``"interpolate"``
+        leaves them out of every recording, see :attr:`~eeg2music.data.cache.CacheIndex.channel_names`); ``"interpolate"``
         rebuilds them from the other channels with MNE's spherical splines, at the electrode positions
         of MNE's GSN-HydroCel-129 template (NMED-T has no individual digitisation).
     where : str
@@ -637,7 +629,7 @@ def _working_input(data: np.ndarray, ch_names: Sequence[str], sfreq: float, cfg:
     traffic, and ample precision for microvolt signals on millivolt offsets. MNE's filters, resampler
     and interpolation work in float64, so then it stays float64 until they are done. Each channel's
     minimum and maximum, which :func:`find_bad_channels` needs, are taken from the blocks while they are
-    in the CPU's cache. :func:`build_cache` runs this pass in its reader thread.
+    in the CPU's cache. :func:`~eeg2music.data.cache.build_cache` runs this pass in its reader thread.
     """
     blocks = ((start, data[:, start : start + BLOCK_SAMPLES]) for start in range(0, data.shape[1], BLOCK_SAMPLES))
     return working_input_from_blocks(blocks, data.shape, ch_names, sfreq, cfg, scale)
@@ -685,7 +677,7 @@ def preprocess_working(working: _WorkingInput, cfg: Preprocessing, where: str,
     With ``trace``, every step runs one after the other, so that each can be reported, and nothing is
     left. Without it, centring, robust scaling and clamping are fitted here and returned as a
     :class:`Scaling` still to apply to the result's data (None when the configuration has no robust
-    scaling): :func:`preprocess_array` applies it at once, :func:`build_cache` while it writes the
+    scaling): :func:`preprocess_array` applies it at once, :func:`~eeg2music.data.cache.build_cache` while it writes the
     file. The two give the same numbers to the bit (the blocks run the same float32 operations on the
     same values).
     """
@@ -731,7 +723,7 @@ class Scaling:
     The same arithmetic as :func:`center_on_first_samples`, :func:`robust_scale` and :func:`clamp` run
     one after the other: the offsets come from the first samples, the scaler is fitted on the centred
     (sub)samples, and each block of :data:`BLOCK_SAMPLES` samples is then centred, transformed by the
-    scaler and clipped while it is in the CPU's cache — and, in :func:`build_cache`, written to the
+    scaler and clipped while it is in the CPU's cache — and, in :func:`~eeg2music.data.cache.build_cache`, written to the
     file before the next block is touched, so the recording streams through memory once.
     """
 

@@ -517,7 +517,7 @@ def iter_recordings(
     Parameters
     ----------
     folder : NMEDTFolder or path-like
-        From :func:`scan_nmedt`, or a folder to scan.
+        From :func:`~eeg2music.data.nmedt.scan_nmedt`, or a folder to scan.
     layout : {"cleaned", "raw", "auto"}
         Which files to read (``"auto"``: cleaned when present).
     songs, subjects : list of int, optional

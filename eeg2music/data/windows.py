@@ -366,7 +366,7 @@ class EEGMusicWindows(Dataset):
         From :func:`make_splits`.
     spec : WindowSpec
     audio : mapping song → float32 waveform at ``spec.audio_sr``, optional
-        Whole songs (loaded once per song, e.g. by :func:`load_stimuli`); clips are sliced from them.
+        Whole songs (loaded once per song, e.g. by :func:`~eeg2music.data.pairing.load_stimuli`); clips are sliced from them.
     latents : mapping (song, chunk) → array, optional
         The encoded clips (audio clips are the same for every participant, so one latent per pair).
     name : str

@@ -11,7 +11,7 @@ internet, so the backbone has two faces with one interface, :class:`Backbone`:
 ``kind="tiny"``
     The same diffusers classes (``AutoencoderKL`` on AudioLDM2's mel, ``AudioLDM2UNet2DConditionModel``
     with cross-attention on a constant embedding, AudioLDM2's ``DDIMScheduler`` schedule) with small
-    widths, trained here on the simulated songs by :func:`train_tiny_backbone`; Griffin-Lim stands in
+    widths, trained here on the simulated songs by :func:`~eeg2music.models.tiny_backbone.train_tiny_backbone`; Griffin-Lim stands in
     for the vocoder.
 
 Shapes for a 3.5 s clip (docs/ARCHITECTURE.md): waveform ``(B, 56000)`` at 16 kHz → log-mel

@@ -22,16 +22,17 @@ generator and can only move away from it as far as the gradients justify.
 
 Public API
 ----------
-:func:`projector_plan` / :class:`ProjectorPlan`
-    How P's widths, strides and kernel sizes follow from the EEG sampling rate and the backbone.
-:class:`EEGProjector`, :class:`SubjectLayer`, :class:`EEGControlNet`
-    The trainable parts (the ControlNet holds the other two; ``save_pretrained`` writes all of it).
+:class:`EEGControlNet`
+    The trainable part: a copy of the UNet's encoder reading ``z_t`` plus P(S(EEG)), with the zero
+    convolutions (the projector P and subject layer S are :mod:`eeg2music.models.projector` and
+    :mod:`eeg2music.models.subject_layer`; ``save_pretrained`` writes all of it).
 :func:`apply_control`, :func:`attach_controlnet`, :func:`controlled_noise_prediction`
     Adding the residuals to the *unmodified* UNet through forward hooks, for a single call, for every
-    call (e.g. inside the stock ``AudioLDM2Pipeline``), and the ε prediction training and sampling use.
-:func:`trace_shapes`, :func:`parameter_counts`, :func:`zero_init_check`, :func:`plot_zero_init`,
-:func:`controlnet_summary`
-    What notebook 03 shows and writes.
+    call (e.g. inside the stock ``AudioLDM2Pipeline``), and the prediction training and sampling use
+    (with guidance on the EEG when ``guidance_scale`` ≠ 1).
+
+What notebook 03 shows of it (shapes, parameter counts, the zero-init check) is
+:mod:`eeg2music.models.controlnet_diagnostics`.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class EEGControlNet(ModelMixin, ConfigMixin):
     subject_cond : bool
         Build the subject layer (False: no subject parameters at all; ``subject`` is ignored).
     allow_unknown_subject : bool
-        Accept :data:`UNKNOWN_SUBJECT` (−1), see :class:`SubjectLayer`.
+        Accept :data:`~eeg2music.models.subject_layer.UNKNOWN_SUBJECT` (−1), see :class:`SubjectLayer`.
     unknown_subject : {"mean", "shared"}
         The unknown-subject path.
     control_min_timestep : int

@@ -3,6 +3,19 @@
 :func:`select_clips` picks a balanced, reproducible set of test and out-of-distribution windows;
 :func:`sample_models` samples every model on them into WAVs and ``samples.json`` (written last);
 :func:`load_samples` reads it back for notebook 06.
+
+Outputs of :func:`sample_models` (notebook 05)
+----------------------------------------------
+``<out_dir>/wav/true/song{S}_chunk{C:03d}.wav``
+    The true clip (the same for every subject who heard it), 16 kHz mono, 56 000 samples.
+``<out_dir>/wav/<run>/sub{P:02d}_song{S}_chunk{C:03d}.wav``
+    A reconstruction, same rate and length (32-bit float WAV: the model's output, unclipped).
+``<out_dir>/samples.json``
+    Written last (its presence means the folder is complete): the settings, one entry per model
+    (kind, label, model folder, seconds per clip) and one row per generated clip (``model``,
+    ``subject``, ``subject_index``, ``song``, ``chunk``, ``split``, ``true_wav``, ``generated_wav``,
+    ``scheduler``, ``steps``, ``seconds_per_clip``, ``seed``); paths are relative to ``out_dir``.
+    :func:`load_samples` reads and checks it.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def ensure_models(
     Parameters
     ----------
     runs : sequence of str
-        Run names (folders of ``train_dir``), e.g. :data:`DEFAULT_RUNS`.
+        Run names (folders of ``train_dir``), e.g. :data:`~eeg2music.sampling.clips.DEFAULT_RUNS`.
     train_dir : path-like
         Notebook 04's output folder; ``""`` = the default run folder (``outputs/04_train``), where a
         missing default run is trained now with :func:`eeg2music.training.loop.train` at the size ``smoke``

@@ -1,7 +1,7 @@
 """Sampling reconstructions: every model, the test chunks and the out-of-distribution song, to WAV.
 
 One pipeline class, :class:`EEGMusicPipeline`, turns EEG windows into 3.5 s waveforms for every model
-the project trains or registers (``eeg2music.train``):
+the project trains or registers (:mod:`eeg2music.training`, :mod:`eeg2music.models.model_folder`):
 
 ``controlnet`` (``subject_cond`` on or off)
     The paper's model. Start from Gaussian noise ``z_T`` in the backbone's latent space
@@ -22,19 +22,6 @@ subject)`` — not from the model, so all models (and both schedulers) start fro
 the same clip, which makes their comparison paired. Noise is drawn per clip (diffusers'
 ``randn_tensor`` with a list of generators) and Griffin-Lim inverts one clip at a time, so a clip's
 waveform does not depend on the batch it was sampled in.
-
-Outputs of :func:`sample_models` (notebook 05)
-----------------------------------------------
-``<out_dir>/wav/true/song{S}_chunk{C:03d}.wav``
-    The true clip (the same for every subject who heard it), 16 kHz mono, 56 000 samples.
-``<out_dir>/wav/<run>/sub{P:02d}_song{S}_chunk{C:03d}.wav``
-    A reconstruction, same rate and length (32-bit float WAV: the model's output, unclipped).
-``<out_dir>/samples.json``
-    Written last (its presence means the folder is complete): the settings, one entry per model
-    (kind, label, model folder, seconds per clip) and one row per generated clip (``model``,
-    ``subject``, ``subject_index``, ``song``, ``chunk``, ``split``, ``true_wav``, ``generated_wav``,
-    ``scheduler``, ``steps``, ``seconds_per_clip``, ``seed``); paths are relative to ``out_dir``.
-    :func:`load_samples` reads and checks it.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ them only once it has written its first own, and every input is checked before a
 unpickled: weights and tensor state are safetensors, the rest JSON.
 
 Audio latents are the same for every subject: they are encoded once per ``(song, chunk)`` and kept in
-a safetensors file keyed by the backbone's VAE weights and the clips (:func:`clip_latents`), never
+a safetensors file keyed by the backbone's VAE weights and the clips (:func:`~eeg2music.training.data.clip_latents`), never
 re-encoded per step.
 
 Folders
@@ -45,8 +45,8 @@ Folders
 A run folder ``<out_dir>/<run_name>/`` holds ``model/`` (the final model), ``checkpoints/``,
 ``train_log.csv`` and ``train_summary.json``. A model folder holds ``eeg2music_model.json`` and the
 weights in diffusers' ``save_pretrained`` layout (``controlnet/`` or ``convnet/``); the unconditional
-baseline is registered the same way without weights (:func:`register_unconditional`), and
-:func:`load_trained_model` reads any of them.
+baseline is registered the same way without weights (:func:`~eeg2music.models.model_folder.register_unconditional`), and
+:func:`~eeg2music.models.model_folder.load_trained_model` reads any of them.
 """
 
 from __future__ import annotations
