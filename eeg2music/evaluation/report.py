@@ -441,7 +441,6 @@ def encoder_only_table(encoder_only: Mapping[str, Mapping[str, float]], results,
     pandas.DataFrame or None
         One row per run (rounded to 3 decimals); None when no run has an aligned encoder.
     """
-    import pandas as pd
 
     rows = {}
     for run, retrieval in encoder_only.items():
@@ -470,7 +469,6 @@ def subject_layer_table(results, models: Mapping[str, Mapping[str, Any]], embedd
         Rows ``"<embedder> · <metric>"``, columns ``mean``, ``ci_low``, ``ci_high``, ``n`` (rounded to 4
         decimals); None without a ControlNet on each side.
     """
-    import pandas as pd
 
     with_s = [run for run, m in models.items() if m["kind"] == "controlnet" and m["subject_cond"]]
     without_s = [run for run, m in models.items() if m["kind"] == "controlnet" and not m["subject_cond"]]
