@@ -214,6 +214,28 @@ def test_subject_layer_mixes_per_subject_and_unknown_uses_the_mean():
     torch.testing.assert_close(out[2], layer.weight[0] @ eeg[2])
 
 
+def test_subject_layer_gradient_is_the_same_every_run():
+    """A batch that repeats listeners (64 windows of 20) gets the same weight gradient, bit for bit, every time."""
+    torch.manual_seed(0)
+    layer = SubjectLayer(20, 124)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(20, 124, 124))
+    eeg, grad_out = torch.randn(64, 124, 200), torch.randn(64, 124, 200)
+    subjects = torch.randint(0, 20, (64,))
+    gradients, previous = [], torch.get_num_threads()
+    torch.set_num_threads(2)  # what training uses on two cores (this module otherwise runs on one)
+    try:
+        for _ in range(8):
+            layer.zero_grad()
+            out = layer(eeg, subjects)
+            out.backward(grad_out)
+            gradients.append(layer.weight.grad.clone())
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(out, torch.bmm(layer.weight[subjects], eeg))  # the forward is the per-subject product
+    assert all(torch.equal(gradients[0], g) for g in gradients[1:])
+
+
 def test_subject_layer_shared_unknown_path_is_its_own_parameter():
     layer = SubjectLayer(2, 3, allow_unknown=True, unknown="shared")
     assert layer.shared_weight is not None and layer.shared_weight.shape == (3, 3)

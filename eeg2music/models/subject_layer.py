@@ -127,7 +127,11 @@ class SubjectLayer(nn.Module):
             )
         subject = subject_tensor(subject, eeg.shape[0], eeg.device, "SubjectLayer")
         self.check_subjects(subject)
-        matrices = self.weight[subject.clamp(min=0)]
+        # A one-hot product rather than ``self.weight[subject]``: the same matrices, bit for bit, but its backward
+        # is a matrix product, while indexing's backward accumulates into the weight in parallel on CPU, in an
+        # order that changes from run to run once a batch repeats subjects (64 windows of 20 listeners).
+        one_hot = torch.nn.functional.one_hot(subject.clamp(min=0), self.weight.shape[0]).to(self.weight.dtype)
+        matrices = (one_hot @ self.weight.flatten(1)).view(-1, *self.weight.shape[1:])
         if self.allow_unknown:
             is_unknown = (subject == UNKNOWN_SUBJECT)[:, None, None]
             matrices = torch.where(is_unknown, self.unknown_matrix().expand_as(matrices), matrices)
