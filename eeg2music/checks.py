@@ -27,7 +27,7 @@ from typing import Any
 
 from .data.nmedt import SONGS
 from .models.backbone import SHIPPED_BACKBONE_DIR
-from .params import ParameterError, coerce_float, coerce_int
+from .params import ParameterError, coerce_float, coerce_int, is_unset
 from .run_inputs import default_backbone_dir
 from .sampling.clips import SAMPLES_NAME
 from .utils import resolve_device
@@ -138,11 +138,10 @@ def _optional(params: MutableMapping[str, Any], name: str, coerce: Callable[[str
     """A setting a preset fills: None (or "none"), else a value ``coerce`` reads, at least ``low``."""
     if name not in params:
         return
-    value = params[name]
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+    if is_unset(params[name]):
         params[name] = None
         return
-    params[name] = coerce(name, value)
+    params[name] = coerce(name, params[name])
     if low is not None and params[name] < low:
         raise ParameterError(f"parameter {name!r}: must be ≥ {low}, got {params[name]}; or None for the preset's")
 

@@ -116,6 +116,11 @@ def coerce_float(name: str, value: Any) -> float:
     return number
 
 
+def is_unset(value: Any) -> bool:
+    """Whether a user left a setting to its preset: ``None``, ``"none"`` or an empty string."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", ""))
+
+
 def coerce_like(name: str, value: Any, default: Any) -> Any:
     """Coerce ``value`` to the type of ``default`` (see the module docstring for the rules)."""
     if default is None:

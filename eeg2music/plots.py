@@ -91,7 +91,7 @@ def plot_mels(mels, titles: Sequence[str] | None = None, *, columns: int = 4, ti
     if title:
         fig.suptitle(title)
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path)
     return fig
 
 
@@ -112,7 +112,7 @@ def plot_levels(metrics: Mapping[str, Any], *, path: str | os.PathLike | None = 
     right.set(xlabel="latent channel", ylabel="standard deviation", title="Spread of the latents")
     right.legend()
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path)
     return fig
 
 
@@ -144,7 +144,7 @@ def plot_forward_process(backbone: Backbone, latents: torch.Tensor, timesteps: S
     fig.suptitle("Forward process q(z_t | z_0): the clip dissolves into Gaussian noise", y=1.0)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path)
     return fig
 
 

@@ -567,6 +567,20 @@ def missing_backbone_message(path: str | os.PathLike) -> str:
     )
 
 
+def backbone_kind_of(backbone: str | Path) -> str:
+    """``"audioldm2"`` or ``"tiny"`` for a backbone folder, from its marker files alone, without loading it
+    (``""``: the default tiny one; what :func:`load_backbone` would return)."""
+    if str(backbone or "") == "":
+        return "tiny"
+    folder = Path(str(backbone)).expanduser()
+    if (folder / BACKBONE_MARKER).is_file():
+        try:
+            return str(read_json(folder / BACKBONE_MARKER).get("kind", "tiny"))
+        except (OSError, ValueError):
+            return "tiny"
+    return "audioldm2" if (folder / AUDIOLDM2_MARKER).is_file() else "tiny"
+
+
 def load_backbone(
     path: str | os.PathLike,
     device: torch.device | str | None = None,

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models.backbone import AUDIOLDM2_MARKER, BACKBONE_MARKER
+from ..models.backbone import backbone_kind_of
 from ..models.model_folder import MODEL_KINDS, default_run_name
-from ..params import ParameterError, coerce_mapping
+from ..params import ParameterError, coerce_mapping, is_unset
 from ..paths import stage_dir
-from ..utils import read_json
 
 #: The paper's optimiser (Postolache et al., the authors' code defaults): AdamW with these settings.
 PAPER_LEARNING_RATE = 1e-4
@@ -66,19 +65,6 @@ def preset_for(preset: str, backbone_kind: str | None, smoke: bool = False) -> l
     ``smoke``'s sizes on top for a smoke run (or ``preset="smoke"``)."""
     base = preset if preset in ("paper", "demo") else ("paper" if backbone_kind == "audioldm2" else "demo")
     return [base, "smoke"] if (smoke or preset == "smoke") else [base]
-
-
-def backbone_kind_of(backbone: str | Path) -> str:
-    """``"audioldm2"`` or ``"tiny"`` for a backbone folder, from its files alone (``""``: the default tiny one)."""
-    if str(backbone or "") == "":
-        return "tiny"
-    folder = Path(str(backbone)).expanduser()
-    if (folder / BACKBONE_MARKER).is_file():
-        try:
-            return str(read_json(folder / BACKBONE_MARKER).get("kind", "tiny"))
-        except (OSError, ValueError):
-            return "tiny"
-    return "audioldm2" if (folder / AUDIOLDM2_MARKER).is_file() else "tiny"
 
 
 @dataclass
@@ -166,15 +152,10 @@ class TrainConfig:
         """
         defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
         typed = {**defaults, **{name: _preset_example(name) for name in PRESET_FIELDS}}
-        values = {}
-        for name, value in dict(overrides).items():
-            if name in PRESET_FIELDS and (value is None or str(value).strip().lower() in ("none", "")):
-                values[name] = None
-            else:
-                values[name] = value
-        given = {k: v for k, v in values.items() if v is not None or k not in PRESET_FIELDS}
+        unset = {name for name, value in overrides.items() if name in PRESET_FIELDS and is_unset(value)}
+        given = {name: value for name, value in overrides.items() if name not in unset}
         coerced = coerce_mapping(typed, given)
-        return cls(**{**{k: v for k, v in values.items() if v is None}, **{k: coerced[k] for k in given}})
+        return cls(**{name: coerced[name] for name in given}, **dict.fromkeys(unset))
 
     def resolved(self, backbone_kind: str | None = None) -> "TrainConfig":
         """A copy whose settings left at ``None`` hold the values of the run's preset.
