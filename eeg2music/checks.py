@@ -30,6 +30,7 @@ from .models.backbone import SHIPPED_BACKBONE_DIR
 from .params import ParameterError, coerce_float, coerce_int, is_unset
 from .run_inputs import default_backbone_dir
 from .sampling.clips import SAMPLES_NAME
+from .training.config import TIMESTEP_SAMPLINGS
 from .utils import resolve_device
 
 __all__ = [
@@ -220,6 +221,12 @@ def train_parameters(params: MutableMapping[str, Any]) -> None:
         _optional(params, name, coerce_int, 1)
     _optional(params, "lr", coerce_float, None)
     _optional(params, "control_min_timestep", coerce_int, 0)
+    if "timestep_sampling" in params:
+        if is_unset(params["timestep_sampling"]):
+            params["timestep_sampling"] = None
+        elif params["timestep_sampling"] not in TIMESTEP_SAMPLINGS:
+            raise ParameterError(f"parameter 'timestep_sampling': {params['timestep_sampling']!r} is not one of "
+                                 f"{list(TIMESTEP_SAMPLINGS)}, or None for the preset's")
     if "align_steps" in params:
         _at_least(params, "align_steps", 0, "0 trains P from scratch with the ControlNet, as the paper")
         _at_least(params, "align_batch_size", 2, "InfoNCE needs other windows as negatives")
@@ -264,6 +271,9 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
         if not math.isfinite(params["guidance_scale"]):
             raise ParameterError(f"parameter 'guidance_scale': {params['guidance_scale']!r} is not a finite number")
         _at_least(params, "guidance_scale", 0.0, "1 is no guidance, 0 the backbone alone")
+    if "strength" in params and not 0.0 < params["strength"] <= 1.0:
+        raise ParameterError(f"parameter 'strength': {params['strength']!r} is not in (0, 1] "
+                             f"(the share of the denoising steps run; 1 = from pure noise)")
     _participants(params, "subjects")
     _device(params)
 

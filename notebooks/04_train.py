@@ -37,7 +37,8 @@ preset = "auto"  # settings left at None: "paper", "demo" or "smoke"; "auto": pa
 steps = None  # optimiser steps; None: the preset's (ControlNet 200, ConvNet 400; smoke 6)
 batch_size = None  # EEG windows per step; None: the preset's (ControlNet 8, ConvNet 16; smoke 2 / 4)
 lr = None  # AdamW learning rate; None: the preset's (paper 1e-4; demo 1e-3, for the tiny backbone)
-control_min_timestep = None  # ControlNet trains and acts at diffusion steps ≥ this; None: the preset's (paper 0, every step; demo 500)
+control_min_timestep = None  # ControlNet trains and acts at diffusion steps ≥ this; None: the preset's (0, every step)
+timestep_sampling = None  # how training draws diffusion steps: "uniform" (the paper's) or "cubic" (biased to high noise); None: the preset's (paper uniform, demo cubic)
 align_steps = 0  # ControlNet: steps of contrastive EEG-audio pre-training of the subject layer and P first; 0: the paper's P trained from scratch
 align_batch_size = 64  # windows per contrastive step (more windows, more negatives)
 resume = False  # continue from the run's last complete checkpoint instead of starting afresh
@@ -85,7 +86,8 @@ from eeg2music.training.data import load_training_data
 from eeg2music.utils import resolve_device
 
 cfg = TrainConfig.from_overrides({k: params[k] for k in (
-    "model", "subject_cond", "backbone", "preset", "steps", "batch_size", "lr", "control_min_timestep", "align_steps",
+    "model", "subject_cond", "backbone", "preset", "steps", "batch_size", "lr", "control_min_timestep",
+    "timestep_sampling", "align_steps",
     "align_batch_size", "resume", "run_dir", "run_name", "out_dir", "data_root", "stimuli_dir", "seed", "device",
     "smoke")}).resolved()
 target = resolve_device(device)
@@ -121,11 +123,13 @@ display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": da
 #
 # That asymmetry matters for a short run. Predicting $\epsilon$, the loss values a better guess of the
 # clean latent by the signal-to-noise ratio $\bar\alpha_t/(1-\bar\alpha_t)$, which is small exactly where the
-# EEG is informative; with $t$ drawn from the whole schedule, the EEG's share of the gradient drowns in
-# the noise of a few hundred steps. So on the tiny backbone the ControlNet trains — and later acts — only
-# at $t \ge$ `control_min_timestep` (500 of 1000): it shapes the clip while the latent is still mostly
-# noise, and the backbone alone refines the details. The paper's setting, every $t$, is
-# `control_min_timestep=0` (the default for AudioLDM2).
+# EEG is informative; with $t$ drawn uniformly, the EEG's share of the gradient drowns in the noise of a
+# few hundred steps. So on the tiny backbone $t$ is drawn **cubic**, $t = \lfloor(1-u^3)\,T\rfloor$ with
+# $u \sim \mathcal U(0, 1)$, as T2I-Adapter trains its adapters: 7 draws in 8 land in the noisier half,
+# where the EEG decides what the clip becomes, and the ControlNet still sees (and later steers) the
+# low-noise steps where the backbone fills in the details. The paper's uniform draw is
+# `timestep_sampling="uniform"` (the default for AudioLDM2); `control_min_timestep` can in addition keep
+# the ControlNet out of the steps below it altogether.
 #
 # **ConvNet baseline.** No noise, no backbone in the loop: a convolutional network $f_\psi$ regresses
 # the latent from the EEG, $\mathcal L(\psi) = \mathbb E\,\lVert z_0 - f_\psi(S_s\,x)\rVert_2^2$. Its
@@ -162,7 +166,8 @@ z0 = data.latents.lookup([item["song"] for item in batch], [item["chunk"] for it
 if cfg.model == "controlnet":
     fresh = build_model(cfg, backbone_model, data).cpu()
     generator = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, backbone_model.scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
+    T, u = backbone_model.scheduler.config.num_train_timesteps, torch.rand(len(z0), generator=generator)
+    t = ((1 - u**3) * T).long() if cfg.timestep_sampling == "cubic" else (u * T).long()  # the run's draw of t
     noise = torch.randn(z0.shape, generator=generator)
     z_t = backbone_model.scheduler.add_noise(z0, noise, t)
     with torch.no_grad():

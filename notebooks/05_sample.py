@@ -36,6 +36,7 @@ scheduler = "dpmsolver++"  # "dpmsolver++" (≈ 20 steps) or "ddim" (the paper's
 num_inference_steps = 20  # denoising steps of the diffusion models
 conditioning_scale = 1.0  # multiplies the ControlNet residuals (1: as trained, 0: the backbone alone)
 guidance_scale = 1.0  # guidance on the EEG, eps_base + w (eps_EEG - eps_base): 1 is the paper's sampling, above 1 amplifies the EEG
+strength = 1.0  # share of the denoising steps run: 1 from pure noise (the paper's); below 1 from the model's own first estimate, noised back
 max_clips = 0  # EEG windows per split (test, OOD) for every model, 0 → the default for the size
 subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] → all
 batch_size = 8  # clips per pipeline call
@@ -186,7 +187,7 @@ from eeg2music.sampling.clips import sample_models
 
 record = sample_models(
     trained, backbone_model, datasets, out_folder, scheduler=scheduler, num_inference_steps=num_inference_steps,
-    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, seed=seed, max_clips=limits, subjects=subjects or None,
+    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, strength=strength, seed=seed, max_clips=limits, subjects=subjects or None,
     batch_size=batch_size, info={"backbone": backbone_dir, "backbone_provenance": backbone_provenance(backbone_dir), "data": data_config, "smoke": smoke, "device": str(target)},
 )
 timing = pd.DataFrame(record["models"]).T[["label", "scheduler", "steps", "clips", "seconds_per_clip"]]

@@ -202,6 +202,18 @@ table = subject_layer_table(results, record["models"], [e.name for e in embedder
 display(table if table is not None else Markdown("Needs a ControlNet with and one without the subject layer."))
 
 # %% [markdown]
+# A per-listener layer helps only as far as listeners differ in ways the shared model does not absorb. On
+# simulated data the differences are known: each listener's scalp patterns, response latency and gain.
+
+# %%
+from eeg2music.audio import CLIP_SECONDS
+from eeg2music.evaluation.report import listener_differences_table
+
+frame_ms = 1000 * CLIP_SECONDS / vae_backbone.latent_shape[1]  # the time step of P's output and of the latent
+listeners = listener_differences_table(record["data"].get("data_root"), latent_frame_ms=frame_ms)
+display(listeners if listeners is not None else Markdown("Real recordings: the listeners' differences are not known."))
+
+# %% [markdown]
 # ## 5. The permutation test
 #
 # Observed value, its mean over shuffled pairings and the one-sided p-value

@@ -33,11 +33,13 @@ from eeg2music.sampling.clips import (
     select_clips,
     write_wav,
 )
+from eeg2music.models.backbone import clean_latent_estimate, diffusion_target
 from eeg2music.sampling.pipeline import (
     EEGMusicPipeline,
     clip_generators,
     clip_seed,
     make_scheduler,
+    restart_index,
 )
 
 LATENT = (8, 88, 16)
@@ -188,6 +190,43 @@ def test_ddim_and_dpm_solver_reach_similar_latents(backbone):
     dpm = pipe(None, num_inference_steps=20, scheduler="dpmsolver++", generator=_generators(1), **kwargs).audios
     other_noise = pipe(None, num_inference_steps=20, scheduler="dpmsolver++", generator=_generators(1, seed=9), **kwargs).audios
     assert (ddim - dpm).norm() < 0.25 * (ddim - other_noise).norm()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_clean_latent_estimate_inverts_the_target(backbone, prediction_type):
+    """Given the exact target at step t, the estimate is the clean latent (what a DDIM step calls x̂₀)."""
+    scheduler = make_scheduler("ddim", {**backbone.scheduler.config, "prediction_type": prediction_type})
+    generator = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, *LATENT, generator=generator), torch.randn(3, *LATENT, generator=generator)
+    timesteps = torch.tensor([10, 500, 990])
+    noisy = scheduler.add_noise(z0, noise, timesteps)
+    estimate = clean_latent_estimate(scheduler, noisy, diffusion_target(scheduler, z0, noise, timesteps), timesteps)
+    torch.testing.assert_close(estimate, z0, rtol=1e-4, atol=2e-4)
+
+
+def test_restart_index_runs_the_last_share_of_the_steps():
+    assert [restart_index(20, s) for s in (1.0, 0.75, 0.5, 0.01)] == [0, 5, 10, 19]
+    assert restart_index(1, 0.3) == 0, "at least one step runs"
+
+
+@pytest.mark.parametrize("scheduler", ["dpmsolver++", "ddim"])
+def test_strength_starts_from_the_models_first_estimate(backbone, scheduler):
+    pipe = EEGMusicPipeline(backbone, _controlnet(backbone, True))
+    eeg, subjects = _eeg(2), [0, 2]
+    kwargs = dict(num_inference_steps=6, scheduler=scheduler, output_type="latent", show_progress=False)
+    full = pipe(eeg, subjects, generator=_generators(2), **kwargs).audios
+    assert torch.equal(full, pipe(eeg, subjects, generator=_generators(2), strength=1.0, **kwargs).audios)
+    half = pipe(eeg, subjects, generator=_generators(2), strength=0.5, **kwargs).audios
+    assert torch.isfinite(half).all() and not torch.allclose(half, full)
+    assert torch.equal(half, pipe(eeg, subjects, generator=_generators(2), strength=0.5, **kwargs).audios)
+    sampler = make_scheduler(scheduler, backbone.scheduler.config)
+    sampler.set_timesteps(6)
+    start = pipe.prepare_latents(2, _generators(2), sampler)
+    estimate = pipe.first_estimate(start, sampler, eeg, torch.tensor(subjects), 1.0, 1.0)
+    other_eeg = pipe.first_estimate(start, sampler, _eeg(2, seed=5), torch.tensor(subjects), 1.0, 1.0)
+    assert estimate.shape == (2, *LATENT) and not torch.allclose(estimate, other_eeg), "the estimate reads the EEG"
+    with pytest.raises(ValueError, match="strength"):
+        pipe(eeg, subjects, generator=_generators(2), strength=0.0, **kwargs)
 
 
 def test_pipeline_errors(backbone):

@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from eeg2music.audio import auditory_features
-from eeg2music.data.forward_model import build_forward_model
+from eeg2music.data.forward_model import build_forward_model, listener_differences
 from eeg2music.data.music import synthesize_song
 from eeg2music.data.nmedt import SONGS, read_stimulus, scan_nmedt
 from eeg2music.data.recordings import iter_recordings, read_recording, song_onsets
@@ -238,6 +238,22 @@ def test_load_simulation_rebuilds_the_forward_model(smoke):
     assert model.signal_scale_uv == record["forward_model"]["signal_scale_uv"] > 0
     with pytest.raises(FileNotFoundError, match="simulation.json"):
         load_simulation(smoke / "stimuli")
+
+
+def test_listener_differences_measure_what_the_forward_model_varies():
+    model = build_forward_model(0, [2, 3, 4, 5])
+    found = listener_differences(model)
+    assert set(found["topography_r"]) == set(model.source_names)
+    for r in found["topography_r"].values():
+        assert -1 <= r["min"] <= r["mean"] < 1
+    assert 0 < found["shared_variance"] < 1
+    assert found["latency_ms"]["sd"] == pytest.approx(np.std(model.latency_s) * 1000)
+    assert found["gain"]["max_over_min"] == pytest.approx(model.gain.max() / model.gain.min())
+    model.patterns[:] = model.patterns[:1]  # identical scalp patterns, equal latencies and gains
+    model.latency_s[:], model.gain[:] = 0.01, 1.0
+    same = listener_differences(model)
+    assert same["shared_variance"] == pytest.approx(1.0) and same["latency_ms"]["sd"] == 0
+    assert same["gain"]["max_over_min"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------

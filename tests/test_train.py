@@ -147,13 +147,15 @@ def test_smoke_run_writes_the_model_folder_contract(smoke_runs, kind, subject_co
     assert meta["data"]["window_spec"]["clip_seconds"] == 3.5
     assert meta["training"]["subject_cond"] is subject_cond
     assert meta["training"]["lr"] == PRESETS["demo"]["common"]["lr"], "lr None resolves to the tiny backbone's rate"
-    assert meta["training"]["control_min_timestep"] == 500, "None resolves to the tiny backbone's default"
+    demo = PRESETS["demo"]["common"]
+    assert meta["training"]["control_min_timestep"] == demo["control_min_timestep"], "None resolves to the tiny backbone's preset"
+    assert meta["training"]["timestep_sampling"] == demo["timestep_sampling"] == "cubic"
     assert (result.model_dir / kind / "diffusion_pytorch_model.safetensors").is_file()
 
     loaded = load_trained_model(result.run_dir, device="cpu")  # a run folder resolves to its model/
     assert loaded.kind == kind and loaded.subject_cond is subject_cond
     if kind == "controlnet":  # the sampler applies the timestep range the ControlNet was trained on
-        assert loaded.module.config.control_min_timestep == 500
+        assert loaded.module.config.control_min_timestep == demo["control_min_timestep"]
     assert (loaded.module.subject_layer is not None) is subject_cond
     assert not any(p.requires_grad for p in loaded.module.parameters()) and not loaded.module.training
     last_step, last_checkpoint = list_checkpoints(result.run_dir)[-1]
@@ -482,4 +484,24 @@ def test_controlnet_timesteps_are_drawn_from_control_min_timestep_up(backbone):
     with pytest.raises(ParameterError, match="control_min_timestep"):
         TrainConfig(control_min_timestep=-2)
     assert TrainConfig().resolved("audioldm2").control_min_timestep == 0
-    assert TrainConfig().resolved("tiny").control_min_timestep == 500
+    assert TrainConfig().resolved("tiny").control_min_timestep == 0
+    assert TrainConfig().resolved("tiny").timestep_sampling == "cubic"
+
+
+def test_cubic_timesteps_lean_to_high_noise(backbone):
+    """T2I-Adapter's cubic draw, t = (1 − u³)·T: P(t < T/2) = 1/8, every step still reachable."""
+    generator = torch.Generator().manual_seed(0)
+    objective = DiffusionObjective(backbone, timestep_sampling="cubic")
+    total = objective.num_train_timesteps
+    _, timesteps = objective.draw((20000, 1, 1, 1), generator)
+    assert int(timesteps.min()) >= 0 and int(timesteps.max()) == total - 1
+    assert float((timesteps < total // 2).float().mean()) == pytest.approx(1 / 8, abs=0.01)
+    _, again = DiffusionObjective(backbone, timestep_sampling="cubic").draw((20000, 1, 1, 1), torch.Generator().manual_seed(0))
+    assert torch.equal(timesteps, again)
+    _, above = DiffusionObjective(backbone, min_timestep=600, timestep_sampling="cubic").draw((4000, 1, 1, 1), generator)
+    assert int(above.min()) >= 600
+    with pytest.raises(ParameterError, match="timestep_sampling"):
+        DiffusionObjective(backbone, timestep_sampling="logit-normal")
+    with pytest.raises(ParameterError, match="timestep_sampling"):
+        TrainConfig(timestep_sampling="cube")
+    assert TrainConfig().resolved("audioldm2").timestep_sampling == "uniform"

@@ -18,6 +18,7 @@ from eeg2music.data.pairing import (
 )
 from eeg2music.data.preprocessing import Preprocessing
 from eeg2music.data.windows import (
+    MIN_TEST_CHUNKS,
     EEGMusicWindows,
     WindowSpec,
     chunk_start_sample,
@@ -74,6 +75,18 @@ def test_window_samples():
 def test_bad_window_spec_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         WindowSpec(**kwargs)
+
+
+def test_two_test_chunks_per_song_where_the_song_can_spare_them():
+    """One test chunk per song makes segment-ID the same measure as song-ID; two make them differ."""
+    spec = WindowSpec()
+    assert MIN_TEST_CHUNKS == 2
+    assert spec.chunks_per_split(12) == {"train": 7, "val": 1, "test": 2, "gaps": 2}  # the simulator's 45 s songs
+    assert spec.chunks_per_split(77)["test"] == 8  # NMED-T's 4.5 min: the fraction decides
+    assert spec.chunks_per_split(6)["test"] == 2 and spec.chunks_per_split(6)["train"] == 1
+    assert spec.chunks_per_split(5) == {"train": 1, "val": 1, "test": 1, "gaps": 2}  # no room for two
+    assert WindowSpec(test_chunks=1).chunks_per_split(12)["test"] == 1  # an exact count wins
+    assert WindowSpec(test_fraction=0.0).chunks_per_split(12)["test"] == 0
 
 
 def test_splits_are_disjoint_with_a_gap(tmp_path):

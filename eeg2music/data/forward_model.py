@@ -236,6 +236,37 @@ def build_forward_model(seed: int, subjects: Sequence[int]) -> ForwardModel:
     )
 
 
+def listener_differences(model: ForwardModel) -> dict[str, Any]:
+    """How much the simulated listeners differ, in the three ways the forward model lets them.
+
+    * ``topography_r``: per music source, the mean (and lowest) correlation between two listeners' scalp
+      patterns of that source — what a per-listener channel mixing (the subject layer) can adapt to;
+      ``shared_variance`` is the mean r² over sources and pairs.
+    * ``latency_ms``: the spread (SD, range) of the listeners' response latencies.
+    * ``gain``: the spread of the response gains (SD of the log gain, max/min ratio).
+
+    Returns
+    -------
+    dict
+        ``{"topography_r": {source: {"mean", "min"}}, "shared_variance", "latency_ms": {"sd", "range"},
+        "gain": {"log_sd", "max_over_min"}}``.
+    """
+    n = model.n_subjects
+    upper = np.triu_indices(n, k=1)
+    topography, squared = {}, []
+    for j, name in enumerate(model.source_names):
+        r = np.corrcoef(model.patterns[:, j, :])[upper]
+        topography[name] = {"mean": float(r.mean()), "min": float(r.min())}
+        squared.append(r**2)
+    latency_ms = np.asarray(model.latency_s) * 1000.0
+    return {
+        "topography_r": topography,
+        "shared_variance": float(np.mean(np.concatenate(squared))),
+        "latency_ms": {"sd": float(latency_ms.std()), "range": float(np.ptp(latency_ms))},
+        "gain": {"log_sd": float(np.log(model.gain).std()), "max_over_min": float(model.gain.max() / model.gain.min())},
+    }
+
+
 def _colored_noise(rng, shape: tuple[int, int], fs: float, exponent: float, rms_band: tuple[float, float],
                    rms: float, fmin: float = 0.3, fmax: float | None = None) -> np.ndarray:
     """Noise with PSD ∝ 1/f**exponent between ``fmin`` and ``fmax``, whose RMS within ``rms_band`` is

@@ -57,6 +57,13 @@ def window_samples(sfreq: float, seconds: float) -> int:
     return int(math.floor(seconds * sfreq + 0.5))
 
 
+#: Test chunks per training song at the least (when ``test_fraction`` > 0): with one, every test segment is
+#: its song's only one and segment identification is song identification; two make them differ (a model
+#: must find *when* in the song, not only *which* song). A song too short to spare them (and keep a
+#: training chunk) gets one.
+MIN_TEST_CHUNKS = 2
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """How clips and EEG windows are cut, and how chunks are split.
@@ -70,7 +77,8 @@ class WindowSpec:
     ood_song : int or None
         The song held out whole as out-of-distribution (21 in the reproduction); None: no OOD split.
     val_fraction, test_fraction : float
-        Share of each training song's chunks in val and test (at least one chunk when positive).
+        Share of each training song's chunks in val and test (when positive, at least one val chunk and
+        :data:`MIN_TEST_CHUNKS` test chunks, or one where the song cannot spare them).
     val_chunks, test_chunks : int or None
         Exact numbers of chunks per training song, overriding the fractions.
     gap_chunks : int
@@ -128,12 +136,15 @@ class WindowSpec:
 
     def chunks_per_split(self, n_chunks: int) -> dict[str, int]:
         """How a training song's ``n_chunks`` divide into train / val / test (and the gaps between)."""
-        def count(fraction: float, exact: int | None) -> int:
+        def count(fraction: float, exact: int | None, least: int) -> int:
             if exact is not None:
                 return int(exact)
-            return max(1, int(round(fraction * n_chunks))) if fraction > 0 else 0
+            return max(least, int(round(fraction * n_chunks))) if fraction > 0 else 0
 
-        n_val, n_test = count(self.val_fraction, self.val_chunks), count(self.test_fraction, self.test_chunks)
+        n_val = count(self.val_fraction, self.val_chunks, 1)
+        # Two test chunks where the song can spare them and keep a training chunk, else one.
+        spare = n_chunks - n_val - self.gap_chunks * ((n_val > 0) + 1) - 1
+        n_test = count(self.test_fraction, self.test_chunks, MIN_TEST_CHUNKS if spare >= MIN_TEST_CHUNKS else 1)
         n_gaps = self.gap_chunks * ((n_val > 0) + (n_test > 0))
         return {"train": n_chunks - n_val - n_test - n_gaps, "val": n_val, "test": n_test, "gaps": n_gaps}
 

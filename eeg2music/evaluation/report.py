@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..audio import SAMPLE_RATE
+from ..data.forward_model import listener_differences
+from ..data.simulate import SIMULATION_FILE, load_simulation
 from ..params import ParameterError
 from ..sampling.clips import clip_order, read_wav
 from ..utils import atomic_write_text, write_json
@@ -481,6 +483,28 @@ def subject_layer_table(results, models: Mapping[str, Mapping[str, Any]], embedd
                 if difference:
                     rows[f"{name} · {metric}"] = difference
     return pd.DataFrame(rows).T.round(4) if rows else None
+
+
+def listener_differences_table(data_root: str | Path | None, latent_frame_ms: float) -> "pd.DataFrame | None":
+    """How much the simulated listeners differ (:func:`~eeg2music.data.forward_model.listener_differences`).
+
+    Beside the subject layer's effect: a per-listener layer can only help as much as listeners differ in
+    ways the rest of the model does not already absorb. Rows: the scalp patterns (mean correlation between
+    two listeners, per source, and the mean shared variance), the latency spread against one latent frame,
+    the gain spread (which per-recording robust scaling removes). None for data that is not simulated.
+    """
+    if not data_root or not (Path(data_root) / SIMULATION_FILE).is_file():
+        return None
+    _, model = load_simulation(data_root)
+    found = listener_differences(model)
+    rows = {f"scalp pattern r between listeners · {source}": f"{r['mean']:.3f} (lowest {r['min']:.3f})"
+            for source, r in found["topography_r"].items()}
+    rows["scalp patterns: variance two listeners share (mean r²)"] = f"{found['shared_variance']:.1%}"
+    rows["response latency SD / range"] = (f"{found['latency_ms']['sd']:.1f} ms / {found['latency_ms']['range']:.1f} ms "
+                                           f"(one latent frame: {latent_frame_ms:.1f} ms)")
+    rows["response gain: SD of log gain / max ÷ min"] = (f"{found['gain']['log_sd']:.2f} / {found['gain']['max_over_min']:.2f} "
+                                                         f"(removed by each recording's robust scaling)")
+    return pd.DataFrame({"simulated listeners": rows})
 
 
 def write_metrics(

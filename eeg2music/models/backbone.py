@@ -764,6 +764,24 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     raise ValueError(f"scheduler prediction_type {prediction_type!r}: expected epsilon, v_prediction or sample")
 
 
+def clean_latent_estimate(scheduler, noisy: torch.Tensor, prediction: torch.Tensor, timestep) -> torch.Tensor:
+    """The clean latent z₀ implied by the UNet's prediction at ``timestep`` (the scheduler's ``prediction_type``).
+
+    ε: z₀ = (z_t − √(1−ᾱ)·ε)/√ᾱ; v: z₀ = √ᾱ·z_t − √(1−ᾱ)·v (exact at the zero-SNR last step, where z₀ = −v);
+    sample: the prediction itself. The same estimate a DDIM step computes as ``pred_original_sample``.
+    """
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    alpha_bar = scheduler.alphas_cumprod.to(noisy.device)[torch.as_tensor(timestep, device=noisy.device).long()]
+    alpha_bar = alpha_bar.to(noisy.dtype).reshape(-1, *([1] * (noisy.ndim - 1)))
+    if prediction_type == "epsilon":
+        return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt().clamp_min(1e-4)
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
+    if prediction_type == "sample":
+        return prediction
+    raise ValueError(f"scheduler prediction_type {prediction_type!r}: expected epsilon, v_prediction or sample")
+
+
 def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ loss weights (Hang et al. 2023) for the scheduler's prediction type.
 

@@ -66,10 +66,10 @@ MODEL_LABELS = {
 
 
 #: Windows reconstructed per split and model by notebook 05 at its default size (sized for the demo's
-#: budget on two CPU cores: 10 windows of every test song, so that song identification is measured
-#: with a 95 % interval of about ±8 points — 36 windows gave ±14, too wide to tell 20 % from the 11 %
-#: chance level) and at smoke size (tests).
-DEMO_MAX_CLIPS = {"test": 90, "ood": 24}
+#: budget on two CPU cores: 16 windows of every test song, 8 of each of its two test segments, so that an
+#: identification rate is measured with a 95 % interval of about ±8 points — 36 windows gave ±14, too wide
+#: to tell 20 % from the 11 % chance level) and at smoke size (tests).
+DEMO_MAX_CLIPS = {"test": 144, "ood": 24}
 
 
 SMOKE_MAX_CLIPS = {"test": 4, "ood": 2}
@@ -248,6 +248,7 @@ def sample_clips(
     num_inference_steps: int = 20,
     conditioning_scale: float = 1.0,
     guidance_scale: float = 1.0,
+    strength: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
@@ -277,14 +278,14 @@ def sample_clips(
     with cpu_threads_for(pipeline.device, threads) as used:
         for start in range(0, len(clips), batch_size):
             seconds += _sample_batch(pipeline, dataset, clips[start : start + batch_size], waves, scheduler,
-                                     num_inference_steps, conditioning_scale, seed, guidance_scale)
+                                     num_inference_steps, conditioning_scale, seed, guidance_scale, strength)
             bar.update(min(batch_size, len(clips) - start))
     bar.close()
     return (np.concatenate(waves) if waves else np.zeros((0, CLIP_SAMPLES), np.float32)), seconds, used
 
 
 def _sample_batch(pipeline, dataset, batch, waves, scheduler, num_inference_steps, conditioning_scale, seed,
-                  guidance_scale: float = 1.0) -> float:
+                  guidance_scale: float = 1.0, strength: float = 1.0) -> float:
     """Reconstruct one batch of clips into ``waves``; return the pipeline's wall time."""
     eeg = None
     if pipeline.kind != "unconditional":
@@ -298,6 +299,7 @@ def _sample_batch(pipeline, dataset, batch, waves, scheduler, num_inference_step
         scheduler=scheduler,
         conditioning_scale=conditioning_scale,
         guidance_scale=guidance_scale,
+        strength=strength,
         generator=generators,
         batch_size=len(batch),
         show_progress=False,
@@ -316,6 +318,7 @@ def sample_models(
     num_inference_steps: int = 20,
     conditioning_scale: float = 1.0,
     guidance_scale: float = 1.0,
+    strength: float = 1.0,
     seed: int = 0,
     max_clips: int | Mapping[str, int] = 0,
     subjects: Sequence[int] | None = None,
@@ -337,7 +340,7 @@ def sample_models(
         With audio attached (the true clips are written too).
     out_dir : path-like
         Notebook 05's folder.
-    scheduler, num_inference_steps, conditioning_scale, guidance_scale
+    scheduler, num_inference_steps, conditioning_scale, guidance_scale, strength
         As for :class:`EEGMusicPipeline`.
     seed : int
         Sampling seed (:func:`clip_seed`) and clip-selection seed.
@@ -397,8 +400,8 @@ def sample_models(
             for split, clips in selection.items():
                 waves, seconds, used_threads = sample_clips(
                     pipeline, datasets[split], clips, scheduler=scheduler, num_inference_steps=num_inference_steps,
-                    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, seed=seed,
-                    batch_size=batch_size, progress=progress, desc=f"{run} · {split}", threads=threads,
+                    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, strength=strength,
+                    seed=seed, batch_size=batch_size, progress=progress, desc=f"{run} · {split}", threads=threads,
                 )
                 per_clip = seconds / len(clips)
                 total_seconds += seconds
@@ -428,7 +431,7 @@ def sample_models(
                 "model_dir": None if trained is None else str(trained.path),
                 "scheduler": sampler,
                 "steps": steps,
-                "setting": model_setting(trained, guidance_scale),
+                "setting": model_setting(trained, guidance_scale, strength),
                 "clips": total_clips,
                 "seconds": round(total_seconds, 3),
                 "seconds_per_clip": round(total_seconds / max(total_clips, 1), 4),
@@ -448,6 +451,7 @@ def sample_models(
         "num_inference_steps": int(num_inference_steps),
         "conditioning_scale": float(conditioning_scale),
         "guidance_scale": float(guidance_scale),
+        "strength": float(strength),
         "seed": int(seed),
         "max_clips": limits,
         "subjects": None if not subjects else [int(s) for s in subjects],

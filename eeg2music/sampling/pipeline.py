@@ -36,6 +36,7 @@ from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from ..models.backbone import clean_latent_estimate
 from ..models.controlnet import controlled_noise_prediction, expand_conditioning
 
 #: The samplers :class:`EEGMusicPipeline` offers (names as the parameter takes them).
@@ -45,7 +46,7 @@ SCHEDULERS = ("ddim", "dpmsolver++")
 CLIP_STREAM = 0x5A3B1E  # separates the sampling seeds from training's streams of the same seed
 
 
-def model_setting(trained, guidance_scale: float = 1.0) -> str:
+def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -> str:
     """How a model was trained and is sampled, in a few words (the report's "setting" column).
 
     The paper's setting is a ControlNet whose P is trained from scratch with it, at every diffusion
@@ -62,6 +63,8 @@ def model_setting(trained, guidance_scale: float = 1.0) -> str:
     min_t = training.get("control_min_timestep")
     parts.append("every t (paper)" if not min_t else f"t ≥ {min_t}")
     parts.append("no guidance (paper)" if guidance_scale == 1.0 else f"EEG guidance w = {guidance_scale:g}")
+    if strength != 1.0:
+        parts.append(f"from its own first estimate, last {strength:g} of the steps")
     return ", ".join(parts)
 
 
@@ -78,6 +81,15 @@ def clip_seed(seed: int, song: int, chunk: int, subject: int) -> int:
 def clip_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One ``torch.Generator`` per clip, seeded with ``seeds`` (CPU generators: draws match across devices)."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def restart_index(n_steps: int, strength: float) -> int:
+    """Index of the timestep where a sampler run with ``strength`` begins (0 = from pure noise).
+
+    The last ``round(strength · n_steps)`` steps run (at least one), as in diffusers' img2img pipelines.
+    """
+    run = min(n_steps, max(1, int(round(float(strength) * n_steps))))
+    return n_steps - run
 
 
 def make_scheduler(name: str, config: Mapping[str, Any]):
@@ -232,20 +244,37 @@ class EEGMusicPipeline:
             raise ValueError(f"EEGMusicPipeline: latents must have shape {shape}, got {tuple(latents.shape)}")
         return latents.to(self.device, self.dtype) * scheduler.init_noise_sigma
 
-    def _denoise(self, latents, scheduler, eeg, subject, conditioning_scale, guidance_scale, show_progress) -> torch.Tensor:
-        unet = self.backbone.unet
-        batch = latents.shape[0]
-        conditioning = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
-                        for k, v in self.backbone.unet_conditioning(batch).items()}
-        steps = scheduler.timesteps
+    def _prediction(self, model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale) -> torch.Tensor:
+        """One UNet prediction at step ``t``: steered by the EEG (ControlNet) or the backbone alone."""
+        if self.kind == "controlnet":
+            return controlled_noise_prediction(
+                self.backbone.unet, self.module, model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale
+            )
+        return self.backbone.unet(model_input, t, **expand_conditioning(conditioning, model_input.shape[0]), return_dict=False)[0]
+
+    def _conditioning(self, batch: int) -> dict[str, Any]:
+        return {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v)
+                for k, v in self.backbone.unet_conditioning(batch).items()}
+
+    def first_estimate(self, noise, scheduler, eeg, subject, conditioning_scale, guidance_scale) -> torch.Tensor:
+        """The model's one-step estimate of the clean latent from pure noise ``z_T`` (at the first timestep).
+
+        At the last training step the noisy latent holds (almost) nothing of the clip, so this is the
+        model's conditional mean: what the EEG alone says the clip is (for the backbone alone, the mean clip).
+        """
+        t = scheduler.timesteps[0]
+        model_input = scheduler.scale_model_input(noise, t)
+        prediction = self._prediction(model_input, t, eeg, subject, self._conditioning(noise.shape[0]),
+                                      conditioning_scale, guidance_scale)
+        return clean_latent_estimate(scheduler, model_input, prediction, t)
+
+    def _denoise(self, latents, scheduler, eeg, subject, conditioning_scale, guidance_scale, show_progress,
+                 begin: int = 0) -> torch.Tensor:
+        conditioning = self._conditioning(latents.shape[0])
+        steps = scheduler.timesteps[begin:]
         for t in (self.progress_bar(steps) if show_progress else steps):
             model_input = scheduler.scale_model_input(latents, t)
-            if self.kind == "controlnet":
-                noise_pred = controlled_noise_prediction(
-                    unet, self.module, model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale
-                )
-            else:
-                noise_pred = unet(model_input, t, **expand_conditioning(conditioning, batch), return_dict=False)[0]
+            noise_pred = self._prediction(model_input, t, eeg, subject, conditioning, conditioning_scale, guidance_scale)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
         return latents
 
@@ -276,6 +305,7 @@ class EEGMusicPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         *,
         guidance_scale: float = 1.0,
+        strength: float = 1.0,
         batch_size: int | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -302,6 +332,13 @@ class EEGMusicPipeline:
         guidance_scale : float
             Guidance on the EEG, ``ε_base + w·(ε_EEG − ε_base)`` (:func:`~eeg2music.models.controlnet.controlled_noise_prediction`):
             1 = the paper's sampling; > 1 amplifies what the EEG changes. ControlNet only.
+        strength : float
+            In (0, 1]: the share of the denoising trajectory the sampler runs. 1 = from pure noise (the
+            paper's sampling); below 1, two stages: the model's one-step estimate of the clip from ``z_T``
+            (:meth:`first_estimate`, its conditional mean), noised to the step where the last ``strength``
+            of the trajectory begins (with the clip's own noise), then denoised from there — SDEdit, as
+            img2img pipelines' ``strength``; fMRI decoders start diffusion from a low-level estimate the same
+            way. Lower keeps more of the estimate's time course, higher more of the sampler's detail.
         generator : torch.Generator or list of torch.Generator, optional
             The initial noise's source; a list (one per clip, :func:`clip_generators`) makes every
             clip reproducible on its own, whatever the batch.
@@ -330,6 +367,8 @@ class EEGMusicPipeline:
             raise ValueError(f"parameter 'num_inference_steps': must be ≥ 1, got {num_inference_steps}")
         if not float(guidance_scale) >= 0.0:
             raise ValueError(f"parameter 'guidance_scale': must be ≥ 0, got {guidance_scale}")
+        if not 0.0 < float(strength) <= 1.0:
+            raise ValueError(f"parameter 'strength': must be in (0, 1], got {strength}")
         if eeg is not None:
             eeg = torch.as_tensor(eeg)
             if eeg.ndim == 2:
@@ -348,8 +387,18 @@ class EEGMusicPipeline:
             sampler = make_scheduler(scheduler, self.backbone.scheduler.config)
             sampler.set_timesteps(int(num_inference_steps), device=self.device)
             start = self.prepare_latents(batch, generator, sampler, latents)
+            begin = restart_index(len(sampler.timesteps), strength)
+            if begin:
+                # Two stages: the model's one-step estimate from z_T, noised back to the step `begin` with the
+                # same noise, then the last `strength` of the trajectory (SDEdit; img2img's `strength`).
+                estimate = self.first_estimate(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale))
+                restart_t = sampler.timesteps[begin]
+                noise = start / sampler.init_noise_sigma
+                start = sampler.add_noise(estimate, noise, restart_t.reshape(1)) if hasattr(sampler, "add_noise") else estimate
+                if hasattr(sampler, "set_begin_index"):
+                    sampler.set_begin_index(begin)
             result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale),
-                                   show_progress)
+                                   show_progress, begin)
 
         if output_type != "latent":
             result = self.decode(result)

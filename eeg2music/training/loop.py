@@ -356,7 +356,7 @@ def train(config: TrainConfig | None = None, *, backbone=None, data: TrainingDat
         restore_training_state(resume_from, optimizer=optimizer, lr_scheduler=lr_scheduler, accelerator=accelerator)
     unwrapped = accelerator.unwrap_model(model)
 
-    objective = (DiffusionObjective(backbone, cfg.conditioning_scale, cfg.control_min_timestep) if kind == "controlnet"
+    objective = (DiffusionObjective(backbone, cfg.conditioning_scale, cfg.control_min_timestep, cfg.timestep_sampling) if kind == "controlnet"
                  else RegressionObjective())
     if isinstance(objective, DiffusionObjective):
         objective.conditioning = {k: v.to(device) if isinstance(v, torch.Tensor) else v
