@@ -4,9 +4,10 @@ Runs notebooks 04 → 05 → 06 with papermill inside one run folder (``--output
 ``outputs/ablation``; the simulated dataset, the cache and the backbone are reused from the default run
 folder when they are there, otherwise built once). Rows:
 
-* ``paper``: ControlNet + subject layer, P trained from scratch with it, every diffusion step, no guidance;
+* ``paper``: ControlNet + subject layer, P trained from scratch with it, uniform over every diffusion step, no guidance;
 * ``t≥500``: the same, trained and acting only at the noisier half of the steps;
 * ``t≥500 + aligned``: S and P first aligned to the audio with a contrastive loss (``--align-steps``);
+* ``cubic + aligned`` (the demo's): aligned, trained at every step with timesteps drawn cubic (biased to high noise);
 * each ControlNet again sampled with guidance on the EEG (``--guidance``);
 * the ConvNet baseline and the unconditional backbone as references.
 
@@ -16,7 +17,7 @@ and segment-identification (test split) with 95 % intervals, per embedder, into 
 
 Usage::
 
-    python benchmarks/ablation_decoding.py [--outputs outputs/ablation] [--steps 200] [--align-steps 150]
+    python benchmarks/ablation_decoding.py [--outputs outputs/ablation] [--steps 200] [--align-steps 100]
         [--guidance 3] [--max-clips 90]
 
 Writes ``<outputs>/ablation.json`` and ``<outputs>/ablation.csv`` and prints the table.
@@ -37,7 +38,7 @@ def _parse(argv):
     parser.add_argument("--outputs", default="outputs/ablation", help="run folder of the ablation")
     parser.add_argument("--reuse", default="outputs", help="default run folder whose data, cache and backbone are reused")
     parser.add_argument("--steps", type=int, default=200, help="ControlNet steps (as the demo)")
-    parser.add_argument("--align-steps", type=int, default=150, help="contrastive steps of the aligned variant")
+    parser.add_argument("--align-steps", type=int, default=100, help="contrastive steps of the aligned variant")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale w of the guided rows")
     parser.add_argument("--max-clips", type=int, default=0, help="windows per split and model (0: notebook 05's default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -47,10 +48,12 @@ def _parse(argv):
 #: (run name, notebook 04 parameters)
 def _variants(args) -> list[tuple[str, dict]]:
     return [
-        ("paper", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 0}),
-        ("t500", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 500}),
+        ("paper", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 0, "timestep_sampling": "uniform"}),
+        ("t500", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 500, "timestep_sampling": "uniform"}),
         ("t500_aligned", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 500,
-                          "align_steps": args.align_steps}),
+                          "timestep_sampling": "uniform", "align_steps": args.align_steps}),
+        ("cubic_aligned", {"model": "controlnet", "subject_cond": True, "control_min_timestep": 0,
+                           "timestep_sampling": "cubic", "align_steps": args.align_steps}),
         ("convnet", {"model": "convnet", "subject_cond": False}),
     ]
 

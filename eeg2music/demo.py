@@ -11,7 +11,8 @@ Usage::
     python -m eeg2music.demo [--outputs outputs] [--smoke] [--only 04_train ...] [-p name value ...]
 
 ``-p`` parameters are passed to every notebook that has them (as papermill's ``-p`` does), over the
-chain's own settings: ``-p align_steps 0 -p guidance_scale 1`` runs the paper's setting.
+chain's own settings: ``-p align_steps 0 -p timestep_sampling uniform -p guidance_scale 1`` runs the paper's
+setting (on the tiny backbone, whose preset keeps its learning rate).
 """
 
 from __future__ import annotations

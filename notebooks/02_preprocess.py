@@ -41,7 +41,7 @@ lag_seconds = 0.0  # how far each EEG window lies behind its audio clip, in seco
 ood_song = 21  # the song held out whole as out-of-distribution; 0 for none
 loso_subject = 0  # participant number held out entirely (leave-one-subject-out); 0 for none
 val_fraction = 0.1  # share of each training song's chunks used for validation
-test_fraction = 0.1  # share of each training song's chunks used for testing
+test_fraction = 0.1  # share of each training song's chunks used for testing (at least two chunks where the song can spare them)
 gap_chunks = 1  # unused 3.5 s chunks between train, val and test within a song
 allow_stimulus_mismatch = False  # pair a WAV with EEG that lasts over 1 s longer or shorter, cutting the song within the shorter; False stops
 out_dir = ""  # where the cache, summary and figures go; empty: outputs/02_preprocess
@@ -100,7 +100,7 @@ folder = scan_nmedt(ensure_dataset(data_root, smoke=smoke, seed=seed), stimuli_d
 layout = folder.resolve_layout(layout)
 cfg = Preprocessing(filtering=filtering, resample_sfreq=resample_sfreq or None, bad_channels=bad_channels)
 if smoke:
-    gap_chunks = 0  # smoke songs last 15 s = 4 chunks: no room for gaps next to 1 train, 1 val, 1 test chunk
+    gap_chunks = 0  # smoke songs last 15 s = 4 chunks: no room for gaps next to 1 train, 1 val, 2 test chunks
     print("smoke run: gap_chunks = 0")
 spec = WindowSpec(lag_seconds=lag_seconds, ood_song=ood_song or None, val_fraction=val_fraction,
                       test_fraction=test_fraction, gap_chunks=gap_chunks)
@@ -198,7 +198,9 @@ print(f"{len(index.recordings)} recordings, {len(index.subjects)} participants, 
 # The splits follow the paper. Within each training song, the first chunks are for **training**, then
 # come **validation** and **test** chunks, separated by unused *gap* chunks so that no window — nor the
 # slow drifts of the EEG around it — straddles two splits. The test chunks measure generalisation to
-# unheard *excerpts* of known songs. One whole song (`ood_song`) is never trained on: it measures
+# unheard *excerpts* of known songs; each song keeps at least two of them where it can spare them, so
+# that identifying the *segment* (when in the song) is a harder question than identifying the song.
+# One whole song (`ood_song`) is never trained on: it measures
 # generalisation to *unknown music*. With `loso_subject`, one participant's EEG is kept out of training
 # altogether and used only for testing.
 

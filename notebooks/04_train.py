@@ -125,7 +125,7 @@ display(pd.DataFrame({"windows": data.info["windows"], "clips (song, chunk)": da
 # clean latent by the signal-to-noise ratio $\bar\alpha_t/(1-\bar\alpha_t)$, which is small exactly where the
 # EEG is informative; with $t$ drawn uniformly, the EEG's share of the gradient drowns in the noise of a
 # few hundred steps. So on the tiny backbone $t$ is drawn **cubic**, $t = \lfloor(1-u^3)\,T\rfloor$ with
-# $u \sim \mathcal U(0, 1)$, as T2I-Adapter trains its adapters: 7 draws in 8 land in the noisier half,
+# $u \sim \mathcal U(0, 1)$, as T2I-Adapter trains its adapters: 4 draws in 5 land in the noisier half,
 # where the EEG decides what the clip becomes, and the ControlNet still sees (and later steers) the
 # low-noise steps where the backbone fills in the details. The paper's uniform draw is
 # `timestep_sampling="uniform"` (the default for AudioLDM2); `control_min_timestep` can in addition keep

@@ -155,6 +155,16 @@ if first_run is not None:
     print(f"{first_run}: one clip in {len(sampler.timesteps)} DDIM steps with w = {guidance_scale}; "
           f"latent std {z.std():.2f}")
 
+# %% [markdown]
+# **Sample or estimate.** At the first step $z_T$ holds nothing of the clip, so that step's $\hat z_0$ is
+# the model's *conditional mean*: what the EEG alone says the clip is, a regression like the ConvNet's
+# (blurred, but following the clip's time course). The following steps add the detail no EEG determines:
+# a plausible clip, not an average one, which can stray from the true clip's time course. `strength`
+# $s < 1$ trades between the two: the sampler takes that first estimate, noises it back to the step where
+# the last $s$ of its trajectory begins (with the clip's own noise) and runs only those steps — SDEdit,
+# as fMRI decoders start diffusion from a low-level reconstruction. $s = 1$ (the default) is the paper's
+# sampling from pure noise; `num_inference_steps=1` returns the estimate itself.
+
 # %%
 demo_clip = datasets["test"].windows[0]
 demo_seed = clip_seed(seed, demo_clip.song, demo_clip.chunk, demo_clip.subject)

@@ -39,6 +39,7 @@ from eeg2music.sampling.pipeline import (
     clip_generators,
     clip_seed,
     make_scheduler,
+    model_setting,
     restart_index,
 )
 
@@ -202,6 +203,19 @@ def test_clean_latent_estimate_inverts_the_target(backbone, prediction_type):
     noisy = scheduler.add_noise(z0, noise, timesteps)
     estimate = clean_latent_estimate(scheduler, noisy, diffusion_target(scheduler, z0, noise, timesteps), timesteps)
     torch.testing.assert_close(estimate, z0, rtol=1e-4, atol=2e-4)
+
+
+def test_model_setting_names_every_departure_from_the_paper():
+    def run(**training):
+        return TrainedModel("controlnet", None, {"training": {"steps": 200, **training}}, Path("c"))
+
+    paper = model_setting(run(align_steps=0, control_min_timestep=0, timestep_sampling="uniform"))
+    assert paper == "200 steps, P from scratch (paper), every t, uniform (paper), no guidance (paper)"
+    demo = model_setting(run(align_steps=100, control_min_timestep=0, timestep_sampling="cubic"), 3.0, 0.6)
+    assert demo == ("200 steps, S and P aligned first (100 contrastive steps), every t, cubic timesteps, "
+                    "EEG guidance w = 3, from its own first estimate, last 0.6 of the steps")
+    assert "t ≥ 500, uniform timesteps" in model_setting(run(control_min_timestep=500))
+    assert model_setting(None) == "backbone alone"
 
 
 def test_restart_index_runs_the_last_share_of_the_steps():

@@ -11,6 +11,7 @@ import scipy.io
 
 from eeg2music.audio import auditory_features
 from eeg2music.data.forward_model import build_forward_model, listener_differences
+from eeg2music.evaluation.report import listener_differences_table
 from eeg2music.data.music import synthesize_song
 from eeg2music.data.nmedt import SONGS, read_stimulus, scan_nmedt
 from eeg2music.data.recordings import iter_recordings, read_recording, song_onsets
@@ -254,6 +255,13 @@ def test_listener_differences_measure_what_the_forward_model_varies():
     same = listener_differences(model)
     assert same["shared_variance"] == pytest.approx(1.0) and same["latency_ms"]["sd"] == 0
     assert same["gain"]["max_over_min"] == 1.0
+
+
+def test_listener_differences_table_reads_a_simulated_folder(smoke, tmp_path):
+    table = listener_differences_table(smoke, latent_frame_ms=40.0)
+    assert len(table) == 7 and "one latent frame: 40.0 ms" in table.iloc[5, 0]
+    assert listener_differences_table(tmp_path, latent_frame_ms=40.0) is None  # real recordings: unknown
+    assert listener_differences_table("", latent_frame_ms=40.0) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ CLIP_STREAM = 0x5A3B1E  # separates the sampling seeds from training's streams o
 def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -> str:
     """How a model was trained and is sampled, in a few words (the report's "setting" column).
 
-    The paper's setting is a ControlNet whose P is trained from scratch with it, at every diffusion
-    step, sampled without guidance; anything else is named.
+    The paper's setting is a ControlNet whose P is trained from scratch with it, on timesteps drawn
+    uniformly from every diffusion step, sampled without guidance from pure noise; anything else is named.
     """
     if trained is None or trained.kind == "unconditional":
         return "backbone alone"
@@ -61,7 +61,9 @@ def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -
     align = int(training.get("align_steps") or 0)
     parts.append(f"S and P aligned first ({align} contrastive steps)" if align else "P from scratch (paper)")
     min_t = training.get("control_min_timestep")
-    parts.append("every t (paper)" if not min_t else f"t ≥ {min_t}")
+    draw = training.get("timestep_sampling") or "uniform"
+    where = "every t" if not min_t else f"t ≥ {min_t}"
+    parts.append(f"{where}, uniform (paper)" if draw == "uniform" and not min_t else f"{where}, {draw} timesteps")
     parts.append("no guidance (paper)" if guidance_scale == 1.0 else f"EEG guidance w = {guidance_scale:g}")
     if strength != 1.0:
         parts.append(f"from its own first estimate, last {strength:g} of the steps")

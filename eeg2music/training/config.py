@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Timesteps drawn "cubic" (T2I-Adapter's t = (1 − u³)·T): with uniform timesteps the objective values an
     # improvement of the clean-latent estimate by SNR(t), small exactly at the noise levels where the EEG tells
     # what the noisy latent does not, so the EEG's share of the gradient is lost in the noise of a few hundred
-    # steps; the cubic draw puts 7/8 of the steps in the noisier half while still training the ControlNet at
+    # steps; the cubic draw puts 4 steps in 5 in the noisier half while still training the ControlNet at
     # every t, so that it also acts while the backbone refines the details. Measured on notebook 06's
     # mel-envelope song-ID (ControlNet+subject, aligned S and P, guidance 3, 200 steps, 90 test windows, chance
     # 11 %): trained and acting at t >= 500 only 48 % [38, 59]; the same model acting at every t 57 %; cubic,

@@ -30,9 +30,9 @@ class DiffusionObjective:
     ε for AudioLDM2-music, v for the tiny backbone), so the ControlNet learns in
     the parameterisation its UNet was trained in. Timesteps are drawn on ``min_timestep … T-1`` (the
     ControlNet's ``control_min_timestep``; 0, the paper's, draws from the whole schedule), uniformly (the
-    paper's) or ``"cubic"``: t = (1 − u³)·T with u uniform, as T2I-Adapter trains its adapters — three
-    quarters of the draws above the middle of the schedule, where the noisy latent holds little of the clip
-    and the structure a condition sets is decided, while the low-noise steps are still seen.
+    paper's) or ``"cubic"``: t = (1 − u³)·T with u uniform, as T2I-Adapter trains its adapters — four draws
+    in five (2^(−1/3) ≈ 0.79) above the middle of the schedule, where the noisy latent holds little of the
+    clip and the structure a condition sets is decided, while the low-noise steps are still seen.
     """
 
     uses_noise = True
