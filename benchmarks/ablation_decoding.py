@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     timings: dict[str, float] = {}
     runs = []
     for run, parameters in _variants(args):
-        step = DemoStep("04_train", {**parameters, "steps": args.steps if parameters["model"] == "controlnet" else 0,
+        step = DemoStep("04_train", {**parameters, "steps": args.steps if parameters["model"] == "controlnet" else None,
                                      "run_name": run, "seed": args.seed}, f"04_{run}")
         print(f"[ablation] training {run} …", flush=True)
         timings[step.name] = run_step(step, executed, {}, smoke=False)
