@@ -216,6 +216,7 @@ def test_model_setting_names_every_departure_from_the_paper():
                     "EEG guidance w = 3, from its own first estimate, last 0.6 of the steps")
     assert "t ≥ 500, uniform timesteps" in model_setting(run(control_min_timestep=500))
     assert model_setting(None) == "backbone alone"
+    assert model_setting(None, 1.0, 0.5) == "backbone alone, from its own first estimate, last 0.5 of the steps"
 
 
 def test_restart_index_runs_the_last_share_of_the_steps():

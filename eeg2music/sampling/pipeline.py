@@ -52,8 +52,9 @@ def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -
     The paper's setting is a ControlNet whose P is trained from scratch with it, on timesteps drawn
     uniformly from every diffusion step, sampled without guidance from pure noise; anything else is named.
     """
+    restart = f", from its own first estimate, last {strength:g} of the steps" if strength != 1.0 else ""
     if trained is None or trained.kind == "unconditional":
-        return "backbone alone"
+        return "backbone alone" + restart
     training = trained.config.get("training", {})
     if trained.kind == "convnet":
         return f"regression, {training.get('steps')} steps"
@@ -65,9 +66,7 @@ def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -
     where = "every t" if not min_t else f"t ≥ {min_t}"
     parts.append(f"{where}, uniform (paper)" if draw == "uniform" and not min_t else f"{where}, {draw} timesteps")
     parts.append("no guidance (paper)" if guidance_scale == 1.0 else f"EEG guidance w = {guidance_scale:g}")
-    if strength != 1.0:
-        parts.append(f"from its own first estimate, last {strength:g} of the steps")
-    return ", ".join(parts)
+    return ", ".join(parts) + restart
 
 
 def clip_seed(seed: int, song: int, chunk: int, subject: int) -> int:
@@ -396,8 +395,8 @@ class EEGMusicPipeline:
                 estimate = self.first_estimate(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale))
                 restart_t = sampler.timesteps[begin]
                 noise = start / sampler.init_noise_sigma
-                start = sampler.add_noise(estimate, noise, restart_t.reshape(1)) if hasattr(sampler, "add_noise") else estimate
-                if hasattr(sampler, "set_begin_index"):
+                start = sampler.add_noise(estimate, noise, restart_t.reshape(1))
+                if hasattr(sampler, "set_begin_index"):  # multistep solvers track their step; DDIM reads it from t
                     sampler.set_begin_index(begin)
             result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale),
                                    show_progress, begin)
