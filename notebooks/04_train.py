@@ -309,11 +309,11 @@ print("checkpoints:", sorted(p.name for p in (run_folder / "checkpoints").iterdi
 # %% [markdown]
 # ## Recap
 #
-# In this notebook we trained the decoder of EEG to music: the windows of 3.5 s of EEG paired with the
-# latents of their audio clips (encoded once per clip and shared by all participants), the
-# ε-prediction loss through the frozen backbone for the ControlNet (and a latent regression for the
-# ConvNet baseline), with one `accelerate` loop whose checkpoints resume bit for bit. We compared the
-# validation loss with the true EEG against the same model with the EEG zeroed and with the EEG of
-# another clip, the first evidence of whether the model uses the EEG, and we saved a model folder that
-# notebooks 05 (sampling) and 06 (evaluation) load. Next: notebook 05 generates music from the test
-# EEG with every model.
+# In this notebook we trained the decoder of EEG to music: the windows of 3.5 s of EEG paired with the latents
+# of their audio clips (encoded once per clip and shared by all participants), the ε-prediction loss through
+# the frozen backbone for the ControlNet, on timesteps drawn uniformly as in the paper or biased to high noise
+# (`timestep_sampling`), and a latent regression for the ConvNet baseline, with one `accelerate` loop whose
+# checkpoints resume bit for bit. We compared the validation loss with the true EEG against the same model
+# with the EEG zeroed and with the EEG of another clip, the first evidence of whether the model uses the EEG,
+# and we saved a model folder that notebooks 05 (sampling) and 06 (evaluation) load. Next: notebook 05
+# generates music from the test EEG with every model.

@@ -266,11 +266,12 @@ display(listening_table(examples, labels))
 # %% [markdown]
 # ## Recap
 #
-# In this notebook we generated music from EEG with every model: the ControlNet denoising random
-# latents under the EEG's guidance (with DPM-Solver++ in 20 steps rather than the paper's 200 DDIM
-# steps), the ConvNet decoding its regressed latent, and the unconditional backbone as the no-EEG
-# reference — on the held-out test chunks and on a song no model saw. Each clip's noise came from its
-# own seed, shared by all models, so the comparison is paired and reproducible. We looked at true and
-# generated spectrograms on one scale and listened to them. Notebook 06 turns these WAVs into numbers:
-# the paper's metrics, song and segment identification with confidence intervals. Executed, notebooks 05
-# and 06 are the report: `make demo` exports both to self-contained HTML in `outputs/notebooks/`.
+# In this notebook we generated music from EEG with every model: the ControlNet denoising random latents under
+# the EEG's guidance (with DPM-Solver++ in 20 steps rather than the paper's 200 DDIM steps), the ConvNet
+# decoding its regressed latent, and the unconditional backbone as the no-EEG reference — on the held-out test
+# chunks and on a song no model saw. Each clip's noise came from its own seed, shared by all models, so the
+# comparison is paired and reproducible. We saw that the model's first estimate of a clip is its conditional
+# mean, and that `strength` restarts the sampler from it. We looked at true and generated spectrograms on one
+# scale and listened to them. Notebook 06 turns these WAVs into numbers: the paper's metrics, song and segment
+# identification with confidence intervals. Executed, notebooks 05 and 06 are the report: `make demo` exports
+# both to self-contained HTML in `outputs/notebooks/`.

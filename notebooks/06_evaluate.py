@@ -284,13 +284,13 @@ print("\n".join(f"{name}: {path}" for name, path in written.items()))
 # %% [markdown]
 # ## Recap
 #
-# In this notebook we evaluated the reconstructions the way the paper does — FAD, CLAP score (cosine),
-# Pearson and MSE of paired embeddings — and went further: song and segment identification against
-# their chance levels, 95 % bootstrap intervals for every number, permutation tests against shuffled
-# pairings, and paired model differences. We compared clips both by what they sound like overall and by
-# their time course (`mel-envelope`), which is what the EEG follows. We read what the numbers say in plain
-# words (generated from them), looked at the spectrograms, listened to examples, and wrote `metrics.json`
-# and `metrics.csv`.
+# In this notebook we evaluated the reconstructions the way the paper does — FAD, CLAP score (cosine), Pearson
+# and MSE of paired embeddings — and went further: song and segment identification against their chance
+# levels, 95 % bootstrap intervals for every number, permutation tests against shuffled pairings, paired model
+# differences, and — on simulated data — how much the listeners differ, which bounds what the subject layer
+# can do. We compared clips both by what they sound like overall and by their time course (`mel-envelope`),
+# which is what the EEG follows. We read what the numbers say in plain words (generated from them), looked at
+# the spectrograms, listened to examples, and wrote `metrics.json` and `metrics.csv`.
 #
 # This executed notebook, with notebook 05, is the report. `make demo` exports both to self-contained HTML
 # (figures and audio players inside): `outputs/notebooks/05_sample.html` and `06_evaluate.html`. After a
