@@ -8,7 +8,8 @@ folder when they are there, otherwise built once). Rows:
 * ``t≥500``: the same, trained and acting only at the noisier half of the steps;
 * ``t≥500 + aligned``: S and P first aligned to the audio with a contrastive loss (``--align-steps``);
 * ``cubic + aligned`` (the demo's): aligned, trained at every step with timesteps drawn cubic (biased to high noise);
-* each ControlNet again sampled with guidance on the EEG (``--guidance``);
+* each ControlNet again sampled with guidance on the EEG (``--guidance``), and its one-step estimate from
+  the same noise (``<run>_estimate``: the conditional mean given the EEG, not a sample);
 * the ConvNet baseline and the unconditional backbone as references.
 
 Every model reconstructs the same test and out-of-distribution windows from the same per-clip noise
@@ -79,10 +80,11 @@ def main(argv=None) -> int:
         timings[step.name] = run_step(step, executed, {}, smoke=False)
         runs.append(run)
     controlnets = [run for run, p in _variants(args) if p["model"] == "controlnet"]
-    sampling = [("w1", runs + ["unconditional"], 1.0), (f"w{args.guidance:g}", controlnets, args.guidance)]
-    for name, models, guidance in sampling:
+    # The guided sampling also decodes every ControlNet's one-step estimate (its conditional mean).
+    sampling = [("w1", runs + ["unconditional"], 1.0, []), (f"w{args.guidance:g}", controlnets, args.guidance, controlnets)]
+    for name, models, guidance, estimates in sampling:
         sample_dir, eval_dir = outputs / f"05_{name}", outputs / f"06_{name}"
-        for notebook, params, out in (("05_sample", {"models": models, "guidance_scale": guidance,
+        for notebook, params, out in (("05_sample", {"models": models, "guidance_scale": guidance, "decode_means": bool(estimates),
                                                      "max_clips": args.max_clips, "out_dir": str(sample_dir)}, sample_dir),
                                       ("06_evaluate", {"sample_dir": str(sample_dir), "out_dir": str(eval_dir)}, eval_dir)):
             step = DemoStep(notebook, {**params, "seed": args.seed}, f"{notebook[:2]}_{name}")
@@ -90,11 +92,11 @@ def main(argv=None) -> int:
             timings[step.name] = run_step(step, executed, {}, smoke=False)
 
     rows = []
-    for name, models, guidance in sampling:
+    for name, models, guidance, estimates in sampling:
         metrics = json.loads((outputs / f"06_{name}" / "metrics.json").read_text())
         encoder = json.loads((outputs / f"05_{name}" / "encoder_only.json").read_text()) \
             if (outputs / f"05_{name}" / "encoder_only.json").is_file() else {}
-        for run in models:
+        for run in models + [f"{run}_estimate" for run in estimates]:
             row = {"model": run, "guidance": guidance, "setting": metrics["models"][run].get("setting", "")}
             for embedder, result in metrics["results"]["test"][run].items():
                 for metric in ("song_id_top1", "segment_id_top1"):
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
                     row[f"{embedder} OOD segment_id_top1"] = ood["segment_id_top1"]["value"]
             if run in encoder:
                 row["encoder-only song_top1"] = encoder[run]["song_top1"]
+                row["encoder-only segment_top1"] = encoder[run]["segment_top1"]
             rows.append(row)
     import pandas as pd
 

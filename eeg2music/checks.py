@@ -271,9 +271,9 @@ def sample_parameters(params: MutableMapping[str, Any]) -> None:
         if not math.isfinite(params["guidance_scale"]):
             raise ParameterError(f"parameter 'guidance_scale': {params['guidance_scale']!r} is not a finite number")
         _at_least(params, "guidance_scale", 0.0, "1 is no guidance, 0 the backbone alone")
-    if "strength" in params and not 0.0 < params["strength"] <= 1.0:
-        raise ParameterError(f"parameter 'strength': {params['strength']!r} is not in (0, 1] "
-                             f"(the share of the denoising steps run; 1 = from pure noise)")
+    if "strength" in params and not 0.0 <= params["strength"] <= 1.0:
+        raise ParameterError(f"parameter 'strength': {params['strength']!r} is not in [0, 1] "
+                             f"(the share of the denoising steps run; 1 = from pure noise, 0 = the first estimate)")
     _participants(params, "subjects")
     _device(params)
 

@@ -36,7 +36,8 @@ scheduler = "dpmsolver++"  # "dpmsolver++" (≈ 20 steps) or "ddim" (the paper's
 num_inference_steps = 20  # denoising steps of the diffusion models
 conditioning_scale = 1.0  # multiplies the ControlNet residuals (1: as trained, 0: the backbone alone)
 guidance_scale = 1.0  # guidance on the EEG, eps_base + w (eps_EEG - eps_base): 1 is the paper's sampling, above 1 amplifies the EEG
-strength = 1.0  # share of the denoising steps run: 1 from pure noise (the paper's); below 1 from the model's own first estimate, noised back
+strength = 1.0  # share of the denoising steps run: 1 from pure noise (the paper's); below 1 from the model's own first estimate, noised back; 0 that estimate itself
+decode_means = True  # also decode each ControlNet's one-step estimate from the same noise (its conditional mean given the EEG), as "<run>_estimate"
 max_clips = 0  # EEG windows per split (test, OOD) for every model, 0 → the default for the size
 subjects = []  # participants to sample (NMED-T numbers, e.g. [2, 3]), [] → all
 batch_size = 8  # clips per pipeline call
@@ -163,7 +164,9 @@ if first_run is not None:
 # $s < 1$ trades between the two: the sampler takes that first estimate, noises it back to the step where
 # the last $s$ of its trajectory begins (with the clip's own noise) and runs only those steps — SDEdit,
 # as fMRI decoders start diffusion from a low-level reconstruction. $s = 1$ (the default) is the paper's
-# sampling from pure noise; `num_inference_steps=1` returns the estimate itself.
+# sampling from pure noise; $s = 0$ returns the estimate itself. With `decode_means`, every ControlNet
+# gets a second row, "…, mean": the same model's estimate from the same $z_T$, so that notebook 06 can
+# measure, clip by clip, what sampling keeps of what the model knows.
 
 # %%
 demo_clip = datasets["test"].windows[0]
@@ -195,10 +198,11 @@ print(f"{first_run}: DPM-Solver++ ({num_inference_steps} steps) vs DDIM ({2 * nu
 from eeg2music.models.tiny_backbone import backbone_provenance
 from eeg2music.sampling.clips import sample_models
 
+estimates = [run for run, model in trained.items() if model.kind == "controlnet"] if decode_means else []
 record = sample_models(
     trained, backbone_model, datasets, out_folder, scheduler=scheduler, num_inference_steps=num_inference_steps,
     conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, strength=strength, seed=seed, max_clips=limits, subjects=subjects or None,
-    batch_size=batch_size, info={"backbone": backbone_dir, "backbone_provenance": backbone_provenance(backbone_dir), "data": data_config, "smoke": smoke, "device": str(target)},
+    batch_size=batch_size, estimates=estimates, info={"backbone": backbone_dir, "backbone_provenance": backbone_provenance(backbone_dir), "data": data_config, "smoke": smoke, "device": str(target)},
 )
 timing = pd.DataFrame(record["models"]).T[["label", "scheduler", "steps", "clips", "seconds_per_clip"]]
 display(timing)

@@ -175,8 +175,9 @@ plt.show()
 # ### Generation against the encoder alone
 #
 # For ControlNets whose EEG encoder was aligned to the audio first, notebook 05 measured the encoder's
-# own song identification on the test windows (`encoder_only.json`). The generated audio can show at
-# most what the encoder knows: the last column is the share of it that survives generation.
+# own identification on the test windows (`encoder_only.json`): which 3.5 s segment, which song. The
+# generated audio can show at most what the encoder knows; "kept" is the share of it that survives
+# generation, for the samples and for the model's mean (its one-step estimate, when notebook 05 decoded it).
 
 # %%
 from eeg2music.evaluation.report import encoder_only_table
@@ -184,8 +185,24 @@ from eeg2music.utils import read_json
 
 encoder_file = record["folder"] / "encoder_only.json"
 encoder_only = read_json(encoder_file) if encoder_file.is_file() else {}
-table = encoder_only_table(encoder_only, results, labels, [e.name for e in embedders])
+table = encoder_only_table(encoder_only, results, labels, [e.name for e in embedders], models=record["models"])
 display(table if table is not None else Markdown("No model with an aligned EEG encoder was sampled."))
+
+# %% [markdown]
+# ### Where the time course goes: the model's mean and its samples
+#
+# All models reconstructed the same windows, so two of them can be compared clip by clip: the paired
+# difference in the share of segments identified, in percentage points, with a bootstrap interval. The
+# pairs answer the report's questions: does the ControlNet beat the ConvNet and the backbone alone? And,
+# for the "mean" row (the ControlNet's one-step estimate from the same noise: what the EEG alone says the
+# clip is), how much of what the model knows does sampling keep? A sample adds detail the EEG does not
+# determine; where the embedding follows the time course, that detail counts against it.
+
+# %%
+from eeg2music.evaluation.report import paired_identification_table
+
+table = paired_identification_table(results, record["models"], [e.name for e in embedders], seed=seed)
+display(table if table is not None else Markdown("Needs two models sampled on the same clips."))
 
 # %% [markdown]
 # ### The subject layer's effect
@@ -287,8 +304,8 @@ print("\n".join(f"{name}: {path}" for name, path in written.items()))
 # In this notebook we evaluated the reconstructions the way the paper does — FAD, CLAP score (cosine), Pearson
 # and MSE of paired embeddings — and went further: song and segment identification against their chance
 # levels, 95 % bootstrap intervals for every number, permutation tests against shuffled pairings, paired model
-# differences, and — on simulated data — how much the listeners differ, which bounds what the subject layer
-# can do. We compared clips both by what they sound like overall and by their time course (`mel-envelope`),
+# differences (the ControlNet's mean against its own samples among them: what sampling keeps of what the model
+# knows), and — on simulated data — how much the listeners differ, which bounds what the subject layer can do. We compared clips both by what they sound like overall and by their time course (`mel-envelope`),
 # which is what the EEG follows. We read what the numbers say in plain words (generated from them), looked at
 # the spectrograms, listened to examples, and wrote `metrics.json` and `metrics.csv`.
 #

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import librosa
 import numpy as np
 import pytest
 import torch
@@ -113,6 +114,25 @@ def test_mel_to_linear_magnitude_solves_the_nonnegative_least_squares():
     target = mel[0, 0].exp().T.double()
     projected = torch.from_numpy(mel_filterbank()).double() @ magnitude[0].double()
     assert float((projected - target).norm() / target.norm()) < 0.05
+
+
+def test_griffin_lim_is_librosas_algorithm_batched():
+    """The torch implementation follows librosa.griffinlim step for step (same phase, same momentum)."""
+    mel = torch.cat([waveform_to_mel(tone_clip(k)) for k in (2, 5)])
+    ours = griffin_lim(mel, n_iter=8, length=None, seed=3).numpy()
+    magnitude = mel_to_linear_magnitude(mel).numpy()
+    frames = magnitude.shape[-1]
+    for clip in range(2):  # librosa inverts each clip from the seed's phase
+        theirs = librosa.griffinlim(magnitude[clip], n_iter=8, hop_length=160, win_length=1024, n_fft=1024,
+                                    window="hann", center=False, length=(frames - 1) * 160 + 1024,
+                                    random_state=np.random.default_rng(3))[432 : 432 + frames * 160]
+        assert ours[clip].shape == theirs.shape == (352 * 160,)
+        assert np.abs(ours[clip] - theirs).max() < 1e-3 * np.abs(theirs).max()
+    # the batch does not change a clip
+    np.testing.assert_array_equal(griffin_lim(mel[1:], n_iter=8, length=None, seed=3).numpy()[0], ours[1])
+    # a different seed is a different phase, hence a different waveform with the same magnitudes
+    other = griffin_lim(mel, n_iter=8, length=None, seed=4).numpy()
+    assert np.abs(other - ours).max() > 0.1 * np.abs(ours).max()
 
 
 def test_griffin_lim_returns_aligned_clips_with_the_same_mel():

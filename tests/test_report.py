@@ -27,6 +27,7 @@ from eeg2music.evaluation.report import (
     evaluate_samples,
     export_html,
     paired_differences,
+    paired_identification_table,
     permutation_table,
     plain_words_reading,
     subject_layer_table,
@@ -212,19 +213,60 @@ def test_write_metrics_files(results, tmp_path):
     assert cosine.value.item() == pytest.approx(results["test"]["controlnet_subject"]["emb-a"]["metrics"]["cosine"]["value"])
 
 
+def _with_estimate(results):
+    """The results plus a "mean" row of ControlNet+subject (the ConvNet's per-clip numbers stand in for it)."""
+    extended = {split: dict(per_run) for split, per_run in results.items()}
+    for split in extended:
+        extended[split]["controlnet_subject_estimate"] = results[split]["convnet"]
+    models = {**MODELS, "controlnet_subject_estimate": {"label": "ControlNet+subject, mean", "kind": "estimate",
+                                                        "subject_cond": True, "estimate_of": "controlnet_subject"}}
+    return extended, models
+
+
 def test_encoder_only_and_subject_layer_tables(results):
     labels = {run: m["label"] for run, m in MODELS.items()}
     song = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["song_id_top1"]["value"]
-    table = encoder_only_table({"controlnet_subject": {"song_top1": 0.8, "segment_top1": 0.5}}, results, labels, ["emb-a"])
-    assert list(table.index) == ["ControlNet+subject"]
-    assert table.loc["ControlNet+subject", "generated song-ID (emb-a)"] == pytest.approx(round(song, 3))
-    assert table.loc["ControlNet+subject", "kept (emb-a)"] == pytest.approx(round(song / 0.8, 3))
+    segment = results["test"]["controlnet_subject"]["emb-a"]["metrics"]["segment_id_top1"]["value"]
+    encoder = {"controlnet_subject": {"song_top1": 0.8, "segment_top1": 0.5}}
+    table = encoder_only_table(encoder, results, labels, ["emb-a"])
+    assert list(table.index) == [("ControlNet+subject", "emb-a")]
+    row = table.loc[("ControlNet+subject", "emb-a")]
+    assert row["song-ID: generated"] == pytest.approx(round(song, 3))
+    assert row["song-ID: kept"] == pytest.approx(round(song / 0.8, 3))
+    assert row["segment-ID: encoder"] == 0.5 and row["segment-ID: kept"] == pytest.approx(round(segment / 0.5, 3))
     assert encoder_only_table({}, results, labels, ["emb-a"]) is None
+    # a model's mean is set against the same encoder
+    extended, models = _with_estimate(results)
+    labels = {run: m["label"] for run, m in models.items()}
+    table = encoder_only_table(encoder, extended, labels, ["emb-a"], models=models)
+    assert list(table.index.get_level_values(0)) == ["ControlNet+subject", "ControlNet+subject, mean"]
+    convnet_song = results["test"]["convnet"]["emb-a"]["metrics"]["song_id_top1"]["value"]
+    assert table.loc[("ControlNet+subject, mean", "emb-a"), "song-ID: kept"] == pytest.approx(round(convnet_song / 0.8, 3))
     subject = subject_layer_table(results, MODELS, ["emb-a"], seed=0)
     cosine = paired_differences(results, "test", "emb-a", [("controlnet_subject", "controlnet")], seed=0)
     assert list(subject.index) == ["emb-a · cosine", "emb-a · song_rank"]
     assert subject.loc["emb-a · cosine", "mean"] == pytest.approx(round(cosine[("controlnet_subject", "controlnet")]["mean"], 4))
     assert subject_layer_table(results, {"convnet": MODELS["convnet"]}, ["emb-a"]) is None
+
+
+def test_paired_identification_table_compares_clip_by_clip(results):
+    extended, models = _with_estimate(results)
+    table = paired_identification_table(extended, models, ["emb-a"], seed=0)
+    assert list(table.index) == ["ControlNet+subject − ConvNet", "ControlNet+subject − unconditional",
+                                 "ControlNet+subject, mean − ControlNet+subject", "ControlNet+subject, mean − ConvNet"]
+    hits = {run: np.asarray(extended["test"][run]["emb-a"]["per_clip"]["segment_top1"])
+            for run in ("controlnet_subject", "convnet", "unconditional")}
+    assert all(((h >= 0) & (h <= 1)).all() for h in hits.values()), "a hit, or its share among tied candidates"
+    expected = paired_differences(extended, "test", "emb-a", [("controlnet_subject", "unconditional")],
+                                  metric="segment_top1", seed=0)[("controlnet_subject", "unconditional")]
+    assert expected["mean"] == pytest.approx((hits["controlnet_subject"] - hits["unconditional"]).mean())
+    assert table.loc["ControlNet+subject − unconditional", "emb-a"].startswith(f"{100 * expected['mean']:+.0f} pts [")
+    assert table.loc["ControlNet+subject, mean − ConvNet", "emb-a"] == "+0 pts [+0, +0]", "identical clips"
+    # the mean's own sentence in the reading: against its samples
+    # the reading sets the mean against its own samples (here a noisier stand-in: it falls behind)
+    reading = " ".join(plain_words_reading(extended, models, "emb-a"))
+    assert "ControlNet+subject, mean falls behind ControlNet+subject on the cosine" in reading
+    assert paired_identification_table(results, {"convnet": MODELS["convnet"]}, ["emb-a"]) is None
 
 
 def test_export_html_embeds_figures_and_players(tmp_path):

@@ -638,6 +638,8 @@ def evaluate_embeddings(
                 entry.update(p_value=permutation_p_value(entry["value"], null, better), null_mean=float(null.mean()))
             metrics[f"{level}_id_{suffix}"] = entry
         per_clip[f"{level}_rank"] = result["ranks"]
+        if 1 in result["hits"]:
+            per_clip[f"{level}_top1"] = result["hits"][1]  # 1 for a hit (a share of 1 when tied), per clip
 
     return {
         "n_clips": n,

@@ -320,8 +320,9 @@ def plain_words_reading(
 
     Per model: song- and segment-identification against chance (95 % CI, verdict, permutation p) and the
     cosine against shuffled pairings. Then paired cosine differences (:func:`paired_differences`) of each
-    model against the unconditional one, of the subject layer (with − without) and of the first ControlNet
-    against the ConvNet, whose FADs are also set side by side.
+    model against the unconditional one, of the subject layer (with − without), of a one-step estimate
+    (kind ``"estimate"``) against its own model's samples, and of the first ControlNet against the ConvNet,
+    whose FADs are also set side by side.
 
     Parameters
     ----------
@@ -351,8 +352,11 @@ def plain_words_reading(
         controlnets = [run for run in runs if kind.get(run) == "controlnet"]
         subject = [run for run in controlnets if models[run].get("subject_cond")]
         convnets = [run for run in runs if kind.get(run) == "convnet"]
+        estimates = [run for run in runs if kind.get(run) == "estimate" and models[run].get("estimate_of") in runs]
         pairs = [(run, u) for u in uncond for run in runs if run not in uncond]
         pairs += [(a, b) for a in subject for b in controlnets if b not in subject]
+        # A model's conditional mean against its own samples: what sampling keeps of what the model knows.
+        pairs += [(e, models[e]["estimate_of"]) for e in estimates]
         baseline = [(c, v) for c in controlnets[:1] for v in convnets]
         diffs = paired_differences(results, split, embedder, pairs + baseline, seed=seed)
         sentences = [_difference(diffs[(a, b)], labels.get(a, a), labels.get(b, b))
@@ -424,8 +428,12 @@ def metrics_frame(results, labels: Mapping[str, str]) -> "pandas.DataFrame":  # 
 
 
 def encoder_only_table(encoder_only: Mapping[str, Mapping[str, float]], results, labels: Mapping[str, str],
-                       embedders: Sequence[str]) -> "pandas.DataFrame | None":  # noqa: F821
-    """Each aligned EEG encoder's own song-ID beside its generated audio's, and the share generation keeps.
+                       embedders: Sequence[str], models: Mapping[str, Mapping[str, Any]] | None = None,
+                       ) -> "pandas.DataFrame | None":  # noqa: F821
+    """Each aligned EEG encoder's own identification beside its generated audio's, and the share kept.
+
+    Segment-ID (which 3.5 s clip of the test set, Défossez et al.'s sense) and song-ID, for the encoder
+    ranking the true clips by its embedding and for the generated audio ranked in each embedder.
 
     Parameters
     ----------
@@ -436,26 +444,79 @@ def encoder_only_table(encoder_only: Mapping[str, Mapping[str, float]], results,
     labels : dict
         Run → label.
     embedders : sequence of str
-        Embedder names whose generated song-ID is shown.
+        Embedder names whose generated identification is shown.
+    models : dict, optional
+        samples.json's ``models``: a run with ``estimate_of`` (the one-step estimate of a run with an
+        encoder) gets rows beside its run's, against the same encoder.
 
     Returns
     -------
     pandas.DataFrame or None
-        One row per run (rounded to 3 decimals); None when no run has an aligned encoder.
+        Rows ``(model, embedder)``; columns encoder / generated / kept for segment-ID and song-ID
+        (rounded to 3 decimals). None when no run has an aligned encoder.
     """
 
+    owners = {run: run for run in encoder_only}
+    for run, entry in (models or {}).items():
+        if entry.get("estimate_of") in encoder_only:
+            owners[run] = entry["estimate_of"]
     rows = {}
-    for run, retrieval in encoder_only.items():
-        generated = {name: results["test"][run][name]["metrics"].get("song_id_top1", {}).get("value")
-                     for name in embedders if run in results.get("test", {})}
-        encoder = retrieval["song_top1"]
-        rows[labels.get(run, run)] = {
-            "encoder song-ID": encoder, "encoder segment top-1": retrieval["segment_top1"],
-            **{f"generated song-ID ({name})": value for name, value in generated.items()},
-            **{f"kept ({name})": (value / encoder if value is not None and encoder else None)
-               for name, value in generated.items()},
-        }
-    return pd.DataFrame(rows).T.round(3) if rows else None
+    for run, owner in owners.items():
+        if run not in results.get("test", {}):
+            continue
+        retrieval = encoder_only[owner]
+        for name in embedders:
+            metrics = results["test"][run].get(name, {}).get("metrics", {})
+            row = {}
+            for level, key in (("segment-ID", "segment_top1"), ("song-ID", "song_top1")):
+                encoder = retrieval[key]
+                generated = metrics.get(f"{key[:-5]}_id_top1", {}).get("value")
+                row[f"{level}: encoder"] = encoder
+                row[f"{level}: generated"] = generated
+                row[f"{level}: kept"] = generated / encoder if generated is not None and encoder else None
+            rows[(labels.get(run, run), name)] = row
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).T.astype(float).round(3)
+    table.index.names = ["model", "embedder"]
+    return table
+
+
+def paired_identification_table(results, models: Mapping[str, Mapping[str, Any]], embedders: Sequence[str], *,
+                                split: str = "test", seed: int = 0) -> "pandas.DataFrame | None":  # noqa: F821
+    """Paired differences in segment-ID top-1 between the models that answer the report's questions.
+
+    Every model reconstructed the same clips, so a difference in the share of clips identified can be
+    taken clip by clip (:func:`paired_differences` on each clip's hit, 1 or 0), which resolves far smaller
+    differences than two separate intervals do. The pairs: the first ControlNet (with the subject layer
+    if there is one) against the ConvNet and against the unconditional model; its one-step estimate (the
+    conditional mean, kind ``"estimate"``) against its own samples and against the ConvNet.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        Rows ``"A − B"``, one column per embedder: the difference in percentage points and its 95 % CI.
+        None when no pair is present.
+    """
+    kinds = {run: m.get("kind") for run, m in models.items()}
+    controlnets = [run for run, kind in kinds.items() if kind == "controlnet"]
+    controlnets.sort(key=lambda run: not models[run].get("subject_cond"))
+    convnets = [run for run, kind in kinds.items() if kind == "convnet"]
+    unconditional = [run for run, kind in kinds.items() if kind == "unconditional"]
+    pairs = [(c, b) for c in controlnets[:1] for b in convnets[:1] + unconditional[:1]]
+    for run, entry in models.items():
+        if kinds[run] == "estimate" and entry.get("estimate_of") in models:
+            pairs += [(run, entry["estimate_of"])] + [(run, b) for b in convnets[:1]]
+    rows = {}
+    for a, b in pairs:
+        row = {}
+        for name in embedders:
+            diff = paired_differences(results, split, name, [(a, b)], metric="segment_top1", seed=seed).get((a, b))
+            if diff:
+                row[name] = (f"{100 * diff['mean']:+.0f} pts [{100 * diff['ci_low']:+.0f}, {100 * diff['ci_high']:+.0f}]")
+        if row:
+            rows[f"{models[a].get('label', a)} − {models[b].get('label', b)}"] = row
+    return pd.DataFrame(rows).T if rows else None
 
 
 def subject_layer_table(results, models: Mapping[str, Mapping[str, Any]], embedders: Sequence[str], *,

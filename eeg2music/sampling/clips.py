@@ -325,6 +325,7 @@ def sample_models(
     subjects: Sequence[int] | None = None,
     batch_size: int = 8,
     splits: Sequence[str] = ("test", "ood"),
+    estimates: Sequence[str] = (),
     progress: bool = True,
     info: Mapping[str, Any] | None = None,
     threads: int = -1,
@@ -353,6 +354,10 @@ def sample_models(
         Clips per pipeline call.
     splits : sequence of str
         Which splits to reconstruct (those missing from ``datasets`` are an error).
+    estimates : sequence of str
+        Diffusion runs of ``models`` whose one-step estimate from each clip's ``z_T`` (``strength=0``: the
+        conditional mean given the EEG, not a sample) is decoded too, as the extra run ``<run>_estimate``
+        (kind ``"estimate"``, ``estimate_of`` naming its run), after the others.
     progress : bool
         Progress bars and one line per model.
     info : mapping, optional
@@ -371,6 +376,13 @@ def sample_models(
         raise ValueError(f"no dataset for split(s) {missing}; available: {sorted(datasets)}")
     if not models:
         raise ValueError("no model to sample")
+    for run in estimates:
+        if run not in models or (models[run] is not None and models[run].kind == "convnet"):
+            raise ValueError(f"estimates: {run!r} is not one of the diffusion runs sampled here "
+                             f"{[r for r, m in models.items() if m is None or m.kind != 'convnet']}")
+    # (run name, model, strength, the run it is the estimate of): every model as asked, then the estimates.
+    jobs = [(run, trained, strength, None) for run, trained in models.items()]
+    jobs += [(f"{run}_estimate", models[run], 0.0, run) for run in estimates]
     say = print if progress else (lambda *a, **k: None)
     limits = {s: (max_clips.get(s, 0) if isinstance(max_clips, Mapping) else int(max_clips)) for s in splits}
     selection = {s: select_clips(datasets[s], s, max_clips=limits[s], subjects=subjects, seed=seed) for s in splits}
@@ -392,16 +404,16 @@ def sample_models(
                     wave = datasets[split].audio_clip(clip.song, clip.chunk)
                     write_wav(tmp_root / "true" / true_wav_name(clip.song, clip.chunk), wave)
                     true_written.add((clip.song, clip.chunk))
-        for run, trained in models.items():
+        for run, trained, run_strength, estimate_of in jobs:
             pipeline = EEGMusicPipeline(backbone, trained)
-            kind = pipeline.kind
-            steps = 0 if kind == "convnet" else int(num_inference_steps)
+            kind = "estimate" if estimate_of else pipeline.kind
+            steps = 0 if kind == "convnet" else 1 if estimate_of else int(num_inference_steps)
             sampler = "none" if kind == "convnet" else scheduler
             total_seconds, total_clips = 0.0, 0
             for split, clips in selection.items():
                 waves, seconds, used_threads = sample_clips(
                     pipeline, datasets[split], clips, scheduler=scheduler, num_inference_steps=num_inference_steps,
-                    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, strength=strength,
+                    conditioning_scale=conditioning_scale, guidance_scale=guidance_scale, strength=run_strength,
                     seed=seed, batch_size=batch_size, progress=progress, desc=f"{run} · {split}", threads=threads,
                 )
                 per_clip = seconds / len(clips)
@@ -425,14 +437,18 @@ def sample_models(
                         "seed": clip_seed(seed, clip.song, clip.chunk, clip.subject),
                         "peak": round(float(np.max(np.abs(wave))), 4),
                     })
+            label = model_label(run, pipeline.kind, pipeline.subject_cond)
+            if estimate_of:
+                label = f"{model_entries[estimate_of]['label']}, mean"
             model_entries[run] = {
                 "kind": kind,
-                "label": model_label(run, kind, pipeline.subject_cond),
+                "label": label,
                 "subject_cond": pipeline.subject_cond,
                 "model_dir": None if trained is None else str(trained.path),
                 "scheduler": sampler,
                 "steps": steps,
-                "setting": model_setting(trained, guidance_scale, strength),
+                "setting": model_setting(trained, guidance_scale, run_strength),
+                **({"estimate_of": estimate_of} if estimate_of else {}),
                 "clips": total_clips,
                 "seconds": round(total_seconds, 3),
                 "seconds_per_clip": round(total_seconds / max(total_clips, 1), 4),

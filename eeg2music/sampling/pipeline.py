@@ -52,7 +52,8 @@ def model_setting(trained, guidance_scale: float = 1.0, strength: float = 1.0) -
     The paper's setting is a ControlNet whose P is trained from scratch with it, on timesteps drawn
     uniformly from every diffusion step, sampled without guidance from pure noise; anything else is named.
     """
-    restart = f", from its own first estimate, last {strength:g} of the steps" if strength != 1.0 else ""
+    restart = ("" if strength == 1.0 else ", its one-step estimate from pure noise (the conditional mean), not a sample"
+               if strength == 0.0 else f", from its own first estimate, last {strength:g} of the steps")
     if trained is None or trained.kind == "unconditional":
         return "backbone alone" + restart
     training = trained.config.get("training", {})
@@ -282,17 +283,12 @@ class EEGMusicPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → waveforms ``(B, 56000)`` on the CPU: VAE decoder → mel → vocoder.
 
-        Griffin-Lim draws its random initial phase for the whole array it is given, so without a
-        neural vocoder the clips are inverted one at a time: a clip's waveform must not depend on its
-        neighbours in the batch.
+        Either vocoder inverts the batch at once; Griffin-Lim starts every clip from the same phase,
+        so a clip's waveform does not depend on its neighbours in the batch.
         """
         vae_dtype = next(self.backbone.vae.parameters()).dtype
         mel = self.backbone.decode(latents.to(vae_dtype))
-        if getattr(self.backbone, "vocoder", None) is not None:
-            waves = self.backbone.mel_to_wave(mel)
-        else:
-            waves = torch.cat([torch.as_tensor(self.backbone.mel_to_wave(mel[i : i + 1])) for i in range(len(mel))])
-        waves = torch.as_tensor(waves).float().cpu()
+        waves = torch.as_tensor(self.backbone.mel_to_wave(mel)).float().cpu()
         return waves.reshape(len(mel), -1)
 
     @torch.no_grad()
@@ -334,12 +330,13 @@ class EEGMusicPipeline:
             Guidance on the EEG, ``ε_base + w·(ε_EEG − ε_base)`` (:func:`~eeg2music.models.controlnet.controlled_noise_prediction`):
             1 = the paper's sampling; > 1 amplifies what the EEG changes. ControlNet only.
         strength : float
-            In (0, 1]: the share of the denoising trajectory the sampler runs. 1 = from pure noise (the
+            In [0, 1]: the share of the denoising trajectory the sampler runs. 1 = from pure noise (the
             paper's sampling); below 1, two stages: the model's one-step estimate of the clip from ``z_T``
             (:meth:`first_estimate`, its conditional mean), noised to the step where the last ``strength``
             of the trajectory begins (with the clip's own noise), then denoised from there — SDEdit, as
             img2img pipelines' ``strength``; fMRI decoders start diffusion from a low-level estimate the same
-            way. Lower keeps more of the estimate's time course, higher more of the sampler's detail.
+            way. Lower keeps more of the estimate's time course, higher more of the sampler's detail; 0
+            returns the estimate itself (one model call, no sampling).
         generator : torch.Generator or list of torch.Generator, optional
             The initial noise's source; a list (one per clip, :func:`clip_generators`) makes every
             clip reproducible on its own, whatever the batch.
@@ -368,8 +365,8 @@ class EEGMusicPipeline:
             raise ValueError(f"parameter 'num_inference_steps': must be ≥ 1, got {num_inference_steps}")
         if not float(guidance_scale) >= 0.0:
             raise ValueError(f"parameter 'guidance_scale': must be ≥ 0, got {guidance_scale}")
-        if not 0.0 < float(strength) <= 1.0:
-            raise ValueError(f"parameter 'strength': must be in (0, 1], got {strength}")
+        if not 0.0 <= float(strength) <= 1.0:
+            raise ValueError(f"parameter 'strength': must be in [0, 1], got {strength}")
         if eeg is not None:
             eeg = torch.as_tensor(eeg)
             if eeg.ndim == 2:
@@ -388,18 +385,23 @@ class EEGMusicPipeline:
             sampler = make_scheduler(scheduler, self.backbone.scheduler.config)
             sampler.set_timesteps(int(num_inference_steps), device=self.device)
             start = self.prepare_latents(batch, generator, sampler, latents)
-            begin = restart_index(len(sampler.timesteps), strength)
-            if begin:
-                # Two stages: the model's one-step estimate from z_T, noised back to the step `begin` with the
-                # same noise, then the last `strength` of the trajectory (SDEdit; img2img's `strength`).
-                estimate = self.first_estimate(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale))
-                restart_t = sampler.timesteps[begin]
-                noise = start / sampler.init_noise_sigma
-                start = sampler.add_noise(estimate, noise, restart_t.reshape(1))
-                if hasattr(sampler, "set_begin_index"):  # multistep solvers track their step; DDIM reads it from t
-                    sampler.set_begin_index(begin)
-            result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale),
-                                   show_progress, begin)
+            if float(strength) == 0.0:
+                # No sampling: the model's conditional mean given the EEG, from the clip's own z_T.
+                result = self.first_estimate(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale))
+            else:
+                begin = restart_index(len(sampler.timesteps), strength)
+                if begin:
+                    # Two stages: the model's one-step estimate from z_T, noised back to the step `begin` with the
+                    # same noise, then the last `strength` of the trajectory (SDEdit; img2img's `strength`).
+                    estimate = self.first_estimate(start, sampler, eeg, subject, float(conditioning_scale),
+                                                   float(guidance_scale))
+                    restart_t = sampler.timesteps[begin]
+                    noise = start / sampler.init_noise_sigma
+                    start = sampler.add_noise(estimate, noise, restart_t.reshape(1))
+                    if hasattr(sampler, "set_begin_index"):  # multistep solvers track their step; DDIM reads it from t
+                        sampler.set_begin_index(begin)
+                result = self._denoise(start, sampler, eeg, subject, float(conditioning_scale), float(guidance_scale),
+                                       show_progress, begin)
 
         if output_type != "latent":
             result = self.decode(result)
