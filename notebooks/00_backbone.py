@@ -157,7 +157,7 @@ counts = model.parameter_counts()
 display(Markdown("\n".join([
     "| component | class | parameters |", "|---|---|---|",
     *[f"| {name} | `{type(getattr(model, name)).__name__}` | {count / 1e6:.2f} M |" for name, count in counts.items()],
-    f"| vocoder | {'HiFi-GAN' if model.vocoder is not None else 'Griffin-Lim (librosa, 32 iterations)'} | |",
+    f"| vocoder | {'HiFi-GAN' if model.vocoder is not None else 'Griffin-Lim (fast, 32 iterations)'} | |",
     f"\nLatent of a 3.5 s clip: **{model.latent_shape}** (channels, time, frequency); UNet widths "
     f"{tuple(model.unet.config.block_out_channels)}; VAE scaling factor {model.scaling_factor:.3f}.",
 ])))
