@@ -10,6 +10,7 @@ folder when they are there, otherwise built once). Rows:
 * ``cubic + aligned`` (the demo's): aligned, trained at every step with timesteps drawn cubic (biased to high noise);
 * each ControlNet again sampled with guidance on the EEG (``--guidance``), and its one-step estimate from
   the same noise (``<run>_estimate``: the conditional mean given the EEG, not a sample);
+* each guided ControlNet once more, restarted from that estimate for the last ``--strength`` of the steps (SDEdit);
 * the ConvNet baseline and the unconditional backbone as references.
 
 Every model reconstructs the same test and out-of-distribution windows from the same per-clip noise
@@ -19,7 +20,7 @@ and segment-identification (test split) with 95 % intervals, per embedder, into 
 Usage::
 
     python benchmarks/ablation_decoding.py [--outputs outputs/ablation] [--steps 200] [--align-steps 100]
-        [--guidance 3] [--max-clips 90]
+        [--guidance 3] [--strength 0.3] [--max-clips 0]
 
 Writes ``<outputs>/ablation.json`` and ``<outputs>/ablation.csv`` and prints the table.
 """
@@ -41,6 +42,8 @@ def _parse(argv):
     parser.add_argument("--steps", type=int, default=200, help="ControlNet steps (as the demo)")
     parser.add_argument("--align-steps", type=int, default=100, help="contrastive steps of the aligned variant")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale w of the guided rows")
+    parser.add_argument("--strength", type=float, default=0.3,
+                        help="strength of the guided rows restarted from each model's conditional mean (SDEdit)")
     parser.add_argument("--max-clips", type=int, default=0, help="windows per split and model (0: notebook 05's default)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -80,24 +83,28 @@ def main(argv=None) -> int:
         timings[step.name] = run_step(step, executed, {}, smoke=False)
         runs.append(run)
     controlnets = [run for run, p in _variants(args) if p["model"] == "controlnet"]
-    # The guided sampling also decodes every ControlNet's one-step estimate (its conditional mean).
-    sampling = [("w1", runs + ["unconditional"], 1.0, []), (f"w{args.guidance:g}", controlnets, args.guidance, controlnets)]
-    for name, models, guidance, estimates in sampling:
+    # (name, runs, guidance, runs whose one-step estimate is decoded too, strength): the guided sampling also
+    # decodes every ControlNet's conditional mean; the last run restarts each sampler from that mean.
+    sampling = [("w1", runs + ["unconditional"], 1.0, [], 1.0),
+                (f"w{args.guidance:g}", controlnets, args.guidance, controlnets, 1.0),
+                (f"w{args.guidance:g}_s{args.strength:g}", controlnets, args.guidance, [], args.strength)]
+    for name, models, guidance, estimates, strength in sampling:
         sample_dir, eval_dir = outputs / f"05_{name}", outputs / f"06_{name}"
         for notebook, params, out in (("05_sample", {"models": models, "guidance_scale": guidance, "decode_means": bool(estimates),
-                                                     "max_clips": args.max_clips, "out_dir": str(sample_dir)}, sample_dir),
+                                                     "strength": strength, "max_clips": args.max_clips,
+                                                     "out_dir": str(sample_dir)}, sample_dir),
                                       ("06_evaluate", {"sample_dir": str(sample_dir), "out_dir": str(eval_dir)}, eval_dir)):
             step = DemoStep(notebook, {**params, "seed": args.seed}, f"{notebook[:2]}_{name}")
             print(f"[ablation] {step.name} …", flush=True)
             timings[step.name] = run_step(step, executed, {}, smoke=False)
 
     rows = []
-    for name, models, guidance, estimates in sampling:
+    for name, models, guidance, estimates, strength in sampling:
         metrics = json.loads((outputs / f"06_{name}" / "metrics.json").read_text())
         encoder = json.loads((outputs / f"05_{name}" / "encoder_only.json").read_text()) \
             if (outputs / f"05_{name}" / "encoder_only.json").is_file() else {}
         for run in models + [f"{run}_estimate" for run in estimates]:
-            row = {"model": run, "guidance": guidance, "setting": metrics["models"][run].get("setting", "")}
+            row = {"model": run, "guidance": guidance, "strength": 0.0 if run.endswith("_estimate") else strength, "setting": metrics["models"][run].get("setting", "")}
             for embedder, result in metrics["results"]["test"][run].items():
                 for metric in ("song_id_top1", "segment_id_top1"):
                     entry = result["metrics"].get(metric)

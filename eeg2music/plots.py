@@ -599,6 +599,11 @@ def plot_mel_comparison(examples: Sequence[Mapping[str, Any]], labels: Mapping[s
 
 # Notebook 06: evaluation
 
+def _tick_label(label: str) -> str:
+    """A model label on two lines at its comma ("ControlNet+subject,\nmean"), so six models fit side by side."""
+    return label.replace(", ", ",\n")
+
+
 def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[str], out_path: str | Path,
                         split: str = "test"):
     """Song-ID and segment-ID top-1 with 95 % CIs per model and embedder, against chance (dashed)."""
@@ -609,7 +614,7 @@ def plot_identification(results, labels: Mapping[str, str], embedders: Sequence[
             for metric, name in (("song_id_top1", "song-ID top-1"), ("segment_id_top1", "segment-ID top-1")):
                 entry = per_embedder.get(embedder, {}).get("metrics", {}).get(metric)
                 if entry is not None:
-                    rows.append({"model": labels.get(run, run), "embedder": embedder, "metric": name,
+                    rows.append({"model": _tick_label(labels.get(run, run)), "embedder": embedder, "metric": name,
                                  "value": entry["value"], "low": entry["ci_low"], "high": entry["ci_high"],
                                  "chance": entry["chance"]})
     frame = pd.DataFrame(rows)
@@ -646,7 +651,7 @@ def plot_distributions(results, labels: Mapping[str, str], embedder: str, out_pa
             if not clips:
                 continue
             for i in range(len(clips["cosine"])):
-                rows.append({"split": split, "model": labels.get(run, run), "cosine": clips["cosine"][i],
+                rows.append({"split": split, "model": _tick_label(labels.get(run, run)), "cosine": clips["cosine"][i],
                              "segment rank": clips.get("segment_rank", [np.nan] * (i + 1))[i],
                              "song rank": clips.get("song_rank", [np.nan] * (i + 1))[i]})
     frame = pd.DataFrame(rows)
