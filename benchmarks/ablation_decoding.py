@@ -22,7 +22,8 @@ Usage::
     python benchmarks/ablation_decoding.py [--outputs outputs/ablation] [--steps 200] [--align-steps 100]
         [--guidance 3] [--strength 0.3] [--max-clips 0]
 
-Writes ``<outputs>/ablation.json`` and ``<outputs>/ablation.csv`` and prints the table.
+Writes ``<outputs>/ablation.json`` and ``<outputs>/ablation.csv`` and prints the table; notebook 06 shows the
+table when it finds ``ablation.json`` in ``outputs/ablation`` (or its ``ablation_dir``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ from pathlib import Path
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--outputs", default="outputs/ablation", help="run folder of the ablation")
-    parser.add_argument("--reuse", default="outputs", help="default run folder whose data, cache and backbone are reused")
+    from eeg2music.paths import outputs_dir
+
+    parser.add_argument("--outputs", default=str(outputs_dir() / "ablation"),
+                        help="run folder of the ablation (default: outputs/ablation, where notebook 06 looks for it)")
+    parser.add_argument("--reuse", default=str(outputs_dir()),
+                        help="default run folder whose data, cache and backbone are reused (default: outputs)")
     parser.add_argument("--steps", type=int, default=200, help="ControlNet steps (as the demo)")
     parser.add_argument("--align-steps", type=int, default=100, help="contrastive steps of the aligned variant")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale w of the guided rows")

@@ -287,6 +287,10 @@ def evaluate_parameters(params: MutableMapping[str, Any]) -> None:
     _path(params, "encodec_weights", kind="file", what="the EnCodec 24 kHz weights file")
     _path(params, "audioldm2_dir", kind="folder", what="a local AudioLDM2 folder")
     _path(params, "backbone", kind="folder", what="a backbone folder")
+    ablation = _path(params, "ablation_dir", kind="folder", what="benchmarks/ablation_decoding.py's --outputs folder")
+    if ablation is not None and not (ablation / "ablation.json").is_file():
+        raise ParameterError(f"parameter 'ablation_dir': {str(ablation)!r} holds no ablation.json; "
+                             f"expected the --outputs folder of benchmarks/ablation_decoding.py, or \"\"")
     _out_dir(params)
     _at_least(params, "n_boot", 1, "the 95 % intervals are bootstrap percentiles: they need resamples")
     _at_least(params, "n_perm", 1, "the permutation tests need shuffled pairings")

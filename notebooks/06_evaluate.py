@@ -37,6 +37,7 @@ backbone = ""  # backbone folder for the offline "vae-latent" embedder, "" → t
 n_boot = 1000  # bootstrap resamples of the clips for the 95 % intervals
 n_perm = 1000  # shuffled pairings for the permutation tests
 out_dir = ""  # where metrics and the report go, "" → outputs/06_evaluate
+ablation_dir = ""  # benchmarks/ablation_decoding.py's run folder, "" → outputs/ablation (shown if it is there)
 seed = 0  # seeds the bootstrap and the permutations
 device = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps" (for the network embedders)
 smoke = False  # tiny sizes for tests: fewer resamples
@@ -203,6 +204,26 @@ from eeg2music.evaluation.report import paired_identification_table
 
 table = paired_identification_table(results, record["models"], [e.name for e in embedders], seed=seed)
 display(table if table is not None else Markdown("Needs two models sampled on the same clips."))
+
+# %% [markdown]
+# ### Which lever bought how much
+#
+# The training levers cost one training each, more than this report's budget: the paper's setting, the
+# ControlNet acting only at high noise, the encoder aligned first, the cubic timestep draw, then guidance
+# and a restart from the model's mean at sampling. `benchmarks/ablation_decoding.py` trains and samples
+# them on this run's data, seed and clips (about half an hour on two CPU cores) and writes `ablation.json`;
+# its rows appear here when it has run.
+
+# %%
+from pathlib import Path
+
+from eeg2music.evaluation.report import ABLATION_NAME, ablation_table
+from eeg2music.paths import outputs_dir
+
+ablation_file = (Path(ablation_dir) if ablation_dir else outputs_dir() / "ablation") / ABLATION_NAME
+table = ablation_table(read_json(ablation_file), ["mel-envelope", "mel-stats"]) if ablation_file.is_file() else None
+display(table if table is not None else
+        Markdown(f"No ablation yet (`{ablation_file}`): `python benchmarks/ablation_decoding.py` makes it."))
 
 # %% [markdown]
 # ### The subject layer's effect

@@ -202,6 +202,7 @@ PARAMETER_CASES = [
     ("06_evaluate", {"n_perm": 0}, ["'n_perm'", "0"]),
     ("06_evaluate", {"clap_checkpoint": MISSING + ".pt"}, ["'clap_checkpoint'", MISSING]),
     ("06_evaluate", {"sample_dir": MISSING}, ["'sample_dir'", MISSING]),
+    ("06_evaluate", {"ablation_dir": MISSING}, ["'ablation_dir'", MISSING]),
     ("03_controlnet", {"eeg_channels": 0}, ["'eeg_channels'", "0"]),
     ("03_controlnet", {"n_subjects": 0}, ["'n_subjects'", "0"]),
     ("03_controlnet", {"eeg_sfreq": 0}, ["'eeg_sfreq'", "not above 0"]),
@@ -251,6 +252,11 @@ def test_a_file_for_a_folder_and_a_folder_for_a_file(notebook, name, kind, tmp_p
 def test_sample_dir_without_samples_json(tmp_path):
     with pytest.raises(ParameterError, match=r"'sample_dir'.*no samples.json"):
         run_validation_cell("06_evaluate", sample_dir=str(tmp_path))
+
+
+def test_ablation_dir_without_ablation_json(tmp_path):
+    with pytest.raises(ParameterError, match=r"'ablation_dir'.*no ablation.json.*ablation_decoding"):
+        run_validation_cell("06_evaluate", ablation_dir=str(tmp_path))
 
 
 def test_good_values_pass_and_are_normalised(tmp_path):

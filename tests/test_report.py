@@ -21,6 +21,7 @@ import pytest
 from eeg2music.demo import inline_figures
 from eeg2music.evaluation.metrics import evaluate_embeddings
 from eeg2music.evaluation.report import (
+    ablation_table,
     comparison_table,
     embed_samples,
     encoder_only_table,
@@ -267,6 +268,23 @@ def test_paired_identification_table_compares_clip_by_clip(results):
     reading = " ".join(plain_words_reading(extended, models, "emb-a"))
     assert "ControlNet+subject, mean falls behind ControlNet+subject on the cosine" in reading
     assert paired_identification_table(results, {"convnet": MODELS["convnet"]}, ["emb-a"]) is None
+
+
+def test_ablation_table_reads_the_benchmarks_rows():
+    ablation = {"rows": [
+        {"model": "paper", "guidance": 1.0, "strength": 1.0, "setting": "200 steps, P from scratch (paper)",
+         "emb-a segment_id_top1": 0.25, "emb-a segment_id_top1 CI": [0.2, 0.3], "emb-a song_id_top1": 0.4,
+         "emb-a OOD segment_id_top1": 0.125, "emb-b segment_id_top1": 0.1, "emb-b segment_id_top1 CI": [0.05, 0.15]},
+        {"model": "convnet", "guidance": 1.0, "strength": 1.0, "setting": "regression, 400 steps",
+         "emb-a segment_id_top1": 0.6, "emb-a segment_id_top1 CI": [0.5, 0.7], "encoder-only segment_top1": 0.9},
+    ]}
+    table = ablation_table(ablation, ["emb-a"])
+    assert list(table.index) == ["paper · 200 steps, P from scratch (paper)", "convnet · regression, 400 steps"]
+    assert table.loc["paper · 200 steps, P from scratch (paper)", "segment-ID (emb-a)"] == "25 % [20, 30]"
+    assert table.loc["paper · 200 steps, P from scratch (paper)", "unseen song (emb-a)"] == "12 %"
+    assert table.loc["convnet · regression, 400 steps", "encoder alone, segment-ID"] == "90 %"
+    assert "segment-ID (emb-b)" not in table and "segment-ID (emb-b)" in ablation_table(ablation)
+    assert ablation_table({"rows": []}) is None
 
 
 def test_export_html_embeds_figures_and_players(tmp_path):

@@ -519,6 +519,47 @@ def paired_identification_table(results, models: Mapping[str, Mapping[str, Any]]
     return pd.DataFrame(rows).T if rows else None
 
 
+#: What ``benchmarks/ablation_decoding.py`` writes into its run folder (read by :func:`ablation_table`).
+ABLATION_NAME = "ablation.json"
+
+
+def ablation_table(ablation: Mapping[str, Any], embedders: Sequence[str] | None = None) -> "pandas.DataFrame | None":  # noqa: F821
+    """The ablation benchmark's rows as one table: each training or sampling lever, same seed and clips.
+
+    Parameters
+    ----------
+    ablation : dict
+        The content of ``ablation.json`` (``rows``: one per model and sampling setting, with the test
+        split's ``"<embedder> segment_id_top1"`` / ``song_id_top1`` values and intervals, the unseen
+        song's segment-ID and the encoder's own).
+    embedders : sequence of str, optional
+        Which embedders' columns to show (default: every one in the rows).
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        One row per setting (the report's "setting" words, with the guidance and strength it was sampled
+        with); columns "segment-ID (<embedder>)" as "value [low, high]" in %, the unseen song's segment-ID
+        and the encoder's. None without rows.
+    """
+    rows = {}
+    for row in ablation.get("rows", []):
+        names = [key[: -len(" segment_id_top1")] for key in row
+                 if key.endswith(" segment_id_top1") and " OOD " not in key and not key.startswith("encoder")]
+        shown = {}
+        for name in (n for n in names if embedders is None or n in embedders):
+            value, interval = row[f"{name} segment_id_top1"], row.get(f"{name} segment_id_top1 CI") or [None, None]
+            shown[f"segment-ID ({name})"] = (f"{100 * value:.0f} % [{100 * interval[0]:.0f}, {100 * interval[1]:.0f}]"
+                                             if None not in interval else f"{100 * value:.0f} %")
+            if f"{name} OOD segment_id_top1" in row:
+                shown[f"unseen song ({name})"] = f"{100 * row[f'{name} OOD segment_id_top1']:.0f} %"
+        if "encoder-only segment_top1" in row:
+            shown["encoder alone, segment-ID"] = f"{100 * row['encoder-only segment_top1']:.0f} %"
+        label = f"{row['model']} · {row.get('setting', '')}"
+        rows[label] = shown
+    return pd.DataFrame(rows).T.fillna("") if rows else None
+
+
 def subject_layer_table(results, models: Mapping[str, Mapping[str, Any]], embedders: Sequence[str], *,
                         seed: int = 0) -> "pandas.DataFrame | None":  # noqa: F821
     """Paired differences (with subject layer − without) of the cosine and of the true song's rank.
