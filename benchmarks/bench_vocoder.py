@@ -5,8 +5,9 @@ Without a neural vocoder every generated clip goes mel → linear magnitude (non
 denoising steps. This script measures, in one run, on the same batch of real clip mels:
 
 1. the least-squares step with the dense filterbank against the sparse one (time, largest difference);
-2. ``librosa.griffinlim`` against :func:`eeg2music.audio.griffin_lim` (time per clip, largest waveform
-   difference relative to the peak, and the log-mel distance of each result to the mel it inverts).
+2. ``librosa.griffinlim`` clip by clip against :func:`eeg2music.audio.griffin_lim` on the batch (time per
+   clip, largest waveform difference relative to the peak, and the log-mel distance of each result to the
+   mel it inverts).
 
 Usage::
 
@@ -51,11 +52,13 @@ def _dense_least_squares(mel, n_iter: int = 100) -> torch.Tensor:
 
 
 def _librosa_griffin_lim(magnitude: np.ndarray, n_iter: int, seed: int) -> np.ndarray:
+    """librosa on each clip from the seed's phase (as the pipeline inverted clips before)."""
     frames = magnitude.shape[-1]
-    wave = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, n_fft=N_FFT,
-                              window="hann", center=False, length=(frames - 1) * HOP_LENGTH + N_FFT,
-                              random_state=np.random.default_rng(seed))
-    return wave[..., STFT_PADDING : STFT_PADDING + CLIP_SAMPLES]
+    waves = [librosa.griffinlim(clip, n_iter=n_iter, hop_length=HOP_LENGTH, win_length=WIN_LENGTH, n_fft=N_FFT,
+                                window="hann", center=False, length=(frames - 1) * HOP_LENGTH + N_FFT,
+                                random_state=np.random.default_rng(seed))
+             for clip in magnitude]
+    return np.stack(waves)[..., STFT_PADDING : STFT_PADDING + CLIP_SAMPLES]
 
 
 def _best_of(repeats: int, fn):

@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,21 +32,51 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def busy_cores(interval: float = 0.2) -> float | None:
+    """How many cores other processes keep busy now: the machine's non-idle CPU time over ``interval`` s.
+
+    Read from ``/proc/stat`` twice (Linux); while it waits, the calling process is idle, so what is
+    counted is everyone else. None where ``/proc/stat`` cannot be read.
+    """
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total_0, idle_0 = read()
+        time.sleep(interval)
+        total_1, idle_1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_1 - total_0
+    if elapsed <= 0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle_1 - idle_0) / elapsed)
+
+
 def cpu_thread_count(requested: int, device: "torch.device | str") -> int:  # noqa: F821
     """torch CPU threads for a run: ``requested`` if positive, torch's default if 0, automatic if negative.
 
-    Automatic (CPU devices only): one thread when the machine is busy (1-minute load average at or above
-    its core count), torch's default otherwise. On shared cores OpenMP threads that wait for each other
-    make a small model up to ten times slower than one thread does (measured here: a tiny-UNet forward
-    0.14 s on one thread, 1.1 s on two, at a load of 8 on 2 cores).
+    Automatic (CPU devices only): as many threads as cores other processes leave free (rounded, at least
+    one, at most torch's default). On shared cores OpenMP threads that wait for each other make a small
+    model up to ten times slower than one thread does (measured here: a tiny-UNet forward 0.14 s on one
+    thread, 1.1 s on two, at a load of 8 on 2 cores). The free cores are measured now
+    (:func:`busy_cores`); the 1-minute load average, used where ``/proc/stat`` is missing, also counts
+    work that has just finished, such as the previous notebook of a chain.
     """
-
     default = torch.get_num_threads()
     if requested > 0:
         return int(requested)
-    if requested == 0 or torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+    if requested == 0 or torch.device(device).type != "cpu":
         return default
-    return 1 if os.getloadavg()[0] >= (os.cpu_count() or 1) else default
+    others = busy_cores()
+    if others is None:
+        if not hasattr(os, "getloadavg"):
+            return default
+        others = os.getloadavg()[0]
+    free = (os.cpu_count() or 1) - others
+    return max(1, min(default, int(free + 0.5)))
 
 
 @contextlib.contextmanager
