@@ -372,10 +372,11 @@ def griffin_lim(
 
     This is ``librosa.griffinlim`` on each clip, step for step (the same random phase from
     ``numpy.random.default_rng(seed)``, the same momentum update and window normalisation), batched in
-    torch's FFT; every clip starts from the same phase, so the batch does not change a clip's waveform. After 8 iterations the two waveforms agree to 1e-3 of the peak; float32 rounding grows
-    to a few per cent of the peak by 32, with the same distance to the target mel. It is two to three
-    times as fast on two CPU cores (``benchmarks/bench_vocoder.py``), where librosa's made the tiny
-    backbone's vocoder cost more than its 20 denoising steps.
+    torch's FFT; every clip starts from the same phase, so the batch does not change a clip's waveform.
+    On real clips the two waveforms agree to about 1e-3 of the peak after 32 iterations, with the same
+    distance to the target mel. It is two to three times as fast on two CPU cores
+    (``benchmarks/bench_vocoder.py``), where librosa's made the tiny backbone's vocoder cost more than
+    its 20 denoising steps.
     """
 
     if n_iter < 1:
