@@ -13,7 +13,7 @@ Usage::
 
     python benchmarks/bench_vocoder.py [--clips 8] [--repeats 3] [--iters 32]
 
-Prints a table; the numbers go into the issue's note.
+Prints a table.
 """
 
 from __future__ import annotations
