@@ -38,9 +38,9 @@ from pathlib import Path
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    from eeg2music.paths import outputs_dir
+    from eeg2music.paths import outputs_dir, stage_dir
 
-    parser.add_argument("--outputs", default=str(outputs_dir() / "ablation"),
+    parser.add_argument("--outputs", default=str(stage_dir("ablation")),
                         help="run folder of the ablation (default: outputs/ablation, where notebook 06 looks for it)")
     parser.add_argument("--reuse", default=str(outputs_dir()),
                         help="default run folder whose data, cache and backbone are reused (default: outputs)")
@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     outputs, reuse = Path(args.outputs).resolve(), Path(args.reuse).resolve()
     os.environ["EEG2MUSIC_OUTPUTS"] = str(outputs)
     from eeg2music.demo import DemoStep, run_step
+    from eeg2music.paths import ABLATION_NAME
     from eeg2music.utils import write_json
 
     # The dataset, its cache and the backbone of the default run folder, when present (read-only copies).
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
         encoder = json.loads((outputs / f"05_{name}" / "encoder_only.json").read_text()) \
             if (outputs / f"05_{name}" / "encoder_only.json").is_file() else {}
         for run in models + [f"{run}_estimate" for run in estimates]:
-            row = {"model": run, "guidance": guidance, "strength": 0.0 if run.endswith("_estimate") else strength, "setting": metrics["models"][run].get("setting", "")}
+            row = {"model": run, "guidance": guidance, "strength": 0.0 if run.endswith("_estimate") else strength,
+                   "setting": metrics["models"][run].get("setting", "")}
             for embedder, result in metrics["results"]["test"][run].items():
                 for metric in ("song_id_top1", "segment_id_top1"):
                     entry = result["metrics"].get(metric)
@@ -127,11 +129,11 @@ def main(argv=None) -> int:
 
     table = pd.DataFrame(rows)
     record = {"settings": vars(args), "seconds": timings, "rows": rows}
-    write_json(outputs / "ablation.json", json.loads(json.dumps(record, default=float)))
+    write_json(outputs / ABLATION_NAME, json.loads(json.dumps(record, default=float)))
     table.drop(columns=[c for c in table.columns if c.endswith(" CI")]).to_csv(outputs / "ablation.csv", index=False)
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.precision", 2):
         print(table.drop(columns=[c for c in table.columns if c.endswith(" CI")]))
-    print(f"[ablation] {sum(timings.values()) / 60:.1f} min; wrote {outputs / 'ablation.json'}")
+    print(f"[ablation] {sum(timings.values()) / 60:.1f} min; wrote {outputs / ABLATION_NAME}")
     return 0
 
 

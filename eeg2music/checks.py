@@ -27,6 +27,7 @@ from typing import Any
 
 from .data.nmedt import SONGS
 from .models.backbone import SHIPPED_BACKBONE_DIR
+from .paths import ABLATION_NAME
 from .params import ParameterError, coerce_float, coerce_int, is_unset
 from .run_inputs import default_backbone_dir
 from .sampling.clips import SAMPLES_NAME
@@ -288,8 +289,8 @@ def evaluate_parameters(params: MutableMapping[str, Any]) -> None:
     _path(params, "audioldm2_dir", kind="folder", what="a local AudioLDM2 folder")
     _path(params, "backbone", kind="folder", what="a backbone folder")
     ablation = _path(params, "ablation_dir", kind="folder", what="benchmarks/ablation_decoding.py's --outputs folder")
-    if ablation is not None and not (ablation / "ablation.json").is_file():
-        raise ParameterError(f"parameter 'ablation_dir': {str(ablation)!r} holds no ablation.json; "
+    if ablation is not None and not (ablation / ABLATION_NAME).is_file():
+        raise ParameterError(f"parameter 'ablation_dir': {str(ablation)!r} holds no {ABLATION_NAME}; "
                              f"expected the --outputs folder of benchmarks/ablation_decoding.py, or \"\"")
     _out_dir(params)
     _at_least(params, "n_boot", 1, "the 95 % intervals are bootstrap percentiles: they need resamples")

@@ -15,7 +15,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
-#: Sub-folders of the default run folder, one per stage (the notebook of the same number writes it).
+#: Sub-folders of the default run folder, one per stage (the notebook of the same number writes it; the
+#: ablation's is written by ``benchmarks/ablation_decoding.py`` and read by notebook 06).
 STAGE_DIRS = {
     "backbone": "00_backbone",
     "data": "01_explore_data",
@@ -24,7 +25,11 @@ STAGE_DIRS = {
     "train": "04_train",
     "sample": "05_sample",
     "evaluate": "06_evaluate",
+    "ablation": "ablation",
 }
+
+#: The file ``benchmarks/ablation_decoding.py`` writes into its folder and notebook 06 reads.
+ABLATION_NAME = "ablation.json"
 
 
 def outputs_dir() -> Path:

@@ -215,12 +215,10 @@ display(table if table is not None else Markdown("Needs two models sampled on th
 # its rows appear here when it has run.
 
 # %%
-from pathlib import Path
+from eeg2music.evaluation.report import ablation_table
+from eeg2music.paths import ABLATION_NAME, stage_dir
 
-from eeg2music.evaluation.report import ABLATION_NAME, ablation_table
-from eeg2music.paths import outputs_dir
-
-ablation_file = (Path(ablation_dir) if ablation_dir else outputs_dir() / "ablation") / ABLATION_NAME
+ablation_file = stage_dir("ablation", ablation_dir) / ABLATION_NAME
 table = ablation_table(read_json(ablation_file), ["mel-envelope", "mel-stats"]) if ablation_file.is_file() else None
 display(table if table is not None else
         Markdown(f"No ablation yet (`{ablation_file}`): `python benchmarks/ablation_decoding.py` makes it."))
@@ -326,8 +324,9 @@ print("\n".join(f"{name}: {path}" for name, path in written.items()))
 # and MSE of paired embeddings — and went further: song and segment identification against their chance
 # levels, 95 % bootstrap intervals for every number, permutation tests against shuffled pairings, paired model
 # differences (the ControlNet's mean against its own samples among them: what sampling keeps of what the model
-# knows), and — on simulated data — how much the listeners differ, which bounds what the subject layer can do. We compared clips both by what they sound like overall and by their time course (`mel-envelope`),
-# which is what the EEG follows. We read what the numbers say in plain words (generated from them), looked at
+# knows), and — on simulated data — how much the listeners differ, which bounds what the subject layer can do.
+# We compared clips both by what they sound like overall and by their time course (`mel-envelope`), which is
+# what the EEG follows. We read what the numbers say in plain words (generated from them), looked at
 # the spectrograms, listened to examples, and wrote `metrics.json` and `metrics.csv`.
 #
 # This executed notebook, with notebook 05, is the report. `make demo` exports both to self-contained HTML

@@ -468,9 +468,10 @@ def encoder_only_table(encoder_only: Mapping[str, Mapping[str, float]], results,
         for name in embedders:
             metrics = results["test"][run].get(name, {}).get("metrics", {})
             row = {}
-            for level, key in (("segment-ID", "segment_top1"), ("song-ID", "song_top1")):
-                encoder = retrieval[key]
-                generated = metrics.get(f"{key[:-5]}_id_top1", {}).get("value")
+            for level, encoder_key, generated_key in (("segment-ID", "segment_top1", "segment_id_top1"),
+                                                      ("song-ID", "song_top1", "song_id_top1")):
+                encoder = retrieval[encoder_key]
+                generated = metrics.get(generated_key, {}).get("value")
                 row[f"{level}: encoder"] = encoder
                 row[f"{level}: generated"] = generated
                 row[f"{level}: kept"] = generated / encoder if generated is not None and encoder else None
@@ -519,19 +520,15 @@ def paired_identification_table(results, models: Mapping[str, Mapping[str, Any]]
     return pd.DataFrame(rows).T if rows else None
 
 
-#: What ``benchmarks/ablation_decoding.py`` writes into its run folder (read by :func:`ablation_table`).
-ABLATION_NAME = "ablation.json"
-
-
 def ablation_table(ablation: Mapping[str, Any], embedders: Sequence[str] | None = None) -> "pandas.DataFrame | None":  # noqa: F821
     """The ablation benchmark's rows as one table: each training or sampling lever, same seed and clips.
 
     Parameters
     ----------
     ablation : dict
-        The content of ``ablation.json`` (``rows``: one per model and sampling setting, with the test
-        split's ``"<embedder> segment_id_top1"`` / ``song_id_top1`` values and intervals, the unseen
-        song's segment-ID and the encoder's own).
+        The content of :data:`eeg2music.paths.ABLATION_NAME` (``rows``: one per model and sampling
+        setting, with the test split's ``"<embedder> segment_id_top1"`` / ``song_id_top1`` values and
+        intervals, the unseen song's segment-ID and the encoder's own).
     embedders : sequence of str, optional
         Which embedders' columns to show (default: every one in the rows).
 
@@ -544,8 +541,7 @@ def ablation_table(ablation: Mapping[str, Any], embedders: Sequence[str] | None 
     """
     rows = {}
     for row in ablation.get("rows", []):
-        names = [key[: -len(" segment_id_top1")] for key in row
-                 if key.endswith(" segment_id_top1") and " OOD " not in key and not key.startswith("encoder")]
+        names = [key[: -len(" segment_id_top1")] for key in row if key.endswith(" segment_id_top1") and " OOD " not in key]
         shown = {}
         for name in (n for n in names if embedders is None or n in embedders):
             value, interval = row[f"{name} segment_id_top1"], row.get(f"{name} segment_id_top1 CI") or [None, None]
